@@ -1,0 +1,35 @@
+# Two set-up commands (see README): `make demo` and `make test`. Each creates or
+# refreshes .venv at the repository root from pyproject.toml.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint bench dashboard clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.core: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+$(VENV)/.test: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $@ $(VENV)/.core
+
+demo: $(VENV)/.core
+	$(BIN)/kinetic-jax margin examples/reference_book.toml
+
+test: $(VENV)/.test
+	$(BIN)/ruff check kinetic_jax tests experiments notebooks
+	$(BIN)/python -m pytest -n 2 --dist loadgroup
+
+lint: $(VENV)/.test
+	$(BIN)/ruff check kinetic_jax tests experiments notebooks
+
+dashboard: $(VENV)/.test
+	$(BIN)/kinetic-jax dashboard
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -1,0 +1,184 @@
+"""A book in array form: the padded, jit-ready pytree the numerical core consumes.
+
+[`BookArrays`][] holds everything as arrays (values and integer structure), so
+calling the core on another book of the same *bucket* sizes never recompiles.
+Sizes are padded to powers of two: contracts (always at least one padding slot,
+which has zero quantity and serves as the null index), events, rows of the
+worst-case table and the width of parlays.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Bool, Float, Int
+
+from ._book import Book
+from ._worst_case import OutcomeTable, build_outcome_table
+
+PAD, ABOVE, BELOW, OUTCOME, PARLAY = 0, 1, 2, 3, 4
+_KIND = {"above": ABOVE, "binary": ABOVE, "below": BELOW, "outcome": OUTCOME, "parlay": PARLAY}
+
+
+def bucket(n: int, minimum: int = 8) -> int:
+    """The smallest power of two >= max(n, minimum)."""
+    return max(minimum, 1 << max(0, int(n - 1).bit_length()))
+
+
+class BookArrays(eqx.Module):
+    """A book as arrays (see module doc). Float leaves are the differentiable
+    parameters: `quantity`, `price`, `probability`, `rho`, `loading`.
+
+    Shapes: C contracts (padded), E events, K clusters, M hierarchy nodes, L legs
+    per contract, R worst-case rows of width W.
+    """
+
+    quantity: Float[Array, " C"]
+    price: Float[Array, " C"]
+    probability: Float[Array, " C"]  # simulation probability where given separately
+    probability_given: Bool[Array, " C"]  # else the probability is the price
+    open_interest: Float[Array, " C"]  # 0 where not given
+    kind: Int[Array, " C"]
+    event: Int[Array, " C"]
+    cluster: Int[Array, " C"]
+    legs: Int[Array, "C L"]  # contract indices; C means "always YES"
+    outcome_order: Int[Array, " C"]  # permutation grouping each event's outcomes
+    outcome_start: Int[Array, " C"]  # in that order: position of the event's first
+    outcome_last: Bool[Array, " C"]  # last listed outcome of its event
+    event_cluster: Int[Array, " E"]
+    rho: Float[Array, " M"]
+    loading: Float[Array, " K"]
+    lca: Int[Array, "K K"]
+    wc_component: Int[Array, " R"]
+    wc_index: Int[Array, "R W"]
+    wc_yes: Float[Array, "R W"]
+
+
+@dataclasses.dataclass(frozen=True)
+class BookLayout:
+    """Host-side names that go with a [`BookArrays`][]: which slot is which."""
+
+    contract_ids: tuple[str, ...]
+    cluster_names: tuple[str, ...]
+    node_names: tuple[str, ...]
+    event_names: tuple[str, ...]
+    table: OutcomeTable
+
+    @property
+    def n_contracts(self) -> int:
+        return len(self.contract_ids)
+
+
+def book_arrays(book: Book, dtype=None) -> tuple[BookArrays, BookLayout]:
+    """Lays `book` out as padded arrays.
+
+    **Arguments:**
+
+    - `book`: a validated [`Book`][].
+    - `dtype`: float dtype of the values (default float32; float64 needs
+      ``jax_enable_x64``).
+
+    **Returns:** ``(arrays, layout)``.
+    """
+    dtype = jnp.dtype(dtype or jnp.float32)
+    n = len(book.contracts)
+    cpad = bucket(n + 1)
+    events = book.events()
+    event_names = tuple(events)
+    epad = bucket(len(event_names))
+    clusters = book.hierarchy.cluster_names
+    cl_index = {c: k for k, c in enumerate(clusters)}
+    ids = {c.id: i for i, c in enumerate(book.contracts)}
+    ev_index = {e: k for k, e in enumerate(event_names)}
+    qty = book.net_quantities()
+
+    quantity = np.zeros(cpad)
+    price = np.full(cpad, 0.5)
+    prob = np.full(cpad, 0.5)
+    given = np.zeros(cpad, bool)
+    oi = np.zeros(cpad)
+    kind = np.zeros(cpad, np.int32)
+    event = np.zeros(cpad, np.int32)
+    cluster = np.zeros(cpad, np.int32)
+    max_legs = max([len(c.legs) for c in book.contracts if c.type == "parlay"], default=1)
+    legs = np.full((cpad, bucket(max_legs, 1)), cpad, np.int32)
+    for i, c in enumerate(book.contracts):
+        quantity[i] = qty[c.id]
+        price[i] = c.price
+        prob[i] = c.sim_probability if c.type != "parlay" else 0.5
+        given[i] = c.probability is not None
+        oi[i] = c.open_interest or 0.0
+        kind[i] = _KIND[c.type]
+        cluster[i] = cl_index[c.cluster]
+        if c.type == "parlay":
+            legs[i, : len(c.legs)] = [ids[x] for x in c.legs]
+        else:
+            event[i] = ev_index[c.event_key]
+            legs[i, 0] = i
+    # Outcome cumulation: a permutation putting each event's outcomes together,
+    # in listing order.
+    order, start, last = [], np.zeros(cpad, np.int32), np.zeros(cpad, bool)
+    for e, idx in events.items():
+        if book.contracts[idx[0]].type == "outcome":
+            first = len(order)
+            for i in idx:
+                start[len(order)] = first
+                order.append(i)
+            last[idx[-1]] = True
+    rest = [i for i in range(cpad) if i not in set(order)]
+    for i in rest:
+        start[len(order)] = len(order)
+        order.append(i)
+    event_cluster = np.zeros(epad, np.int32)
+    for e, idx in events.items():
+        event_cluster[ev_index[e]] = cl_index[book.contracts[idx[0]].cluster]
+
+    table = build_outcome_table(book, quantity[:n])
+    rows = bucket(len(table.component))
+    width = bucket(table.index.shape[1], 1)
+    n_real = len(table.component)
+    ncomp = int(table.component.max()) + 1 if n_real else 0
+    # Padding rows get components of their own, so they add max(0) = 0.
+    wc_component = np.concatenate(
+        [table.component, np.arange(ncomp, ncomp + rows - n_real)]
+    ).astype(np.int32)
+    wc_index = np.full((rows, width), cpad - 1, np.int32)
+    sub = table.index
+    wc_index[: sub.shape[0], : sub.shape[1]] = np.where(sub < 0, cpad - 1, sub)
+    wc_yes = np.zeros((rows, width))
+    wc_yes[: sub.shape[0], : sub.shape[1]] = table.yes
+
+    f = lambda x: jnp.asarray(x, dtype)  # noqa: E731
+    i32 = lambda x: jnp.asarray(x, jnp.int32)  # noqa: E731
+    arrays = BookArrays(
+        quantity=f(quantity),
+        price=f(price),
+        probability=f(prob),
+        probability_given=jnp.asarray(given),
+        open_interest=f(oi),
+        kind=i32(kind),
+        event=i32(event),
+        cluster=i32(cluster),
+        legs=i32(legs),
+        outcome_order=i32(order),
+        outcome_start=i32(start),
+        outcome_last=jnp.asarray(last),
+        event_cluster=i32(event_cluster),
+        rho=f(book.hierarchy.rho),
+        loading=f(book.hierarchy.loadings),
+        lca=i32(np.where(book.hierarchy.lca_table() < 0, 0, book.hierarchy.lca_table())),
+        wc_component=i32(wc_component),
+        wc_index=i32(wc_index),
+        wc_yes=f(wc_yes),
+    )
+    layout = BookLayout(
+        contract_ids=book.contract_ids,
+        cluster_names=clusters,
+        node_names=book.hierarchy.node_names,
+        event_names=event_names,
+        table=table,
+    )
+    return arrays, layout

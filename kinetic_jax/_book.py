@@ -1,0 +1,344 @@
+"""A book: contracts, positions, hierarchy and model settings, validated.
+
+Everything here is host-side Python: a [`Book`][] is checked completely when it
+is built, so the numerical core only ever sees consistent input. Field names in
+error messages follow the book-file layout of SPEC.md §3 (``contracts[3]``,
+``positions[0].quantity``, ``model.confidence``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import defaultdict
+
+from ._errors import BookError
+from ._hierarchy import Hierarchy, default_hierarchy
+
+CONTRACT_TYPES = ("above", "below", "binary", "outcome", "parlay")
+# Sum of outcome prices accepted without renormalising (numerical slack).
+OUTCOME_SUM_SLACK = 1e-6
+MAX_SCENARIOS = 1 << 24
+
+
+def is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_number(field: str, value: object, *, low=None, high=None, low_open=False,
+                 high_open=False) -> float:
+    """Checks that `value` is a finite real in the given interval; returns it as float."""
+    if not is_number(value):
+        raise BookError(field, f"{value!r} is not a number")
+    value = float(value)  # type: ignore[arg-type]
+    if not math.isfinite(value):
+        raise BookError(field, f"{value!r} is not finite")
+    bad_low = low is not None and (value <= low if low_open else value < low)
+    bad_high = high is not None and (value >= high if high_open else value > high)
+    if bad_low or bad_high:
+        lo = "-inf" if low is None else f"{low:g}"
+        hi = "inf" if high is None else f"{high:g}"
+        interval = f"{'(' if low_open or low is None else '['}{lo}, {hi}{')' if high_open or high is None else ']'}"
+        raise BookError(field, f"{value!r} is outside {interval}")
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Model and add-on settings (the ``[model]`` and ``[addons]`` tables).
+
+    - `confidence`: ES level alpha, in (0, 1).
+    - `scenarios`: Monte-Carlo draws, 1 .. 2**24.
+    - `seed`: PRNG seed, 0 .. 2**32 - 1.
+    - `ladder_tolerance`: largest accepted violation, in probability, of the
+      nesting of prices on one above/below event (SPEC.md §2.2).
+    - `outcome_overround`: largest accepted sum of outcome prices on one event;
+      above 1 the probabilities are prices / sum.
+    - `mc_error`, `mc_error_z`: Monte-Carlo error buffer, z times the standard
+      error of the binding stressed loss.
+    - `liquidity`, `liquidity_threshold`, `liquidity_rate`: liquidity add-on,
+      `rate * gross * max(0, |q| / open_interest - threshold)` per position with a
+      given open interest, at most its gross.
+    """
+
+    confidence: float = 0.99
+    scenarios: int = 131072
+    seed: int = 0
+    ladder_tolerance: float = 0.02
+    outcome_overround: float = 1.05
+    mc_error: bool = True
+    mc_error_z: float = 2.0
+    liquidity: bool = True
+    liquidity_threshold: float = 0.1
+    liquidity_rate: float = 1.0
+
+    def __post_init__(self):
+        check_number("model.confidence", self.confidence, low=0, high=1, low_open=True,
+                     high_open=True)
+        for name, value, hi in (("scenarios", self.scenarios, MAX_SCENARIOS),
+                                ("seed", self.seed, 2**32 - 1)):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise BookError(f"model.{name}", f"{value!r} is not an integer")
+            lo = 1 if name == "scenarios" else 0
+            if not lo <= value <= hi:
+                raise BookError(f"model.{name}", f"{value!r} is outside [{lo}, {hi}]")
+        check_number("model.ladder_tolerance", self.ladder_tolerance, low=0, high=0.5)
+        check_number("model.outcome_overround", self.outcome_overround, low=1, high=1.5)
+        for name in ("mc_error", "liquidity"):
+            if not isinstance(getattr(self, name), bool):
+                raise BookError(f"addons.{name}", f"{getattr(self, name)!r} is not true/false")
+        check_number("addons.mc_error_z", self.mc_error_z, low=0, high=10)
+        check_number("addons.liquidity_threshold", self.liquidity_threshold, low=0, high=1)
+        check_number("addons.liquidity_rate", self.liquidity_rate, low=0, high=10)
+        if self.scenarios * (1 - self.confidence) < 1:
+            raise BookError(
+                "model.scenarios",
+                f"{self.scenarios} draws leave no tail at confidence {self.confidence}: "
+                f"need scenarios * (1 - confidence) >= 1",
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class Contract:
+    """One contract. Keys that do not belong to the type must be None (or empty)."""
+
+    id: str
+    cluster: str
+    type: str
+    price: float
+    event: str | None = None
+    threshold: float | None = None
+    outcome: str | None = None
+    legs: tuple[str, ...] = ()
+    open_interest: float | None = None
+    probability: float | None = None
+
+    @property
+    def sim_probability(self) -> float:
+        """The probability used to simulate (before outcome renormalisation)."""
+        return self.price if self.probability is None else self.probability
+
+    @property
+    def event_key(self) -> str | None:
+        if self.type == "parlay":
+            return None
+        if self.type == "binary":
+            return self.id
+        return self.event if self.event is not None else self.id
+
+
+@dataclasses.dataclass(frozen=True)
+class Position:
+    contract: str
+    quantity: float
+
+
+def _contract_field(i: int, c: Contract, key: str) -> str:
+    return f"contracts[{i}] (id {c.id!r}).{key}"
+
+
+_KEYS_OF_TYPE = {
+    "above": {"event", "threshold"},
+    "below": {"event", "threshold"},
+    "binary": set(),
+    "outcome": {"event", "outcome"},
+    "parlay": {"legs"},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Book:
+    """A validated book.
+
+    **Arguments:**
+
+    - `contracts`: every contract the book refers to, held or not (parlay legs,
+      outcomes of an event, instruments for hedging).
+    - `positions`: signed quantities; several on one contract add up.
+    - `hierarchy`: the asset hierarchy (default: the reference design's).
+    - `settings`: model and add-on settings.
+
+    Raises [`BookError`][] naming the field and value on any inconsistency.
+    """
+
+    contracts: tuple[Contract, ...]
+    positions: tuple[Position, ...] = ()
+    hierarchy: Hierarchy = dataclasses.field(default_factory=default_hierarchy)
+    settings: Settings = dataclasses.field(default_factory=Settings)
+
+    def __post_init__(self):
+        object.__setattr__(self, "contracts", tuple(self.contracts))
+        object.__setattr__(self, "positions", tuple(self.positions))
+        _validate(self)
+
+    # ---- derived structure -------------------------------------------------
+    @property
+    def contract_ids(self) -> tuple[str, ...]:
+        return tuple(c.id for c in self.contracts)
+
+    def contract(self, cid: str) -> Contract:
+        return self.contracts[self.contract_ids.index(cid)]
+
+    def net_quantities(self) -> dict[str, float]:
+        """Net signed quantity per contract id, for every contract (0 if not held)."""
+        q = {c.id: 0.0 for c in self.contracts}
+        for p in self.positions:
+            q[p.contract] += float(p.quantity)
+        return q
+
+    def events(self) -> dict[str, list[int]]:
+        """Event key -> indices of the (non-parlay) contracts on it, in book order."""
+        out: dict[str, list[int]] = defaultdict(list)
+        for i, c in enumerate(self.contracts):
+            if c.type != "parlay":
+                out[c.event_key].append(i)  # type: ignore[index]
+        return dict(out)
+
+    def simulation_probabilities(self) -> list[float]:
+        """Per contract: the probability its atom is simulated with (outcome
+        probabilities renormalised when their event sums above 1; parlays: nan)."""
+        probs = [c.sim_probability if c.type != "parlay" else math.nan for c in self.contracts]
+        for idx in self.events().values():
+            if self.contracts[idx[0]].type == "outcome":
+                total = sum(probs[i] for i in idx)
+                if total > 1.0:
+                    for i in idx:
+                        probs[i] /= total
+        return probs
+
+    def with_positions(self, quantities: dict[str, float]) -> Book:
+        """A copy whose positions are exactly `quantities` (contract id -> q)."""
+        return dataclasses.replace(
+            self, positions=tuple(Position(k, v) for k, v in quantities.items() if v != 0)
+        )
+
+    def with_settings(self, **changes) -> Book:
+        return dataclasses.replace(self, settings=dataclasses.replace(self.settings, **changes))
+
+    def with_hierarchy(self, hierarchy: Hierarchy) -> Book:
+        return dataclasses.replace(self, hierarchy=hierarchy)
+
+
+def _validate(book: Book) -> None:
+    clusters = set(book.hierarchy.cluster_names)
+    ids: dict[str, int] = {}
+    for i, c in enumerate(book.contracts):
+        if not isinstance(c.id, str) or not c.id:
+            raise BookError(f"contracts[{i}].id", f"{c.id!r} is not a non-empty string")
+        if c.id in ids:
+            raise BookError(f"contracts[{i}].id", f"duplicate contract id {c.id!r} "
+                            f"(first at contracts[{ids[c.id]}])")
+        ids[c.id] = i
+        if c.type not in CONTRACT_TYPES:
+            raise BookError(_contract_field(i, c, "type"),
+                            f"{c.type!r} is not one of {', '.join(CONTRACT_TYPES)}")
+        if c.cluster not in clusters:
+            raise BookError(_contract_field(i, c, "cluster"), f"unknown cluster {c.cluster!r}")
+        check_number(_contract_field(i, c, "price"), c.price, low=0, high=1, low_open=True,
+                     high_open=True)
+        allowed = _KEYS_OF_TYPE[c.type]
+        present = {
+            "event": c.event is not None,
+            "threshold": c.threshold is not None,
+            "outcome": c.outcome is not None,
+            "legs": bool(c.legs),
+        }
+        for key, here in present.items():
+            if here and key not in allowed:
+                raise BookError(_contract_field(i, c, key),
+                                f"does not belong to a contract of type {c.type!r}")
+        if c.type in ("above", "below"):
+            if c.threshold is None:
+                raise BookError(_contract_field(i, c, "threshold"),
+                                f"required for type {c.type!r}")
+            check_number(_contract_field(i, c, "threshold"), c.threshold)
+        if c.type == "outcome" and (not isinstance(c.outcome, str) or not c.outcome):
+            raise BookError(_contract_field(i, c, "outcome"),
+                            f"required for type 'outcome' (a non-empty name), got {c.outcome!r}")
+        if c.event is not None and (not isinstance(c.event, str) or not c.event):
+            raise BookError(_contract_field(i, c, "event"), f"{c.event!r} is not a non-empty string")
+        if c.probability is not None:
+            if c.type == "parlay":
+                raise BookError(_contract_field(i, c, "probability"),
+                                "does not belong to a parlay (its probability comes from its legs)")
+            check_number(_contract_field(i, c, "probability"), c.probability, low=0, high=1,
+                         low_open=True, high_open=True)
+        if c.open_interest is not None:
+            check_number(_contract_field(i, c, "open_interest"), c.open_interest, low=0,
+                         low_open=True)
+    # Parlay legs.
+    for i, c in enumerate(book.contracts):
+        if c.type != "parlay":
+            continue
+        if len(c.legs) < 2:
+            raise BookError(_contract_field(i, c, "legs"),
+                            f"a parlay needs at least 2 legs, got {list(c.legs)!r}")
+        for j, leg in enumerate(c.legs):
+            field = _contract_field(i, c, f"legs[{j}]")
+            if leg not in ids:
+                raise BookError(field, f"unknown contract {leg!r}")
+            if book.contracts[ids[leg]].type == "parlay":
+                raise BookError(field, f"{leg!r} is a parlay; legs must not be parlays")
+            if leg in c.legs[:j]:
+                raise BookError(field, f"leg {leg!r} is listed twice")
+    # Events: one cluster, one family, consistent prices.
+    tol = book.settings.ladder_tolerance
+    for event, idx in book.events().items():
+        first = book.contracts[idx[0]]
+        family = {"above": "ladder", "below": "ladder"}.get(first.type, first.type)
+        for i in idx[1:]:
+            c = book.contracts[i]
+            fam = {"above": "ladder", "below": "ladder"}.get(c.type, c.type)
+            if fam != family or family == "binary":
+                raise BookError(_contract_field(i, c, "event"),
+                                f"event {event!r} mixes contract {c.id!r} ({c.type}) with "
+                                f"{first.id!r} ({first.type})")
+            if c.cluster != first.cluster:
+                raise BookError(_contract_field(i, c, "cluster"),
+                                f"{c.cluster!r} differs from {first.cluster!r} of contract "
+                                f"{first.id!r} on the same event {event!r}")
+        if family == "ladder":
+            _check_ladder(book, event, idx, tol)
+        elif family == "outcome":
+            labels: dict[str, int] = {}
+            for i in idx:
+                c = book.contracts[i]
+                if c.outcome in labels:
+                    raise BookError(_contract_field(i, c, "outcome"),
+                                    f"outcome {c.outcome!r} of event {event!r} is listed twice")
+                labels[c.outcome] = i  # type: ignore[index]
+            total = sum(book.contracts[i].sim_probability for i in idx)
+            limit = max(1.0 + OUTCOME_SUM_SLACK, book.settings.outcome_overround)
+            if total > limit:
+                names = ", ".join(f"{book.contracts[i].id}={book.contracts[i].sim_probability:g}"
+                                  for i in idx)
+                raise BookError(f"contracts (event {event!r})",
+                                f"outcome prices sum to {total:.6g} > {limit:g} ({names})")
+    # Positions.
+    for j, p in enumerate(book.positions):
+        if p.contract not in ids:
+            raise BookError(f"positions[{j}].contract", f"unknown contract {p.contract!r}")
+        check_number(f"positions[{j}] (contract {p.contract!r}).quantity", p.quantity)
+
+
+def _latent_cut(c: Contract) -> float:
+    """The cut of an above/below contract in probability space u = Phi(X):
+    above is YES iff u > 1 - p, below iff u < p."""
+    return 1.0 - c.sim_probability if c.type == "above" else c.sim_probability
+
+
+def _check_ladder(book: Book, event: str, idx: list[int], tol: float) -> None:
+    cs = sorted(((book.contracts[i].threshold, i) for i in idx), key=lambda t: t[0])
+    for a in range(len(cs)):
+        for b in range(a + 1, len(cs)):
+            (ta, ia), (tb, ib) = cs[a], cs[b]
+            ca, cb = book.contracts[ia], book.contracts[ib]
+            ua, ub = _latent_cut(ca), _latent_cut(cb)
+            gap = abs(ua - ub) if ta == tb else ua - ub
+            if gap > tol + 1e-12:
+                raise BookError(
+                    f"contracts (event {event!r})",
+                    f"inconsistent ladder: {ca.id!r} ({ca.type} {ta:g} at {ca.price:g}) and "
+                    f"{cb.id!r} ({cb.type} {tb:g} at {cb.price:g}) imply cuts that violate "
+                    f"nesting by {gap:.4f} in probability (tolerance {tol:g})",
+                )

@@ -1,0 +1,207 @@
+"""Book files (SPEC.md §3): TOML, or the same structure as JSON.
+
+[`load_book`][] reads a file and [`parse_book`][] a decoded mapping; both return a
+validated [`Book`][] or raise [`BookError`][] naming the field and value. Nothing
+is computed from a partly-read book: the whole book is checked first.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tomllib
+from collections.abc import Mapping
+from typing import Any
+
+from ._book import Book, Contract, Position, Settings
+from ._errors import BookError
+from ._hierarchy import Cluster, Hierarchy, Node, default_hierarchy
+
+_TOP = {"model", "addons", "hierarchy", "clusters", "contracts", "positions"}
+_MODEL = {"confidence", "scenarios", "seed", "ladder_tolerance", "outcome_overround"}
+_ADDONS = {"mc_error", "mc_error_z", "liquidity", "liquidity_threshold", "liquidity_rate"}
+_CONTRACT = {"id", "cluster", "type", "price", "event", "threshold", "outcome", "legs",
+             "open_interest", "probability"}
+MAX_BOOK_BYTES = 16 * 1024 * 1024
+
+
+def _table(field: str, value: Any) -> Mapping:
+    if not isinstance(value, Mapping):
+        raise BookError(field, f"expected a table, got {value!r}")
+    return value
+
+
+def _array(field: str, value: Any) -> list:
+    if not isinstance(value, list):
+        raise BookError(field, f"expected an array of tables, got {value!r}")
+    return value
+
+
+def _keys(field: str, table: Mapping, allowed: set[str], required: set[str] = frozenset()):
+    for key in table:
+        if key not in allowed:
+            raise BookError(f"{field}.{key}", f"unknown key (allowed: {', '.join(sorted(allowed))})")
+    for key in sorted(required):
+        if key not in table:
+            raise BookError(f"{field}.{key}", "missing")
+
+
+def _string(field: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise BookError(field, f"{value!r} is not a non-empty string")
+    return value
+
+
+def _num(field: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BookError(field, f"{value!r} is not a number")
+    if not math.isfinite(value):
+        raise BookError(field, f"{value!r} is not finite")
+    return value
+
+
+def parse_book(data: Mapping) -> Book:
+    """Builds a validated [`Book`][] from a decoded book file (SPEC.md §3)."""
+    data = _table("book", data)
+    _keys("book", data, _TOP)
+    model = _table("model", data.get("model", {}))
+    _keys("model", model, _MODEL)
+    addons = _table("addons", data.get("addons", {}))
+    _keys("addons", addons, _ADDONS)
+    settings = Settings(**{**model, **addons})
+
+    has_h, has_c = "hierarchy" in data, "clusters" in data
+    if has_h != has_c:
+        given, missing = ("hierarchy", "clusters") if has_h else ("clusters", "hierarchy")
+        raise BookError(missing, f"missing: a book that gives [[{given}]] must give "
+                                 f"[[{missing}]] too (or neither, for the default hierarchy)")
+    if has_h:
+        nodes = []
+        for i, entry in enumerate(_array("hierarchy", data["hierarchy"])):
+            f = f"hierarchy[{i}]"
+            entry = _table(f, entry)
+            _keys(f, entry, {"node", "parent", "rho"}, {"node", "rho"})
+            name = _string(f"{f}.node", entry["node"])
+            parent = entry.get("parent")
+            if parent is not None:
+                parent = _string(f"{f} (node {name!r}).parent", parent)
+            nodes.append(Node(name, parent, _num(f"{f} (node {name!r}).rho", entry["rho"])))
+        clusters = []
+        for i, entry in enumerate(_array("clusters", data["clusters"])):
+            f = f"clusters[{i}]"
+            entry = _table(f, entry)
+            _keys(f, entry, {"name", "parent", "loading"}, {"name", "parent", "loading"})
+            name = _string(f"{f}.name", entry["name"])
+            clusters.append(Cluster(
+                name,
+                _string(f"{f} (cluster {name!r}).parent", entry["parent"]),
+                _num(f"{f} (cluster {name!r}).loading", entry["loading"]),
+            ))
+        hierarchy = Hierarchy(tuple(nodes), tuple(clusters))
+    else:
+        hierarchy = default_hierarchy()
+
+    contracts = []
+    for i, entry in enumerate(_array("contracts", data.get("contracts", []))):
+        f = f"contracts[{i}]"
+        entry = _table(f, entry)
+        _keys(f, entry, _CONTRACT, {"id"})
+        cid = _string(f"{f}.id", entry["id"])
+        f = f"{f} (id {cid!r})"
+        _keys(f, entry, _CONTRACT, {"cluster", "type", "price"})
+        legs = entry.get("legs")
+        if legs is not None:
+            if not isinstance(legs, list):
+                raise BookError(f"{f}.legs", f"{legs!r} is not an array of contract ids")
+            legs = tuple(_string(f"{f}.legs[{j}]", x) for j, x in enumerate(legs))
+            if not legs:
+                raise BookError(f"{f}.legs", "[] is empty")
+        opt_str = {k: _string(f"{f}.{k}", entry[k]) for k in ("event", "outcome") if k in entry}
+        opt_num = {k: _num(f"{f}.{k}", entry[k])
+                   for k in ("threshold", "open_interest", "probability") if k in entry}
+        contracts.append(Contract(
+            id=cid,
+            cluster=_string(f"{f}.cluster", entry["cluster"]),
+            type=_string(f"{f}.type", entry["type"]),
+            price=_num(f"{f}.price", entry["price"]),
+            legs=legs or (),
+            **opt_str,
+            **opt_num,
+        ))
+    positions = []
+    for i, entry in enumerate(_array("positions", data.get("positions", []))):
+        f = f"positions[{i}]"
+        entry = _table(f, entry)
+        _keys(f, entry, {"contract", "quantity"}, {"contract", "quantity"})
+        cid = _string(f"{f}.contract", entry["contract"])
+        positions.append(Position(cid, _num(f"{f} (contract {cid!r}).quantity",
+                                            entry["quantity"])))
+    return Book(tuple(contracts), tuple(positions), hierarchy, settings)
+
+
+def _no_duplicate_keys(pairs):
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise BookError(str(k), "key given twice")
+        out[k] = v
+    return out
+
+
+def load_book(path: str | os.PathLike) -> Book:
+    """Reads and validates a book file (``.toml`` or ``.json``)."""
+    path = os.fspath(path)
+    try:
+        size = os.path.getsize(path)
+        if size > MAX_BOOK_BYTES:
+            raise BookError("book", f"{path} is {size} bytes, over the {MAX_BOOK_BYTES} limit")
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except OSError as e:
+        raise BookError("book", f"cannot read {path!r}: {e.strerror or e}") from None
+    return loads_book(raw, json_format=path.lower().endswith(".json"), name=path)
+
+
+def loads_book(raw: bytes | str, *, json_format: bool = False, name: str = "book") -> Book:
+    """Parses a book from TOML (or JSON with ``json_format=True``) text."""
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+    except UnicodeDecodeError as e:
+        raise BookError("book", f"{name} is not UTF-8 text ({e.reason})") from None
+    try:
+        if json_format:
+            data = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+        else:
+            data = tomllib.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
+        kind = "JSON" if json_format else "TOML"
+        raise BookError("book", f"{name} is not valid {kind}: {e}") from None
+    return parse_book(data)
+
+
+def book_to_dict(book: Book) -> dict:
+    """The book as a mapping with the structure of SPEC.md §3 (round-trips
+    through [`parse_book`][])."""
+    s = book.settings
+    out: dict = {
+        "model": {"confidence": s.confidence, "scenarios": s.scenarios, "seed": s.seed,
+                  "ladder_tolerance": s.ladder_tolerance,
+                  "outcome_overround": s.outcome_overround},
+        "addons": {k: getattr(s, k) for k in sorted(_ADDONS)},
+        "hierarchy": [{"node": n.name, **({"parent": n.parent} if n.parent else {}), "rho": n.rho}
+                      for n in book.hierarchy.nodes],
+        "clusters": [{"name": c.name, "parent": c.parent, "loading": c.loading}
+                     for c in book.hierarchy.clusters],
+        "contracts": [],
+        "positions": [{"contract": p.contract, "quantity": p.quantity} for p in book.positions],
+    }
+    for c in book.contracts:
+        entry = {"id": c.id, "cluster": c.cluster, "type": c.type, "price": c.price}
+        for key in ("event", "threshold", "outcome", "open_interest", "probability"):
+            if getattr(c, key) is not None:
+                entry[key] = getattr(c, key)
+        if c.legs:
+            entry["legs"] = list(c.legs)
+        out["contracts"].append(entry)
+    return out

@@ -1,0 +1,55 @@
+"""Readable text reports for the command line."""
+
+from __future__ import annotations
+
+from ._portfolio import MarginReport
+
+
+def money(x: float) -> str:
+    return f"${x:,.2f}"
+
+
+def format_margin_report(report: MarginReport, title: str = "") -> str:
+    """The margin report as aligned text: totals, build-up, clusters, correlation."""
+    r = report
+    lines = []
+    if title:
+        lines += [f"kinetic-jax margin report: {title}"]
+    lines += [
+        f"scenarios {r.scenarios:,} | seed {r.seed} | confidence {r.confidence:g}",
+        "",
+        f"  {'Full collateral':<24}{money(r.full_collateral):>16}",
+        f"  {'Worst-case loss':<24}{money(r.worst_case_loss):>16}"
+        + ("" if r.worst_case_exact else "   (upper bound: book too large to solve exactly)"),
+        f"  {'Portfolio margin':<24}{money(r.margin):>16}   binding: {r.binding}",
+        f"  {'Capital released':<24}{r.capital_released:>16.1%}",
+        "",
+        "Margin build-up",
+    ]
+    for step in r.waterfall():
+        name = step["step"]
+        extra = ""
+        if name == "base":
+            name, extra = "base (joint ES)", f"  +/- {r.base_standard_error:,.2f} (1 s.e.)"
+        elif name == "floor":
+            name = "floor (top-2 clusters)"
+        elif name == "stressed loss":
+            name = "max(base, floor)"
+        elif name == "cap":
+            name = "cap (worst case, 0)"
+        lines.append(f"  {name:<24}{step['amount']:>16,.2f}{extra}")
+    lines.append(f"  {'sqrt(ES^T R ES)':<24}{r.aggregate_diagnostic:>16,.2f}  (diagnostic)")
+    lines += ["", "Clusters"]
+    lines.append(f"  {'cluster':<12}{'positions':>10}{'gross':>14}{'ES':>14}{'s.e.':>10}"
+                 f"{'ES/gross':>10}")
+    for c in r.clusters:
+        ratio = f"{c.es / c.gross:.0%}" if c.gross > 0 else "-"
+        lines.append(f"  {c.name:<12}{c.positions:>10}{c.gross:>14,.2f}{c.es:>14,.2f}"
+                     f"{c.standard_error:>10,.2f}{ratio:>10}")
+    lines += ["", "Inter-cluster factor correlation (LCA rule)"]
+    names = r.correlation_clusters
+    width = max(8, max(len(n) for n in names) + 1)
+    lines.append("  " + " " * width + "".join(f"{n[:7]:>8}" for n in names))
+    for n, row in zip(names, r.correlation):
+        lines.append(f"  {n:<{width}}" + "".join(f"{x:>8.2f}" for x in row))
+    return "\n".join(lines)

@@ -1,0 +1,199 @@
+"""Host-level entry point: margin a [`Book`][] and get a plain-Python report."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._arrays import BookArrays, book_arrays
+from ._book import Book
+from ._errors import BookError
+from ._margin import ADDONS, BINDING, MarginParams, MarginResult, cluster_losses, margin_jit
+from ._shortfall import tail_size
+from ._simulation import outcomes
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterReport:
+    name: str
+    gross: float
+    es: float
+    standard_error: float
+    var: float
+    positions: int
+
+
+@dataclasses.dataclass(frozen=True)
+class MarginReport:
+    """One margin call, in dollars. See docs/methodology.md for every figure.
+
+    `binding` is ``worst_case``, ``base`` or ``floor`` (SPEC.md §2.5);
+    `standard_error` is the Monte-Carlo standard error of the binding stressed
+    loss (base, or the floor's two cluster ES added).
+    """
+
+    full_collateral: float
+    worst_case_loss: float
+    worst_case_exact: bool
+    margin: float
+    base: float
+    floor: float
+    addons: dict[str, float]
+    binding: str
+    capital_released: float
+    standard_error: float
+    base_standard_error: float
+    floor_standard_error: float
+    var: float
+    aggregate_diagnostic: float
+    confidence: float
+    scenarios: int
+    seed: int
+    clusters: tuple[ClusterReport, ...]
+    correlation_clusters: tuple[str, ...]
+    correlation: tuple[tuple[float, ...], ...]
+
+    @property
+    def stressed_loss(self) -> float:
+        return max(self.base, self.floor)
+
+    def waterfall(self) -> list[dict]:
+        """The build-up of the margin: base and floor, the larger of them, each
+        add-on, the cap at the worst case (and at 0), the margin."""
+        steps = [
+            {"step": "base", "amount": self.base, "total": self.base},
+            {"step": "floor", "amount": self.floor, "total": self.floor},
+            {"step": "stressed loss", "amount": self.stressed_loss, "total": self.stressed_loss},
+        ]
+        total = self.stressed_loss
+        for name, amount in self.addons.items():
+            total += amount
+            steps.append({"step": f"add-on: {name}", "amount": amount, "total": total})
+        steps.append({"step": "cap", "amount": self.margin - total, "total": self.margin})
+        steps.append({"step": "margin", "amount": self.margin, "total": self.margin})
+        return steps
+
+    def to_dict(self) -> dict:
+        """The SPEC.md §4 JSON object (and more)."""
+        return {
+            "full_collateral": self.full_collateral,
+            "worst_case_loss": self.worst_case_loss,
+            "worst_case_exact": self.worst_case_exact,
+            "margin": self.margin,
+            "base": self.base,
+            "floor": self.floor,
+            "addons": dict(self.addons),
+            "binding": self.binding,
+            "capital_released": self.capital_released,
+            "standard_error": self.standard_error,
+            "base_standard_error": self.base_standard_error,
+            "floor_standard_error": self.floor_standard_error,
+            "var": self.var,
+            "aggregate_diagnostic": self.aggregate_diagnostic,
+            "confidence": self.confidence,
+            "scenarios": self.scenarios,
+            "seed": self.seed,
+            "clusters": [dataclasses.asdict(c) for c in self.clusters],
+            "correlation": {
+                "clusters": list(self.correlation_clusters),
+                "matrix": [list(r) for r in self.correlation],
+            },
+            "waterfall": self.waterfall(),
+        }
+
+
+def margin_inputs(book: Book, *, dtype=None):
+    """``(arrays, layout, params)`` for the jitted core, from a book."""
+    arrays, layout = book_arrays(book, dtype)
+    params = MarginParams.from_settings(book.settings, arrays.price.dtype)
+    return arrays, layout, params
+
+
+def portfolio_margin(
+    book: Book,
+    *,
+    scenarios: int | None = None,
+    seed: int | None = None,
+    confidence: float | None = None,
+    dtype=None,
+) -> MarginReport:
+    """Margins `book` (SPEC.md §2.5) with one joint simulation.
+
+    **Arguments:**
+
+    - `book`: a validated [`Book`][].
+    - `scenarios`, `seed`, `confidence`: override the book's ``[model]`` values.
+    - `dtype`: float32 (default) or float64 (needs ``jax_enable_x64``).
+
+    **Returns:** a [`MarginReport`][]. Raises [`BookError`][] for bad overrides.
+    """
+    changes = {k: v for k, v in
+               (("scenarios", scenarios), ("seed", seed), ("confidence", confidence))
+               if v is not None}
+    if changes:
+        book = book.with_settings(**changes)
+    s = book.settings
+    arrays, layout, params = margin_inputs(book, dtype=dtype)
+    key = jax.random.key(s.seed)
+    result = margin_jit(arrays, params, key, s.scenarios, tail_size(s.scenarios, s.confidence))
+    return _report(book, layout, result)
+
+
+def _report(book: Book, layout, result: MarginResult) -> MarginReport:
+    r = jax.tree.map(lambda x: np.asarray(x, dtype=np.float64), result)
+    values = [r.margin, r.base, r.floor, r.worst_case_loss, *r.cluster_es]
+    if not all(math.isfinite(float(v)) for v in values):
+        raise BookError("", "the engine produced a non-finite figure; please report this book")
+    s = book.settings
+    qty = book.net_quantities()
+    held = {name: 0 for name in layout.cluster_names}
+    for c in book.contracts:
+        if qty[c.id] != 0:
+            held[c.cluster] += 1
+    binding = BINDING[int(r.binding)]
+    return MarginReport(
+        full_collateral=float(r.full_collateral),
+        worst_case_loss=float(r.worst_case_loss),
+        worst_case_exact=layout.table.exact_at_book,
+        margin=float(r.margin),
+        base=float(r.base),
+        floor=float(r.floor),
+        addons={name: float(v) for name, v in zip(ADDONS, r.addons)},
+        binding=binding,
+        capital_released=float(r.capital_released),
+        standard_error=float(r.base_se if r.base >= r.floor else r.floor_se),
+        base_standard_error=float(r.base_se),
+        floor_standard_error=float(r.floor_se),
+        var=float(r.var),
+        aggregate_diagnostic=float(r.aggregate),
+        confidence=s.confidence,
+        scenarios=s.scenarios,
+        seed=s.seed,
+        clusters=tuple(
+            ClusterReport(name, float(g), float(e), float(se), float(v), held[name])
+            for name, g, e, se, v in zip(layout.cluster_names, r.cluster_gross, r.cluster_es,
+                                         r.cluster_se, r.cluster_var)
+        ),
+        correlation_clusters=layout.cluster_names,
+        correlation=tuple(tuple(float(x) for x in row) for row in r.correlation),
+    )
+
+
+def _total_losses(arrays: BookArrays, key, scenarios: int):
+    return jnp.sum(cluster_losses(arrays, outcomes(key, arrays, scenarios)), axis=1)
+
+
+_losses_jit = eqx.filter_jit(_total_losses)
+
+
+def book_losses(book: Book, *, dtype=None) -> np.ndarray:
+    """The simulated loss of the whole book in each scenario (dollars), from the
+    same draws as [`portfolio_margin`][] with the book's settings."""
+    arrays, _, _ = margin_inputs(book, dtype=dtype)
+    s = book.settings
+    return np.asarray(_losses_jit(arrays, jax.random.key(s.seed), s.scenarios), np.float64)

@@ -1,0 +1,273 @@
+"""Exact worst-case loss: the largest loss over every joint outcome the model allows.
+
+Each event's latent splits into regions between its cuts (in u = Phi(X), every
+region has positive probability); distinct events move independently (every
+loading is below 1, so each event keeps its own noise). Parlays tie the events of
+their legs together. So the book splits into *components* — groups of events
+connected through parlays — and
+
+    worst case = sum over components of  max over the component's joint regions
+                 of  sum_{contracts i in it} q_i (p_i - YES_i).
+
+The joint regions of a component are enumerated into an :class:`OutcomeTable`
+whose rows hold the YES pattern of the component's contracts. The table depends
+on prices only through the order of the cuts, not on quantities, so the same
+table gives the worst case — and its subgradient — for any quantities, inside
+``jit`` (this is what lets the hedge optimiser keep the cap exact). A component
+too large to enumerate is solved by branch and bound for the book's own
+quantities (one row, exact at those quantities); if even that exceeds its
+budget the component falls back to a conservative bound (parlays treated as free
+of their legs) and the table says it is not exact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+
+import jax.numpy as jnp
+import numpy as np
+from jax import ops
+from jaxtyping import Array, Float, Int
+
+from ._book import Book
+
+ENUMERATION_LIMIT = 4096
+BRANCH_AND_BOUND_NODES = 2_000_000
+_MERGE = 1e-9
+
+
+@dataclasses.dataclass(frozen=True)
+class OutcomeTable:
+    """Rows of joint YES patterns, grouped into components.
+
+    - `component`: (rows,) component id of each row.
+    - `index`: (rows, width) contract indices the row covers (padding: `pad`).
+    - `yes`: (rows, width) 0/1 outcome of each covered contract.
+    - `exact`: True when the table is exact for every quantity vector;
+      `exact_at_book`: True when it is exact at the book's own quantities.
+    """
+
+    component: np.ndarray
+    index: np.ndarray
+    yes: np.ndarray
+    exact: bool
+    exact_at_book: bool
+
+    def worst_case(self, quantity: np.ndarray, price: np.ndarray) -> float:
+        """The worst-case loss in float64 NumPy (quantity/price per contract index)."""
+        q = np.append(quantity, 0.0)
+        p = np.append(price, 0.0)
+        idx = np.where(self.index < 0, len(quantity), self.index)
+        row = np.sum(q[idx] * (p[idx] - self.yes), axis=1)
+        total = 0.0
+        for comp in np.unique(self.component):
+            total += float(np.max(row[self.component == comp]))
+        return total
+
+    def worst_outcome(self, quantity: np.ndarray, price: np.ndarray) -> np.ndarray:
+        """A joint YES vector (per contract) that attains the worst case."""
+        q = np.append(quantity, 0.0)
+        p = np.append(price, 0.0)
+        idx = np.where(self.index < 0, len(quantity), self.index)
+        row = np.sum(q[idx] * (p[idx] - self.yes), axis=1)
+        out = np.zeros(len(quantity))
+        for comp in np.unique(self.component):
+            rows = np.flatnonzero(self.component == comp)
+            best = rows[np.argmax(row[rows])]
+            sel = self.index[best] >= 0
+            out[self.index[best][sel]] = self.yes[best][sel]
+        return out
+
+
+def event_regions(book: Book, probs: list[float], idx: list[int]) -> np.ndarray:
+    """YES patterns (regions x contracts of the event) of one event's regions."""
+    los, his = [], []
+    cum = 0.0
+    for i in idx:
+        c = book.contracts[i]
+        p = probs[i]
+        if c.type in ("above", "binary"):
+            lo, hi = 1.0 - p, 1.0
+        elif c.type == "below":
+            lo, hi = 0.0, p
+        else:  # outcome: consecutive intervals in listing order
+            lo, hi = cum, cum + p
+            cum += p
+        los.append(lo)
+        his.append(min(hi, 1.0))
+    points = sorted({0.0, 1.0, *los, *his})
+    merged = [points[0]]
+    for x in points[1:]:
+        if x - merged[-1] > _MERGE:
+            merged.append(x)
+    if merged[-1] < 1.0 - _MERGE:
+        merged.append(1.0)
+    else:
+        merged[-1] = 1.0
+    mids = [(a + b) / 2 for a, b in zip(merged[:-1], merged[1:])]
+    lo_a, hi_a = np.array(los), np.array(his)
+    pats = np.array([(lo_a < m) & (m <= hi_a) for m in mids], dtype=np.float64)
+    return np.unique(pats, axis=0)
+
+
+def build_outcome_table(book: Book, quantity: np.ndarray | None = None) -> OutcomeTable:
+    """Enumerates the joint regions of every component of `book` (see module doc)."""
+    n = len(book.contracts)
+    probs = book.simulation_probabilities()
+    events = book.events()
+    names = list(events)
+    ev_of = {}
+    for e, idx in events.items():
+        for i in idx:
+            ev_of[i] = e
+    # Union-find over events, joined by parlays.
+    parent = {e: e for e in names}
+
+    def find(e):
+        while parent[e] != e:
+            parent[e] = parent[parent[e]]
+            e = parent[e]
+        return e
+
+    parlays = [i for i, c in enumerate(book.contracts) if c.type == "parlay"]
+    ids = {c.id: i for i, c in enumerate(book.contracts)}
+    for i in parlays:
+        legs = [ev_of[ids[leg]] for leg in book.contracts[i].legs]
+        for e in legs[1:]:
+            parent[find(e)] = find(legs[0])
+    groups: dict[str, list[str]] = {}
+    for e in names:
+        groups.setdefault(find(e), []).append(e)
+    parlays_of: dict[str, list[int]] = {}
+    for i in parlays:
+        parlays_of.setdefault(find(ev_of[ids[book.contracts[i].legs[0]]]), []).append(i)
+
+    regions = {e: event_regions(book, probs, events[e]) for e in names}
+    q = np.zeros(n) if quantity is None else np.asarray(quantity, dtype=np.float64)
+    price = np.array([c.price for c in book.contracts])
+    rows: list[tuple[int, list[int], np.ndarray]] = []
+    exact = exact_at_book = True
+    comp_id = 0
+    for root, evs in groups.items():
+        pls = parlays_of.get(root, [])
+        cidx = [i for e in evs for i in events[e]] + pls
+        combos = math.prod(len(regions[e]) for e in evs)
+        if combos <= ENUMERATION_LIMIT:
+            for choice in itertools.product(*(range(len(regions[e])) for e in evs)):
+                rows.append((comp_id, cidx, _pattern(book, ids, events, regions, evs, choice, pls)))
+            comp_id += 1
+            continue
+        exact = False
+        choice = _branch_and_bound(book, ids, events, regions, evs, pls, q, price)
+        if choice is not None:
+            rows.append((comp_id, cidx, _pattern(book, ids, events, regions, evs, choice, pls)))
+            comp_id += 1
+            continue
+        exact_at_book = False  # conservative: events and parlays as free components
+        for e in evs:
+            for r in regions[e]:
+                rows.append((comp_id, events[e], r))
+            comp_id += 1
+        for i in pls:
+            rows.append((comp_id, [i], np.zeros(1)))
+            rows.append((comp_id, [i], np.ones(1)))
+            comp_id += 1
+    width = max([len(r[1]) for r in rows], default=1)
+    comp = np.array([r[0] for r in rows], dtype=np.int32)
+    index = np.full((len(rows), width), -1, dtype=np.int32)
+    yes = np.zeros((len(rows), width))
+    for k, (_, cidx, pat) in enumerate(rows):
+        index[k, : len(cidx)] = cidx
+        yes[k, : len(cidx)] = pat
+    return OutcomeTable(comp, index, yes, exact, exact_at_book)
+
+
+def _leg_masks(book, ids, events, regions, evs, pls):
+    """Per parlay: {event position: bool mask over that event's regions}."""
+    pos = {e: k for k, e in enumerate(evs)}
+    out = []
+    for i in pls:
+        masks: dict[int, np.ndarray] = {}
+        for leg in book.contracts[i].legs:
+            j = ids[leg]
+            e = next(e for e in evs if j in events[e])
+            col = events[e].index(j)
+            m = regions[e][:, col] > 0.5
+            masks[pos[e]] = masks.get(pos[e], True) & m
+        out.append(masks)
+    return out
+
+
+def _pattern(book, ids, events, regions, evs, choice, pls) -> np.ndarray:
+    base = [regions[e][r] for e, r in zip(evs, choice)]
+    par = []
+    for masks in _leg_masks(book, ids, events, regions, evs, pls):
+        par.append(float(all(m[choice[k]] for k, m in masks.items())))
+    return np.concatenate([*base, np.array(par)])
+
+
+def _branch_and_bound(book, ids, events, regions, evs, pls, q, price):
+    """Minimises sum_i q_i YES_i over the component's joint regions (which
+    maximises its loss) by depth-first branch and bound; None if over budget."""
+    cost = [regions[e] @ q[events[e]] for e in evs]
+    masks = _leg_masks(book, ids, events, regions, evs, pls)
+    qp = np.array([q[i] for i in pls])
+    order = sorted(range(len(evs)), key=lambda k: -sum(k in m for m in masks))
+    rank = {k: r for r, k in enumerate(order)}
+    min_rest = np.append(np.cumsum([cost[k].min() for k in order][::-1])[::-1], 0.0)
+    last = [max(rank[k] for k in m) for m in masks]
+    best = [math.inf, None]
+    nodes = [0]
+    choice = [0] * len(evs)
+
+    def bound(depth):
+        total = 0.0
+        for p, m in enumerate(masks):
+            alive = all(m[choice[k]] for k in m if rank[k] < depth)
+            if alive:
+                total += qp[p] if last[p] < depth else min(0.0, qp[p])
+        return total
+
+    def visit(depth, fixed):
+        nodes[0] += 1
+        if nodes[0] > BRANCH_AND_BOUND_NODES:
+            raise _Budget
+        if depth == len(order):
+            val = fixed + bound(depth)
+            if val < best[0]:
+                best[0], best[1] = val, list(choice)
+            return
+        k = order[depth]
+        for r in np.argsort(cost[k]):
+            choice[k] = int(r)
+            f = fixed + cost[k][r]
+            if f + min_rest[depth + 1] + bound(depth + 1) < best[0] - 1e-12:
+                visit(depth + 1, f)
+
+    try:
+        visit(0, 0.0)
+    except _Budget:
+        return None
+    return tuple(best[1])
+
+
+class _Budget(Exception):
+    pass
+
+
+def table_worst_case(
+    quantity: Float[Array, " contracts"],
+    price: Float[Array, " contracts"],
+    component: Int[Array, " rows"],
+    index: Int[Array, "rows width"],
+    yes: Float[Array, "rows width"],
+) -> Float[Array, ""]:
+    """The worst-case loss from an outcome table, in JAX (differentiable in
+    quantity and price; a subgradient where two joint outcomes tie). Padding
+    rows point at a contract slot with zero quantity and have their own
+    component."""
+    row = jnp.sum(quantity[index] * (price[index] - yes), axis=1)
+    best = ops.segment_max(row, component, num_segments=component.shape[0])
+    return jnp.sum(jnp.where(jnp.isfinite(best), best, 0.0))
