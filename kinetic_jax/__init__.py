@@ -47,3 +47,19 @@ try:
     __version__ = importlib.metadata.version("kinetic-jax")
 except importlib.metadata.PackageNotFoundError:  # pragma: no cover - source checkout
     __version__ = "0+unknown"
+from ._sensitivities import (  # noqa: E402
+    DEFAULT_TEMPERATURE as DEFAULT_TEMPERATURE,
+    MarginVars as MarginVars,
+    SensitivityReport as SensitivityReport,
+    differentiable_margin as differentiable_margin,
+    sensitivities as sensitivities,
+    sensitivity_arrays as sensitivity_arrays,
+)
+from ._hedge import (  # noqa: E402
+    HedgeProblem as HedgeProblem,
+    HedgeResult as HedgeResult,
+    hedge_objective as hedge_objective,
+    hedge_problem as hedge_problem,
+    optimise_hedge as optimise_hedge,
+)
+from ._synthetic import random_book as random_book  # noqa: E402

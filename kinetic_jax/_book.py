@@ -38,7 +38,9 @@ def check_number(field: str, value: object, *, low=None, high=None, low_open=Fal
     if bad_low or bad_high:
         lo = "-inf" if low is None else f"{low:g}"
         hi = "inf" if high is None else f"{high:g}"
-        interval = f"{'(' if low_open or low is None else '['}{lo}, {hi}{')' if high_open or high is None else ']'}"
+        left = "(" if low_open or low is None else "["
+        right = ")" if high_open or high is None else "]"
+        interval = f"{left}{lo}, {hi}{right}"
         raise BookError(field, f"{value!r} is outside {interval}")
     return value
 
@@ -245,8 +247,10 @@ def _validate(book: Book) -> None:
         }
         for key, here in present.items():
             if here and key not in allowed:
+                value = list(c.legs) if key == "legs" else getattr(c, key)
                 raise BookError(_contract_field(i, c, key),
-                                f"does not belong to a contract of type {c.type!r}")
+                                f"{value!r} given, but {key!r} does not belong to a "
+                                f"contract of type {c.type!r}")
         if c.type in ("above", "below"):
             if c.threshold is None:
                 raise BookError(_contract_field(i, c, "threshold"),
@@ -256,7 +260,8 @@ def _validate(book: Book) -> None:
             raise BookError(_contract_field(i, c, "outcome"),
                             f"required for type 'outcome' (a non-empty name), got {c.outcome!r}")
         if c.event is not None and (not isinstance(c.event, str) or not c.event):
-            raise BookError(_contract_field(i, c, "event"), f"{c.event!r} is not a non-empty string")
+            raise BookError(_contract_field(i, c, "event"),
+                            f"{c.event!r} is not a non-empty string")
         if c.probability is not None:
             if c.type == "parlay":
                 raise BookError(_contract_field(i, c, "probability"),
@@ -338,7 +343,7 @@ def _check_ladder(book: Book, event: str, idx: list[int], tol: float) -> None:
             if gap > tol + 1e-12:
                 raise BookError(
                     f"contracts (event {event!r})",
-                    f"inconsistent ladder: {ca.id!r} ({ca.type} {ta:g} at {ca.price:g}) and "
-                    f"{cb.id!r} ({cb.type} {tb:g} at {cb.price:g}) imply cuts that violate "
+                    f"inconsistent ladder: {ca.id!r} ({ca.type} {ta!r} at {ca.price!r}) and "
+                    f"{cb.id!r} ({cb.type} {tb!r} at {cb.price!r}) imply cuts that violate "
                     f"nesting by {gap:.4f} in probability (tolerance {tol:g})",
                 )

@@ -41,7 +41,8 @@ def _array(field: str, value: Any) -> list:
 def _keys(field: str, table: Mapping, allowed: set[str], required: set[str] = frozenset()):
     for key in table:
         if key not in allowed:
-            raise BookError(f"{field}.{key}", f"unknown key (allowed: {', '.join(sorted(allowed))})")
+            raise BookError(f"{field}.{key}",
+                            f"unknown key (allowed: {', '.join(sorted(allowed))})")
     for key in sorted(required):
         if key not in table:
             raise BookError(f"{field}.{key}", "missing")
@@ -106,7 +107,8 @@ def parse_book(data: Mapping) -> Book:
     for i, entry in enumerate(_array("contracts", data.get("contracts", []))):
         f = f"contracts[{i}]"
         entry = _table(f, entry)
-        _keys(f, entry, _CONTRACT, {"id"})
+        if "id" not in entry:
+            raise BookError(f"{f}.id", "missing")
         cid = _string(f"{f}.id", entry["id"])
         f = f"{f} (id {cid!r})"
         _keys(f, entry, _CONTRACT, {"cluster", "type", "price"})
@@ -144,7 +146,11 @@ def _no_duplicate_keys(pairs):
     out = {}
     for k, v in pairs:
         if k in out:
-            raise BookError(str(k), "key given twice")
+            # The hook sees one object, not its path: name it by its id-like key.
+            where = next((f" (in the object with {n} {dict(pairs)[n]!r})"
+                          for n in ("id", "contract", "node", "name")
+                          if n != k and isinstance(dict(pairs).get(n), str)), "")
+            raise BookError("book", f"key {k!r} given twice{where}: {out[k]!r}, then {v!r}")
         out[k] = v
     return out
 

@@ -34,6 +34,26 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("margin", help="margin report of a book")
     _common(m)
     m.add_argument("--float64", action="store_true", help="compute in float64")
+    sens = sub.add_parser("sensitivities", help="dM/dq, dM/dp, dM/drho, dM/dloading, Euler "
+                                                "allocation")
+    _common(sens)
+    sens.add_argument("--temperature", type=float, default=None,
+                      help="smoothing temperature in latent standard deviations "
+                           "(default: %(prog)s's documented default)")
+    sens.add_argument("--estimator", choices=["straight_through", "smooth"],
+                      default="straight_through", help="sensitivity estimator")
+    sens.add_argument("--top", type=int, default=25, help="rows of the ranked table")
+    hedge = sub.add_parser("hedge", help="margin-minimising trade in given instruments (optax)")
+    _common(hedge)
+    hedge.add_argument("--instrument", action="append", required=True, metavar="ID",
+                       help="contract to trade (repeatable; held or not)")
+    hedge.add_argument("--max-quantity", type=float, default=None,
+                       help="bound on |trade| per instrument (default: the largest |position|)")
+    hedge.add_argument("--cost", type=float, default=0.0,
+                       help="linear trading cost, dollars per contract traded")
+    hedge.add_argument("--objective", choices=["margin", "base"], default="margin")
+    hedge.add_argument("--steps", type=int, default=1000, help="optimiser iterations")
+    _dashboard_parser(sub)
     return parser
 
 
@@ -50,7 +70,11 @@ def _load(args):
     except BookError as e:
         flag = e.field.split(".")[-1]
         if flag in ("scenarios", "seed", "confidence"):
-            raise BookError(f"--{flag}", e.detail) from None
+            # Name the flag given: "--confidence 0.9999" can leave the book's
+            # scenario count without a tail, which is reported on model.scenarios.
+            given = [k for k in ("scenarios", "seed", "confidence") if k in changes]
+            flags = [flag] if flag in changes else given
+            raise BookError(", ".join(f"--{f}" for f in flags), e.detail) from None
         raise
 
 
@@ -73,7 +97,114 @@ def _margin(args) -> int:
     return 0
 
 
-COMMANDS = {"margin": _margin}
+def _sensitivities(args) -> int:
+    from ._sensitivities import DEFAULT_TEMPERATURE, sensitivities
+
+    book = _load(args)
+    t = DEFAULT_TEMPERATURE if args.temperature is None else args.temperature
+    report = sensitivities(book, temperature=t, estimator=args.estimator)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return 0
+    print(f"kinetic-jax sensitivities: {args.book}")
+    print(f"margin ${report.margin:,.2f} (binding: {report.binding}); estimator "
+          f"{report.estimator}, temperature {report.temperature:g}")
+    print("\nPositions, largest Euler contribution first")
+    print(f"  {'contract':<22}{'quantity':>11}{'price':>7}{'dM/dq':>10}{'dM/dp':>12}"
+          f"{'Euler $':>12}")
+    ranked = sorted(report.positions.items(), key=lambda kv: -abs(kv[1]["euler"]))
+    for cid, p in ranked[: args.top]:
+        print(f"  {cid:<22}{p['quantity']:>11,.0f}{p['price']:>7.2f}{p['d_quantity']:>10.4f}"
+              f"{p['d_price']:>12,.1f}{p['euler']:>12,.2f}")
+    if len(ranked) > args.top:
+        print(f"  ... {len(ranked) - args.top} more (--top N, or --json)")
+    print(f"  {'sum of Euler allocations':<50}{report.euler_total:>12,.2f}")
+    print(f"  {'residual (margin - sum; add-ons/cap)':<50}{report.euler_residual:>12,.2f}")
+    print("\nClusters (Euler allocation)")
+    for name, v in sorted(report.clusters.items(), key=lambda kv: -abs(kv[1])):
+        print(f"  {name:<22}{v:>12,.2f}")
+    print("\nCorrelation parameters: dM/drho per hierarchy node")
+    for name, v in sorted(report.rho.items(), key=lambda kv: -abs(kv[1])):
+        print(f"  {name:<22}{v:>12,.2f}")
+    print("\nLoadings: dM/dloading per cluster")
+    for name, v in sorted(report.loading.items(), key=lambda kv: -abs(kv[1])):
+        print(f"  {name:<22}{v:>12,.2f}")
+    best = sorted(report.candidates.items(), key=lambda kv: kv[1]["d_quantity"])[:5]
+    if best:
+        print("\nContracts not held, most margin-reducing per unit bought (dM/dq)")
+        for cid, p in best:
+            print(f"  {cid:<22}{p['d_quantity']:>12.4f}")
+    return 0
+
+
+def _hedge(args) -> int:
+    from ._hedge import optimise_hedge
+
+    book = _load(args)
+    result = optimise_hedge(book, args.instrument, max_quantity=args.max_quantity,
+                            cost=args.cost, objective=args.objective, steps=args.steps)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    print(f"kinetic-jax hedge: {args.book}  (objective: {result.objective}, "
+          f"|trade| <= {result.max_quantity:,.0f}, cost ${result.cost:g}/contract)")
+    print(f"\n  {'instrument':<22}{'trade':>12}{'position after':>16}")
+    for cid, q in result.quantities.items():
+        print(f"  {cid:<22}{q:>12,.1f}{result.positions_after.get(cid, 0.0):>16,.1f}")
+    print(f"\n  {'margin before':<22}{result.margin_before:>14,.2f}")
+    print(f"  {'margin after':<22}{result.margin_after:>14,.2f}   binding: {result.binding_after}")
+    print(f"  {'capital freed':<22}{result.capital_freed:>14,.2f}")
+    print(f"  {'trading cost':<22}{result.trading_cost:>14,.2f}")
+    print(f"  {result.iterations} iterations, "
+          f"{'converged' if result.converged else 'NOT converged (raise --steps)'}")
+    return 0
+
+
+# ---- dashboard (kinetic_jax/dashboard; needs the `dashboard` extra) -------------
+def _dashboard_parser(sub) -> None:
+    d = sub.add_parser("dashboard", help="interactive margin dashboard and JSON margin service",
+                       description="Starts a local web server with the margin dashboard and "
+                                   "its JSON API (OpenAPI docs at /docs) and prints the URL.")
+    d.add_argument("book", nargs="?", help="book file to open (default: the saved state, "
+                                           "else the reference book)")
+    d.add_argument("--port", type=int, default=8765, help="TCP port (default 8765)")
+    d.add_argument("--host", default="127.0.0.1",
+                   help="interface to listen on (default 127.0.0.1; the server has no "
+                        "authentication, keep it on loopback)")
+    d.add_argument("--state", metavar="PATH",
+                   help="state file (default ~/.kinetic_jax/dashboard.json, or "
+                        "$KINETIC_JAX_STATE)")
+    d.add_argument("--open", action="store_true", help="open the page in a web browser")
+
+
+def _dashboard(args) -> int:
+    import socket
+
+    try:
+        from .dashboard import run
+    except ImportError as e:
+        print(f"kinetic-jax: error: the dashboard needs the 'dashboard' extra "
+              f"(pip install 'kinetic-jax[dashboard]'): {e}", file=sys.stderr)
+        return 2
+    if not 1 <= args.port <= 65535:
+        raise BookError("--port", f"{args.port} is outside [1, 65535]")
+    try:  # fail early, with one line, if the port is taken
+        family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((args.host, args.port))
+    except OSError as e:
+        raise BookError(f"--host {args.host} --port {args.port}",
+                        f"cannot listen there: {e.strerror or e}") from None
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"kinetic-jax: warning: listening on {args.host}; the dashboard has no "
+              f"authentication", file=sys.stderr)
+    run(args.book, args.state, host=args.host, port=args.port, open_browser=args.open)
+    return 0
+
+
+COMMANDS = {"margin": _margin, "sensitivities": _sensitivities, "hedge": _hedge,
+            "dashboard": _dashboard}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
@@ -68,13 +69,18 @@ class Hierarchy:
 
     def __post_init__(self):
         nodes = list(self.nodes)
+        # Field names index the nodes as given (the book's [[hierarchy]] entries),
+        # not counting an implicit root inserted here.
+        offset = 0
         if not any(n.name == ROOT for n in nodes):
             nodes.insert(0, Node(ROOT, None, 0.0))
+            offset = 1
         names: dict[str, Node] = {}
         for i, n in enumerate(nodes):
-            field = f"hierarchy[{i}] (node {n.name!r})"
+            field = f"hierarchy[{i - offset}] (node {n.name!r})"
             if not isinstance(n.name, str) or not n.name:
-                raise BookError(f"hierarchy[{i}].node", f"{n.name!r} is not a non-empty string")
+                raise BookError(f"hierarchy[{i - offset}].node",
+                                f"{n.name!r} is not a non-empty string")
             if n.name in names:
                 raise BookError(f"{field}.node", f"duplicate node {n.name!r}")
             if n.name == ROOT and n.parent is not None:
@@ -86,7 +92,8 @@ class Hierarchy:
         for i, n in enumerate(nodes):
             if n.parent is not None and n.parent not in names:
                 raise BookError(
-                    f"hierarchy[{i}] (node {n.name!r}).parent", f"unknown node {n.parent!r}"
+                    f"hierarchy[{i - offset}] (node {n.name!r}).parent",
+                    f"unknown node {n.parent!r}",
                 )
         # Every node must reach the root without a cycle.
         for n in nodes:
@@ -100,7 +107,7 @@ class Hierarchy:
         for i, n in enumerate(nodes):
             if n.parent is not None and n.rho < names[n.parent].rho:
                 raise BookError(
-                    f"hierarchy[{i}] (node {n.name!r}).rho",
+                    f"hierarchy[{i - offset}] (node {n.name!r}).rho",
                     f"{n.rho!r} is below its parent {n.parent!r}'s rho "
                     f"{names[n.parent].rho!r}; rho must be non-decreasing from the root down",
                 )

@@ -108,11 +108,29 @@ def margin_from_outcomes(
     Many books (accounts) can share one simulation: call this once per book with
     the same `yes`, or `vmap` it over quantities.
     """
-    alpha = params.confidence
-    per_cluster = cluster_losses(arrays, yes)
+    return margin_from_losses(arrays, params, cluster_losses(arrays, yes), top)
+
+
+def margin_from_losses(
+    arrays: BookArrays, params: MarginParams, per_cluster: Float[Array, "N K"], top: int
+) -> MarginResult:
+    """The margin given each cluster's simulated loss (N, K) for `arrays.quantity`.
+    The worst case, full collateral and add-ons are taken from `arrays`."""
     total = jnp.sum(per_cluster, axis=1, keepdims=True)
     stacked = jnp.concatenate([per_cluster, total], axis=1).T
-    es, se, var = expected_shortfall(stacked, alpha, top)
+    es, se, var = expected_shortfall(stacked, params.confidence, top)
+    return margin_from_statistics(arrays, params, es, se, var)
+
+
+def margin_from_statistics(
+    arrays: BookArrays,
+    params: MarginParams,
+    es: Float[Array, " K+1"],
+    se: Float[Array, " K+1"],
+    var: Float[Array, " K+1"],
+) -> MarginResult:
+    """The margin from each cluster's and (last) the whole book's ES, standard
+    error and VaR; worst case, full collateral and add-ons from `arrays`."""
     cluster_es, base = es[:-1], es[-1]
     k = cluster_es.shape[0]
     top2, which = lax.top_k(cluster_es, min(2, k))
@@ -138,7 +156,7 @@ def margin_from_outcomes(
     released = jnp.where(full > 0, 1 - margin / jnp.where(full > 0, full, 1.0), 0.0)
     corr = correlation_matrix(arrays.rho, arrays.lca)
     agg_sq = cluster_es @ corr @ cluster_es
-    aggregate = jnp.sqrt(jnp.where(agg_sq > 0, agg_sq, 1.0)) * (agg_sq > 0)
+    aggregate = jnp.where(agg_sq > 0, jnp.sqrt(jnp.where(agg_sq > 0, agg_sq, 1.0)), 0.0)
     cluster_gross = jax.ops.segment_sum(gross_c, arrays.cluster, num_segments=k)
     return MarginResult(
         margin=margin,

@@ -54,10 +54,19 @@ def expected_shortfall(
 
     **Returns:** ``(es, standard_error, var)``, each with the leading shape.
     """
-    n = losses.shape[-1]
     tail, _ = lax.top_k(losses, top)
+    return tail_statistics(tail, losses.shape[-1], confidence)
+
+
+def tail_statistics(
+    tail: Float[Array, "... T"], scenarios: int, confidence: Float[Array, ""]
+) -> tuple[Float[Array, "..."], Float[Array, "..."], Float[Array, "..."]]:
+    """``(es, standard_error, var)`` from the T largest of `scenarios` losses,
+    sorted in decreasing order (T >= floor(N (1 - alpha)) + 1)."""
+    n = scenarios
+    top = tail.shape[-1]
     k = n * (1 - confidence)
-    j = jnp.arange(top, dtype=losses.dtype)
+    j = jnp.arange(top, dtype=tail.dtype)
     w = jnp.clip(k - j, 0.0, 1.0)
     es = jnp.sum(w * tail, axis=-1) / k
     m = jnp.clip(jnp.floor(k).astype(jnp.int32), 0, top - 1)

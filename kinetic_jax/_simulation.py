@@ -14,6 +14,7 @@ so draws do not depend on how far the arrays are padded.
 
 from __future__ import annotations
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jax import lax, ops
@@ -24,6 +25,9 @@ from ._arrays import ABOVE, BELOW, OUTCOME, BookArrays
 from ._hierarchy import correlation_matrix
 
 HIGHEST = lax.Precision.HIGHEST
+# Normals are drawn in float32 whatever the values' dtype, so a float64 run sees the
+# same scenarios as a float32 run and the two agree to float32 rounding.
+DRAW_DTYPE = jnp.float32
 
 
 def simulation_probability(arrays: BookArrays) -> Float[Array, " C"]:
@@ -67,32 +71,43 @@ def atom_cuts(arrays: BookArrays) -> tuple[Float[Array, " C"], Float[Array, " C"
     return _safe_ndtri(lo_u), _safe_ndtri(hi_u)
 
 
-def cluster_factors(
-    key: PRNGKeyArray, arrays: BookArrays, scenarios: int
-) -> Float[Array, "N K"]:
-    """Correlated cluster factors F = z L^T, L the Cholesky factor of the LCA
-    correlation matrix."""
+class Noise(eqx.Module):
+    """The standard-normal draws of one simulation: `factors` z (N, K) for the
+    cluster factors and `events` eta (N, E) for each event's own noise."""
+
+    factors: Float[Array, "N K"]
+    events: Float[Array, "N E"]
+
+
+def draw_noise(key: PRNGKeyArray, arrays: BookArrays, scenarios: int) -> Noise:
+    """Draws z ~ N(0, I) for the factors and eta for each event; event e's noise
+    comes from ``fold_in(key_events, e)`` so it does not depend on padding."""
+    kf, ke = jax.random.split(key)
+    dtype = arrays.rho.dtype
+    z = jax.random.normal(kf, (scenarios, arrays.loading.shape[0]), dtype)
+
+    def draw(e):
+        return jax.random.normal(jax.random.fold_in(ke, e), (scenarios,), dtype)
+
+    eta = jax.vmap(draw, out_axes=1)(jnp.arange(arrays.event_cluster.shape[0]))
+    return Noise(z, eta)
+
+
+def latents_from_noise(noise: Noise, arrays: BookArrays) -> Float[Array, "N E"]:
+    """X_e = a_c F_c + sqrt(1 - a_c^2) eta_e with F = z L^T (L = cholesky(R));
+    differentiable in rho and the loadings."""
     corr = correlation_matrix(arrays.rho, arrays.lca)
     chol = jnp.linalg.cholesky(corr)
-    z = jax.random.normal(key, (scenarios, corr.shape[0]), arrays.rho.dtype)
-    return jnp.matmul(z, chol.T, precision=HIGHEST)
+    factors = jnp.matmul(noise.factors, chol.T, precision=HIGHEST)
+    a = arrays.loading[arrays.event_cluster]
+    return factors[:, arrays.event_cluster] * a + jnp.sqrt(1 - a * a) * noise.events
 
 
 def event_latents(
     key: PRNGKeyArray, arrays: BookArrays, scenarios: int
 ) -> Float[Array, "N E"]:
-    """Event latents X_e = a_c F_c + sqrt(1 - a_c^2) eta_e, standard normal each."""
-    kf, ke = jax.random.split(key)
-    factors = cluster_factors(kf, arrays, scenarios)
-    n_events = arrays.event_cluster.shape[0]
-    dtype = arrays.rho.dtype
-
-    def draw(e):
-        return jax.random.normal(jax.random.fold_in(ke, e), (scenarios,), dtype)
-
-    noise = jax.vmap(draw, out_axes=1)(jnp.arange(n_events))
-    a = arrays.loading[arrays.event_cluster]
-    return factors[:, arrays.event_cluster] * a + jnp.sqrt(1 - a * a) * noise
+    """Event latents X_e, standard normal each, correlated through the factors."""
+    return latents_from_noise(draw_noise(key, arrays, scenarios), arrays)
 
 
 def outcomes(
@@ -108,18 +123,31 @@ def outcomes(
     - `key`: PRNG key; the same key gives the same scenarios.
     - `arrays`: the book.
     - `scenarios`: number of draws N (static).
-    - `temperature`: None for hard 0/1 outcomes; else each atom's indicator is
-      replaced by ``sigmoid((X - lo)/t) * sigmoid((hi - X)/t)`` (latent units),
-      which tends to the indicator as t -> 0 and is differentiable in prices,
-      rho and loadings.
+    - `temperature`: None for hard 0/1 outcomes; else see [`contract_outcomes`][].
 
     **Returns:** an (N, C) array of outcomes in [0, 1], in the values' dtype.
     """
+    return contract_outcomes(event_latents(key, arrays, scenarios), arrays, temperature)
+
+
+def contract_outcomes(
+    latents: Float[Array, "N E"],
+    arrays: BookArrays,
+    temperature: Float[Array, ""] | float | None = None,
+) -> Float[Array, "N C"]:
+    """YES of every contract slot given the event latents.
+
+    With `temperature` None the outcomes are hard 0/1. Otherwise each atom's
+    indicator is replaced by ``sigmoid((X - lo)/t) * sigmoid((hi - X)/t)`` (latent
+    units; parlays multiply their legs'), which tends to the indicator as t -> 0
+    and is differentiable in prices, rho and loadings.
+    """
     lo, hi = atom_cuts(arrays)
-    x = event_latents(key, arrays, scenarios)[:, arrays.event]
+    x = latents[:, arrays.event]
+    n = x.shape[0]
     dtype = arrays.price.dtype
     if temperature is None:
-        atom = jnp.concatenate([(x > lo) & (x <= hi), jnp.ones((scenarios, 1), bool)], axis=1)
+        atom = jnp.concatenate([(x > lo) & (x <= hi), jnp.ones((n, 1), bool)], axis=1)
         yes = atom[:, arrays.legs[:, 0]]
         for leg in range(1, arrays.legs.shape[1]):
             yes = yes & atom[:, arrays.legs[:, leg]]
@@ -127,7 +155,7 @@ def outcomes(
     log_atom = jax.nn.log_sigmoid((x - lo) / temperature) + jax.nn.log_sigmoid(
         (hi - x) / temperature
     )
-    log_atom = jnp.concatenate([log_atom, jnp.zeros((scenarios, 1), dtype)], axis=1)
+    log_atom = jnp.concatenate([log_atom, jnp.zeros((n, 1), dtype)], axis=1)
     log_yes = log_atom[:, arrays.legs[:, 0]]
     for leg in range(1, arrays.legs.shape[1]):
         log_yes = log_yes + log_atom[:, arrays.legs[:, leg]]

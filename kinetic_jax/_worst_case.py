@@ -225,7 +225,7 @@ def _branch_and_bound(book, ids, events, regions, evs, pls, q, price):
     def bound(depth):
         total = 0.0
         for p, m in enumerate(masks):
-            alive = all(m[choice[k]] for k in m if rank[k] < depth)
+            alive = all(m[k][choice[k]] for k in m if rank[k] < depth)
             if alive:
                 total += qp[p] if last[p] < depth else min(0.0, qp[p])
         return total

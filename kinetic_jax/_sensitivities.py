@@ -1,0 +1,296 @@
+"""Sensitivities of the margin (SPEC.md §2.6) by reverse-mode differentiation.
+
+The reported margin uses hard 0/1 outcomes. Its derivative in quantities is
+exact on the simulated scenarios (the tail-conditional expectation of
+``p_i - YES_i``). Prices (through their cuts), rho and loadings act on the
+outcomes only through indicators, whose pathwise derivative is zero; for them
+each atom's indicator is smoothed,
+
+    1{lo < X <= hi}  ->  sigmoid((X - lo) / t) * sigmoid((hi - X) / t),
+
+at temperature t (latent standard deviations), which converges to the
+indicator as t -> 0. Two estimators are offered:
+
+- ``"straight_through"`` (default): the value is the hard margin, and the
+  outcome matrix is ``hard + smooth - stop_gradient(smooth)``: quantities see the
+  exact hard gradient, prices/rho/loadings the smoothed one, evaluated on the
+  hard tail. Euler allocation sums to the reported (hard) margin.
+- ``"smooth"``: value and gradient of the fully smoothed margin (tail selected
+  on smoothed losses), a differentiable surrogate for optimisers.
+
+The choice of default and of t is measured in experiments/smoothing_study.py and
+recorded in docs/methodology.md. All derivatives come from one forward pass and
+reverse passes over it (``jax.vjp``), never from finite differences.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from ._arrays import BookArrays
+from ._book import Book
+from ._errors import BookError
+from ._margin import BINDING, MarginParams, MarginResult, cluster_losses, margin_from_statistics
+from ._portfolio import margin_inputs
+from ._shortfall import tail_size, tail_statistics
+from ._simulation import HIGHEST, contract_outcomes, draw_noise, latents_from_noise
+
+DEFAULT_TEMPERATURE = 0.05
+ESTIMATORS = ("straight_through", "smooth")
+
+
+class MarginVars(eqx.Module):
+    """The differentiable inputs of a margin call."""
+
+    quantity: Float[Array, " C"]
+    price: Float[Array, " C"]
+    rho: Float[Array, " M"]
+    loading: Float[Array, " K"]
+
+    @classmethod
+    def of(cls, arrays: BookArrays) -> MarginVars:
+        return cls(arrays.quantity, arrays.price, arrays.rho, arrays.loading)
+
+    def into(self, arrays: BookArrays) -> BookArrays:
+        return eqx.tree_at(
+            lambda a: (a.quantity, a.price, a.rho, a.loading),
+            arrays,
+            (self.quantity, self.price, self.rho, self.loading),
+        )
+
+
+def differentiable_margin(
+    variables: MarginVars,
+    arrays: BookArrays,
+    params: MarginParams,
+    key: PRNGKeyArray,
+    scenarios: int,
+    top: int,
+    temperature: Float[Array, ""],
+    estimator: str = "straight_through",
+) -> MarginResult:
+    """The margin as a differentiable function of `variables` (see module doc).
+
+    `scenarios`, `top` and `estimator` are static; `temperature` is an array.
+    With the same key the scenarios are those of the hard margin.
+
+    A tail mean depends on the losses only through the scenarios it selects, so
+    the scenarios are selected on a pass without gradients and only the
+    selected rows ((K + 1) x top of them) are recomputed differentiably: the
+    gradient is the same as through the full (N, C) matrix, at a fraction of the
+    cost. Forward values are those of the selection pass.
+    """
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator: {estimator!r} is not one of {ESTIMATORS}")
+    arrays = variables.into(arrays)
+    smooth_only = estimator == "smooth"
+    noise = draw_noise(key, arrays, scenarios)
+    fixed = lax.stop_gradient(arrays)
+    yes = contract_outcomes(latents_from_noise(noise, fixed), fixed,
+                            temperature if smooth_only else None)
+    per_cluster = cluster_losses(fixed, yes)
+    stacked = jnp.concatenate([per_cluster, per_cluster.sum(axis=1, keepdims=True)], axis=1).T
+    tail, rows = lax.top_k(stacked, top)  # (K + 1, top)
+    columns = stacked.shape[0]
+    # Differentiable recomputation on the selected rows only.
+    picked = jax.tree.map(lambda x: x[rows.reshape(-1)], noise)
+    latents = latents_from_noise(picked, arrays)
+    smooth = contract_outcomes(latents, arrays, temperature)
+    if smooth_only:
+        yes_rows = smooth
+    else:
+        yes_rows = contract_outcomes(latents, arrays) + (smooth - lax.stop_gradient(smooth))
+    k = arrays.loading.shape[0]
+    weights = jax.nn.one_hot(arrays.cluster, k, dtype=yes.dtype) * arrays.quantity[:, None]
+    weights = jnp.concatenate([weights, arrays.quantity[:, None]], axis=1)  # (C, K + 1)
+    yes_rows = yes_rows.reshape(columns, top, -1)
+    recomputed = jnp.einsum("ktc,ck->kt", arrays.price - yes_rows, weights, precision=HIGHEST)
+    tail = lax.stop_gradient(tail) + (recomputed - lax.stop_gradient(recomputed))
+    es, se, var = tail_statistics(tail, scenarios, params.confidence)
+    return margin_from_statistics(arrays, params, es, se, var)
+
+
+def _figures(result: MarginResult) -> Float[Array, " F"]:
+    """margin, base, floor, then each cluster's ES."""
+    return jnp.concatenate([jnp.stack([result.margin, result.base, result.floor]),
+                            result.cluster_es])
+
+
+class SensitivityResult(eqx.Module):
+    """Hard figures and the Jacobian of (margin, base, floor, cluster ES...) in
+    the variables: each leaf of `jacobian` has a leading axis of length 3 + K."""
+
+    result: MarginResult
+    jacobian: MarginVars
+
+
+def sensitivity_arrays(
+    arrays: BookArrays,
+    params: MarginParams,
+    key: PRNGKeyArray,
+    scenarios: int,
+    top: int,
+    temperature: Float[Array, ""],
+    estimator: str = "straight_through",
+) -> SensitivityResult:
+    """One forward pass, then one reverse pass per reported figure (lax.map over
+    the cotangents, so memory stays that of a single pass)."""
+    variables = MarginVars.of(arrays)
+
+    def figures(v):
+        res = differentiable_margin(v, arrays, params, key, scenarios, top, temperature,
+                                    estimator)
+        return _figures(res), res
+
+    out, vjp, result = jax.vjp(figures, variables, has_aux=True)
+    rows = jnp.eye(out.shape[0], dtype=out.dtype)
+    (jac,) = lax.map(vjp, rows)
+    return SensitivityResult(result, jac)
+
+
+sensitivity_jit = eqx.filter_jit(sensitivity_arrays)
+
+
+@dataclasses.dataclass(frozen=True)
+class SensitivityReport:
+    """Sensitivities of one book's margin, in dollars per unit (see module doc).
+
+    - `positions`: held contracts: quantity, price, d_quantity (dM/dq),
+      d_price (dM/dp), euler (q dM/dq).
+    - `candidates`: contracts in the book not held: d_quantity is the margin
+      change per unit bought (negative: buying frees margin), d_price.
+    - `rho` / `loading`: dM/d rho per hierarchy node, dM/d loading per cluster.
+    - `clusters`: Euler allocation of the margin to clusters (dollars).
+    - `euler_residual`: margin - sum of Euler allocations (0 where the margin is
+      homogeneous of degree 1 in quantities; the liquidity add-on breaks it).
+    - `base` and `cluster_es`: the same derivatives for the base and for each
+      cluster's ES.
+    """
+
+    margin: float
+    base: float
+    binding: str
+    temperature: float
+    estimator: str
+    positions: dict[str, dict[str, float]]
+    candidates: dict[str, dict[str, float]]
+    rho: dict[str, float]
+    loading: dict[str, float]
+    clusters: dict[str, float]
+    euler_total: float
+    euler_residual: float
+    base_sensitivities: dict
+    cluster_es: dict[str, dict]
+
+    def to_dict(self) -> dict:
+        return {
+            "margin": self.margin,
+            "base": self.base,
+            "binding": self.binding,
+            "temperature": self.temperature,
+            "estimator": self.estimator,
+            "positions": self.positions,
+            "candidates": self.candidates,
+            "rho": self.rho,
+            "loading": self.loading,
+            "clusters": self.clusters,
+            "euler_total": self.euler_total,
+            "euler_residual": self.euler_residual,
+            "base_sensitivities": self.base_sensitivities,
+            "cluster_es": self.cluster_es,
+        }
+
+
+def sensitivities(
+    book: Book,
+    *,
+    temperature: float = DEFAULT_TEMPERATURE,
+    estimator: str = "straight_through",
+    scenarios: int | None = None,
+    seed: int | None = None,
+    dtype=None,
+) -> SensitivityReport:
+    """Sensitivities of `book`'s margin to every position, price, rho and
+    loading, with the Euler allocation (see [`SensitivityReport`][]).
+
+    **Arguments:**
+
+    - `book`: a validated [`Book`][].
+    - `temperature`: smoothing temperature t > 0 in latent standard deviations.
+    - `estimator`: ``"straight_through"`` or ``"smooth"`` (module doc).
+    - `scenarios`, `seed`: override the book's settings.
+    """
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
+        math.isfinite(temperature) and 0 < temperature <= 1
+    ):
+        raise BookError("temperature", f"{temperature!r} is outside (0, 1]")
+    if estimator not in ESTIMATORS:
+        raise BookError("estimator", f"{estimator!r} is not one of {', '.join(ESTIMATORS)}")
+    changes = {k: v for k, v in (("scenarios", scenarios), ("seed", seed)) if v is not None}
+    if changes:
+        book = book.with_settings(**changes)
+    s = book.settings
+    arrays, layout, params = margin_inputs(book, dtype=dtype)
+    sens = sensitivity_jit(arrays, params, jax.random.key(s.seed), s.scenarios,
+                           tail_size(s.scenarios, s.confidence),
+                           jnp.asarray(temperature, arrays.price.dtype), estimator)
+    return _report(book, layout, sens, temperature, estimator)
+
+
+def _report(book, layout, sens: SensitivityResult, temperature, estimator):
+    res = jax.tree.map(lambda x: np.asarray(x, np.float64), sens.result)
+    jac = jax.tree.map(lambda x: np.asarray(x, np.float64), sens.jacobian)
+    if not all(np.all(np.isfinite(x)) for x in jax.tree.leaves(jac)):
+        raise BookError("", "a sensitivity came out non-finite; please report this book")
+    n = layout.n_contracts
+    qty = book.net_quantities()
+    ids = layout.contract_ids
+    nodes, clusters = layout.node_names, layout.cluster_names
+
+    def block(row: int) -> dict:
+        return {
+            "d_quantity": {cid: float(jac.quantity[row, i]) for i, cid in enumerate(ids)
+                           if qty[cid] != 0},
+            "rho": {name: float(jac.rho[row, j]) for j, name in enumerate(nodes)},
+            "loading": {name: float(jac.loading[row, j]) for j, name in enumerate(clusters)},
+        }
+
+    positions, candidates = {}, {}
+    cluster_euler = {name: 0.0 for name in clusters}
+    for i, cid in enumerate(ids[:n]):
+        c = book.contracts[i]
+        entry = {"quantity": qty[cid], "price": c.price,
+                 "d_quantity": float(jac.quantity[0, i]), "d_price": float(jac.price[0, i])}
+        if qty[cid] != 0:
+            entry["euler"] = qty[cid] * entry["d_quantity"]
+            cluster_euler[c.cluster] += entry["euler"]
+            positions[cid] = entry
+        else:
+            candidates[cid] = entry
+    euler_total = sum(p["euler"] for p in positions.values())
+    margin = float(res.margin)
+    return SensitivityReport(
+        margin=margin,
+        base=float(res.base),
+        binding=BINDING[int(res.binding)],
+        temperature=float(temperature),
+        estimator=estimator,
+        positions=positions,
+        candidates=candidates,
+        rho={name: float(jac.rho[0, j]) for j, name in enumerate(nodes)},
+        loading={name: float(jac.loading[0, j]) for j, name in enumerate(clusters)},
+        clusters=cluster_euler,
+        euler_total=euler_total,
+        euler_residual=margin - euler_total,
+        base_sensitivities=block(1),
+        cluster_es={name: {"es": float(res.cluster_es[k]), **block(3 + k)}
+                    for k, name in enumerate(clusters)},
+    )
