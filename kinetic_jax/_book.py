@@ -85,7 +85,7 @@ class Settings:
             if not lo <= value <= hi:
                 raise BookError(f"model.{name}", f"{value!r} is outside [{lo}, {hi}]")
         check_number("model.ladder_tolerance", self.ladder_tolerance, low=0, high=0.5)
-        check_number("model.outcome_overround", self.outcome_overround, low=1, high=1.5)
+        check_number("model.outcome_overround", self.outcome_overround, low=1, high=1.05)
         for name in ("mc_error", "liquidity"):
             if not isinstance(getattr(self, name), bool):
                 raise BookError(f"addons.{name}", f"{getattr(self, name)!r} is not true/false")
@@ -312,13 +312,16 @@ def _validate(book: Book) -> None:
                     raise BookError(_contract_field(i, c, "outcome"),
                                     f"outcome {c.outcome!r} of event {event!r} is listed twice")
                 labels[c.outcome] = i  # type: ignore[index]
-            total = sum(book.contracts[i].sim_probability for i in idx)
-            limit = max(1.0 + OUTCOME_SUM_SLACK, book.settings.outcome_overround)
-            if total > limit:
-                names = ", ".join(f"{book.contracts[i].id}={book.contracts[i].sim_probability:g}"
-                                  for i in idx)
-                raise BookError(f"contracts (event {event!r})",
-                                f"outcome prices sum to {total:.6g} > {limit:g} ({names})")
+            # Prices must satisfy the rule; so must separately given probabilities.
+            for what, value in (("prices", lambda c: c.price),
+                                ("probabilities", lambda c: c.sim_probability)):
+                total = sum(value(book.contracts[i]) for i in idx)
+                limit = max(1.0 + OUTCOME_SUM_SLACK, book.settings.outcome_overround)
+                if total > limit:
+                    names = ", ".join(f"{book.contracts[i].id}={value(book.contracts[i]):g}"
+                                      for i in idx)
+                    raise BookError(f"contracts (event {event!r})",
+                                    f"outcome {what} sum to {total:.6g} > {limit:g} ({names})")
     # Positions.
     for j, p in enumerate(book.positions):
         if p.contract not in ids:
@@ -326,24 +329,31 @@ def _validate(book: Book) -> None:
         check_number(f"positions[{j}] (contract {p.contract!r}).quantity", p.quantity)
 
 
-def _latent_cut(c: Contract) -> float:
+def _latent_cut(c: Contract, p: float) -> float:
     """The cut of an above/below contract in probability space u = Phi(X):
     above is YES iff u > 1 - p, below iff u < p."""
-    return 1.0 - c.sim_probability if c.type == "above" else c.sim_probability
+    return 1.0 - p if c.type == "above" else p
 
 
 def _check_ladder(book: Book, event: str, idx: list[int], tol: float) -> None:
+    """Prices must nest (SPEC.md §2.2); so must separately given probabilities."""
+    _check_cuts(book, event, idx, tol, lambda c: c.price, "prices")
+    if any(book.contracts[i].probability is not None for i in idx):
+        _check_cuts(book, event, idx, tol, lambda c: c.sim_probability, "probabilities")
+
+
+def _check_cuts(book, event, idx, tol, prob, what) -> None:
     cs = sorted(((book.contracts[i].threshold, i) for i in idx), key=lambda t: t[0])
     for a in range(len(cs)):
         for b in range(a + 1, len(cs)):
             (ta, ia), (tb, ib) = cs[a], cs[b]
             ca, cb = book.contracts[ia], book.contracts[ib]
-            ua, ub = _latent_cut(ca), _latent_cut(cb)
+            ua, ub = _latent_cut(ca, prob(ca)), _latent_cut(cb, prob(cb))
             gap = abs(ua - ub) if ta == tb else ua - ub
             if gap > tol + 1e-12:
                 raise BookError(
                     f"contracts (event {event!r})",
-                    f"inconsistent ladder: {ca.id!r} ({ca.type} {ta!r} at {ca.price!r}) and "
-                    f"{cb.id!r} ({cb.type} {tb!r} at {cb.price!r}) imply cuts that violate "
-                    f"nesting by {gap:.4f} in probability (tolerance {tol:g})",
+                    f"inconsistent ladder: {ca.id!r} ({ca.type} {ta!r} at {prob(ca)!r}) and "
+                    f"{cb.id!r} ({cb.type} {tb!r} at {prob(cb)!r}) imply cuts that violate "
+                    f"nesting by {gap:.4f} in probability (tolerance {tol:g}; {what})",
                 )

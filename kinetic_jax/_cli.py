@@ -40,8 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     sens.add_argument("--temperature", type=float, default=None,
                       help="smoothing temperature in latent standard deviations "
                            "(default: %(prog)s's documented default)")
-    sens.add_argument("--estimator", choices=["straight_through", "smooth"],
-                      default="straight_through", help="sensitivity estimator")
+    sens.add_argument("--estimator", choices=["hybrid", "smooth", "straight_through", "hard"],
+                      default="hybrid", help="sensitivity estimator (default hybrid: exact in "
+                      "quantities, smoothed in prices, rho and loadings)")
     sens.add_argument("--top", type=int, default=25, help="rows of the ranked table")
     hedge = sub.add_parser("hedge", help="margin-minimising trade in given instruments (optax)")
     _common(hedge)

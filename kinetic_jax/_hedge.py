@@ -101,8 +101,13 @@ def base_es_of(x, problem: HedgeProblem, top: int):
 @eqx.filter_jit
 def _solve(problem: HedgeProblem, top: int, steps: int, objective: str):
     bound = problem.bound
-    schedule = optax.exponential_decay(1.0, steps, 1e-4)
-    optimiser = optax.adam(learning_rate=lambda i: bound * 0.1 * schedule(i))
+    dtype = problem.active.dtype
+
+    def learning_rate(count):  # geometric decay from Q/10 to Q/10^5 over the steps
+        frac = count.astype(dtype) / jnp.asarray(steps, dtype)
+        return bound * jnp.asarray(0.1, dtype) * jnp.asarray(1e-4, dtype) ** frac
+
+    optimiser = optax.adam(learning_rate=learning_rate)
     x0 = jnp.zeros_like(problem.active)
     grad = jax.value_and_grad(hedge_objective, has_aux=True)
 
@@ -117,7 +122,10 @@ def _solve(problem: HedgeProblem, top: int, steps: int, objective: str):
         return (x, state, best_x, best_f), f
 
     init = (x0, optimiser.init(x0), x0, jnp.asarray(jnp.inf, x0.dtype))
-    (x, _, best_x, best_f), trace = lax.scan(step, init, None, length=steps)
+    # optax's bias correction mixes Python floats with int32 counts, which the
+    # strict promotion mode (used in our tests) rejects; its promotions are safe.
+    with jax.numpy_dtype_promotion("standard"):
+        (x, _, best_x, best_f), trace = lax.scan(step, init, None, length=steps)
     f_last, _ = hedge_objective(x, problem, top, objective)
     best_x = jnp.where(f_last < best_f, x, best_x)
     return best_x, trace

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 
+import equinox as eqx
 import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array, Float
@@ -66,6 +67,10 @@ def tail_statistics(
     n = scenarios
     top = tail.shape[-1]
     k = n * (1 - confidence)
+    # The kept tail must reach the boundary draw L_(floor(k)); otherwise ES and VaR
+    # would silently drop losses (a confidence below the one `top` was sized for).
+    k = eqx.error_if(k, k >= top, "confidence too low for the static tail size `top`: "
+                     "recompute it with tail_size(scenarios, confidence)")
     j = jnp.arange(top, dtype=tail.dtype)
     w = jnp.clip(k - j, 0.0, 1.0)
     es = jnp.sum(w * tail, axis=-1) / k

@@ -23,6 +23,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._arrays import ABOVE, BELOW, OUTCOME, BookArrays
 from ._hierarchy import correlation_matrix
+from ._worst_case import OUTCOME_FULL
 
 HIGHEST = lax.Precision.HIGHEST
 # Normals are drawn in float32 whatever the values' dtype, so a float64 run sees the
@@ -62,7 +63,7 @@ def atom_cuts(arrays: BookArrays) -> tuple[Float[Array, " C"], Float[Array, " C"
     n_events = arrays.event_cluster.shape[0]
     total = ops.segment_sum(pm, arrays.event, num_segments=n_events)[arrays.event]
     # The last outcome of an event whose probabilities sum to 1 reaches u = 1 exactly.
-    out_hi = jnp.where(arrays.outcome_last & (total >= 1 - 1e-6), 1.0, before + pm)
+    out_hi = jnp.where(arrays.outcome_last & (total >= 1 - OUTCOME_FULL), 1.0, before + pm)
     zero, one = jnp.zeros_like(p), jnp.ones_like(p)
     lo_u = jnp.select([arrays.kind == ABOVE, arrays.kind == BELOW, is_outcome],
                       [1 - p, zero, before], zero)
@@ -84,10 +85,11 @@ def draw_noise(key: PRNGKeyArray, arrays: BookArrays, scenarios: int) -> Noise:
     comes from ``fold_in(key_events, e)`` so it does not depend on padding."""
     kf, ke = jax.random.split(key)
     dtype = arrays.rho.dtype
-    z = jax.random.normal(kf, (scenarios, arrays.loading.shape[0]), dtype)
+    z = jax.random.normal(kf, (scenarios, arrays.loading.shape[0]), DRAW_DTYPE).astype(dtype)
 
     def draw(e):
-        return jax.random.normal(jax.random.fold_in(ke, e), (scenarios,), dtype)
+        eta = jax.random.normal(jax.random.fold_in(ke, e), (scenarios,), DRAW_DTYPE)
+        return eta.astype(dtype)
 
     eta = jax.vmap(draw, out_axes=1)(jnp.arange(arrays.event_cluster.shape[0]))
     return Noise(z, eta)

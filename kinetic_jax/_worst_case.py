@@ -36,6 +36,9 @@ from ._book import Book
 ENUMERATION_LIMIT = 4096
 BRANCH_AND_BOUND_NODES = 2_000_000
 _MERGE = 1e-9
+# An event whose outcome probabilities sum to at least 1 - OUTCOME_FULL has no
+# unlisted remainder (the simulation's atom_cuts uses the same rule).
+OUTCOME_FULL = 1e-6
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +100,8 @@ def event_regions(book: Book, probs: list[float], idx: list[int]) -> np.ndarray:
             cum += p
         los.append(lo)
         his.append(min(hi, 1.0))
+    if book.contracts[idx[0]].type == "outcome" and cum >= 1.0 - OUTCOME_FULL:
+        his[-1] = 1.0  # as the simulation: no unlisted remainder (atom_cuts)
     points = sorted({0.0, 1.0, *los, *his})
     merged = [points[0]]
     for x in points[1:]:
