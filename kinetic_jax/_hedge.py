@@ -204,7 +204,8 @@ def optimise_hedge(
     if max_quantity is None:
         max_quantity = max([abs(v) for v in qty.values()], default=0.0) or 1000.0
     for name, value in (("max_quantity", max_quantity), ("cost", cost)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or not math.isfinite(value)):
             raise BookError(name, f"{value!r} is not a finite number")
     if max_quantity <= 0:
         raise BookError("max_quantity", f"{max_quantity!r} must be positive")

@@ -142,7 +142,8 @@ def margin_from_statistics(
     given = arrays.open_interest > 0
     ratio = jnp.abs(arrays.quantity) / jnp.where(given, arrays.open_interest, 1.0)
     liq_each = jnp.minimum(
-        gross_c, params.liquidity_rate * gross_c * jnp.maximum(ratio - params.liquidity_threshold, 0)
+        gross_c,
+        params.liquidity_rate * gross_c * jnp.maximum(ratio - params.liquidity_threshold, 0),
     )
     liquidity = params.liquidity * jnp.sum(jnp.where(given, liq_each, 0.0))
     addons = jnp.stack([mc, liquidity])

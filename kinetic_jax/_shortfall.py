@@ -43,8 +43,8 @@ def _safe_sqrt(x):
 
 
 def expected_shortfall(
-    losses: Float[Array, "... N"], confidence: Float[Array, ""], top: int
-) -> tuple[Float[Array, "..."], Float[Array, "..."], Float[Array, "..."]]:
+    losses: Float[Array, "*batch N"], confidence: Float[Array, ""], top: int
+) -> tuple[Float[Array, "*batch"], Float[Array, "*batch"], Float[Array, "*batch"]]:
     """ES, its standard error and VaR of each row of `losses` (dollars).
 
     **Arguments:**
@@ -60,8 +60,8 @@ def expected_shortfall(
 
 
 def tail_statistics(
-    tail: Float[Array, "... T"], scenarios: int, confidence: Float[Array, ""]
-) -> tuple[Float[Array, "..."], Float[Array, "..."], Float[Array, "..."]]:
+    tail: Float[Array, "*batch T"], scenarios: int, confidence: Float[Array, ""]
+) -> tuple[Float[Array, "*batch"], Float[Array, "*batch"], Float[Array, "*batch"]]:
     """``(es, standard_error, var)`` from the T largest of `scenarios` losses,
     sorted in decreasing order (T >= floor(N (1 - alpha)) + 1)."""
     n = scenarios

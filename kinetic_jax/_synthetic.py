@@ -32,8 +32,9 @@ def random_book(
         rank = i % per_event
         if rank == 0:
             probs = np.sort(rng.uniform(0.08, 0.92, per_event))[::-1]
-        contracts.append(Contract(f"{event}-K{rank}", cluster, "above", float(round(probs[rank], 3)),
-                                  event=event, threshold=float(100 * (rank + 1))))
+        price = float(round(probs[rank], 3))
+        contracts.append(Contract(f"{event}-K{rank}", cluster, "above", price, event=event,
+                                  threshold=float(100 * (rank + 1))))
     outcome_probs = rng.dirichlet(np.ones(4))[:3] * 0.98
     for j, p in enumerate(outcome_probs):
         contracts.append(Contract(f"ELECTION-{j}", "Election", "outcome",

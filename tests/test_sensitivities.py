@@ -9,13 +9,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import above, binary, check_grad, make_book, outcome
 from scipy.stats import multivariate_normal, norm
 
 import kinetic_jax as kj
 from kinetic_jax._cli import main as cli
 from kinetic_jax._sensitivities import MarginVars, differentiable_margin
-
-from helpers import above, binary, check_grad, make_book, outcome
 
 REFERENCE = "examples/reference_book.toml"
 

@@ -1,0 +1,193 @@
+"""The expected-shortfall estimator (SPEC.md §2.4) against exact discrete ES.
+
+With N equally likely draws the estimator must equal the Acerbi–Tasche ES of the
+empirical distribution exactly (up to rounding), including a fractional boundary
+weight when N (1 - alpha) is not an integer and ties that straddle the boundary.
+"""
+
+from __future__ import annotations
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import reference_es
+from scipy import stats
+
+import kinetic_jax as kj
+
+
+def _es(losses, alpha, top=None, dtype=jnp.float32):
+    x = jnp.asarray(losses, dtype)
+    n = x.shape[-1]
+    top = kj.tail_size(n, alpha) if top is None else top
+    es, se, var = kj.expected_shortfall(x, jnp.asarray(alpha, dtype), top)
+    return float(es), float(se), float(var)
+
+
+# --- the exact reference itself --------------------------------------------------
+
+
+def test_exact_es_hand_computed_atoms():
+    # Ten equally likely losses; the boundary falls inside the atom at 10 (k = 2.5)
+    # and inside the atom at 5 (k = 3.5).
+    v = [10, 10, 10, 5, 5, 0, 0, 0, -1, -2]
+    p = np.full(10, 0.1)
+    assert kj.exact_expected_shortfall(v, p, 0.75) == pytest.approx(10.0, rel=1e-12)
+    assert kj.exact_expected_shortfall(v, p, 0.65) == pytest.approx(32.5 / 3.5, rel=1e-12)
+    # Bernoulli loss 1 w.p. 0.005: half the 1% tail is the atom, half is 0.
+    assert kj.exact_expected_shortfall([1, 0], [0.005, 0.995], 0.99) == pytest.approx(0.5)
+    # A tail of one atom: ES is the atom.
+    assert kj.exact_expected_shortfall([300, -700], [0.7, 0.3], 0.99) == pytest.approx(300)
+
+
+def test_exact_es_is_the_quantile_integral():
+    # (1/(1-a)) * integral_a^1 VaR_u du by the midpoint rule on the quantile
+    # function of a random discrete distribution (error O(1/grid) = ~1e-6 here).
+    rng = np.random.default_rng(1)
+    v = rng.integers(-5, 6, 40).astype(float)  # many ties
+    p = rng.dirichlet(np.ones(40))
+    order = np.argsort(v)
+    cdf = np.cumsum(p[order])
+    for a in (0.5, 0.9, 0.973):
+        u = a + (np.arange(200_000) + 0.5) * (1 - a) / 200_000
+        var_u = v[order][np.minimum(np.searchsorted(cdf, u), len(v) - 1)]
+        integral = var_u.mean()
+        assert kj.exact_expected_shortfall(v, p, a) == pytest.approx(integral, abs=1e-3)
+        assert reference_es(v, p, a) == pytest.approx(integral, abs=1e-3)
+
+
+# --- the estimator against the exact ES of the empirical distribution ------------
+
+
+@pytest.mark.parametrize("alpha", [0.99, 0.975, 0.9937, 0.95, 0.6])
+def test_estimator_is_exact_for_the_empirical_distribution(alpha, x64):
+    # N = 1000: N (1 - alpha) = 10, 25, 6.3, 50, 400 (6.3: fractional boundary
+    # weight 0.3). float64, so agreement to rounding.
+    rng = np.random.default_rng(0)
+    losses = rng.standard_t(3, 1000)
+    weights = np.full(1000, 1e-3)
+    expected = kj.exact_expected_shortfall(losses, weights, alpha)
+    es, _, var = _es(losses, alpha, dtype=jnp.float64)
+    assert es == pytest.approx(expected, rel=1e-12)
+    # VaR is the empirical alpha-quantile: the smallest x with F_N(x) >= alpha.
+    ascending = np.sort(losses)
+    assert var == ascending[math.ceil(1000 * alpha - 1e-9) - 1]
+
+
+def test_estimator_float32_matches_exact():
+    rng = np.random.default_rng(2)
+    losses = rng.normal(size=4096).astype(np.float32)
+    for alpha in (0.99, 0.9937):
+        expected = kj.exact_expected_shortfall(losses, np.full(4096, 1 / 4096), alpha)
+        es, _, _ = _es(losses, alpha)
+        # float32 alpha and sums: a few ulps of relative error.
+        assert es == pytest.approx(expected, rel=2e-5)
+
+
+@pytest.mark.parametrize(
+    "alpha, k", [(0.75, 2.5), (0.65, 3.5), (0.7, 3.0), (0.93, 0.7)]
+)
+def test_estimator_with_ties_at_the_boundary(alpha, k, x64):
+    losses = np.array([10, 10, 10, 5, 5, 0, 0, 0, -1, -2], float)
+    rng = np.random.default_rng(3)
+    shuffled = rng.permutation(losses)
+    expected = kj.exact_expected_shortfall(losses, np.full(10, 0.1), alpha)
+    # Hand value: the k largest draws, the last one with weight k - floor(k).
+    desc = np.sort(losses)[::-1]
+    hand = (desc[: math.floor(k)].sum() + (k - math.floor(k)) * desc[math.floor(k)]) / k
+    assert expected == pytest.approx(hand, rel=1e-12)
+    es, _, _ = _es(shuffled, alpha, top=10, dtype=jnp.float64)
+    assert es == pytest.approx(hand, rel=1e-12)
+
+
+def test_estimator_independent_of_tail_bucket_and_batched(x64):
+    rng = np.random.default_rng(4)
+    losses = rng.exponential(size=(3, 2000))
+    alpha = 0.987  # k = 26 exactly in exact arithmetic, 25.99999... in binary
+    top = kj.tail_size(2000, alpha)
+    assert top % 64 == 0 and top >= math.floor(2000 * (1 - alpha)) + 2
+    es_batched, se_batched, _ = kj.expected_shortfall(jnp.asarray(losses), jnp.asarray(alpha), top)
+    for row in range(3):
+        full_sort, _, _ = _es(losses[row], alpha, top=2000, dtype=jnp.float64)
+        assert float(es_batched[row]) == pytest.approx(full_sort, rel=1e-12)
+        expected = kj.exact_expected_shortfall(losses[row], np.full(2000, 1 / 2000), alpha)
+        assert float(es_batched[row]) == pytest.approx(expected, rel=1e-12)
+    assert np.all(np.asarray(se_batched) > 0)
+
+
+def test_tail_size():
+    assert kj.tail_size(131072, 0.99) == 1344  # floor(1310.72) + 2 = 1312 -> 1344
+    assert kj.tail_size(100, 0.5) == 64
+    assert kj.tail_size(50, 0.1) == 50  # capped at N
+    for n, a in [(1000, 0.99), (8192, 0.975), (131072, 0.999), (777, 0.3)]:
+        t = kj.tail_size(n, a)
+        assert math.floor(n * (1 - a)) + 1 <= t <= n
+        assert t % 64 == 0 or t == n
+
+
+def test_standard_error_is_zero_on_an_atom_and_positive_otherwise():
+    # 131072 draws of a loss 300 w.p. 0.7: the 1% tail is one atom, no MC error.
+    rng = np.random.default_rng(5)
+    n = 131072
+    atom = np.where(rng.random(n) < 0.7, 300.0, -700.0)
+    es, se, var = _es(atom, 0.99)
+    assert (es, se, var) == (pytest.approx(300.0, rel=1e-6), 0.0, 300.0)
+    # Loss 995 w.p. 0.005 else -5: ES_99 = 495 exactly; the estimator's SE is the
+    # binomial one, 1000 * sqrt(0.005 * 0.995 / N) / 0.01 = 19.48.
+    bern = np.where(rng.random(n) < 0.005, 995.0, -5.0)
+    es, se, _ = _es(bern, 0.99)
+    exact_se = 1000 * math.sqrt(0.005 * 0.995 / n) / 0.01
+    assert se == pytest.approx(exact_se, rel=0.1)  # SE of an SE: ~4% at 655 hits
+    assert abs(es - 495.0) < 4 * exact_se
+
+
+def test_standard_error_matches_spread_of_replications():
+    """The reported SE against the standard deviation of ES over 256 independent
+    replications of N = 8192 standard normal losses at 99% (k = 81.92). The
+    sample standard deviation of 256 replications is itself uncertain by ~4.4%
+    (1/sqrt(2 * 255)) and the asymptotic SE is a few per cent off at k ~ 80, so
+    the ratio is asserted within [0.8, 1.25]. The mean of the 256 estimates is
+    compared to the closed form phi(z_a) / (1 - a) within 4 of its standard
+    errors plus the estimator's O(1/k) bias (1%)."""
+    reps, n, alpha = 256, 8192, 0.99
+    x = jax.random.normal(jax.random.key(7), (reps, n), jnp.float32)
+    es, se, _ = jax.jit(kj.expected_shortfall, static_argnums=2)(
+        x, jnp.asarray(alpha, jnp.float32), kj.tail_size(n, alpha)
+    )
+    es, se = np.asarray(es, np.float64), np.asarray(se, np.float64)
+    spread = es.std(ddof=1)
+    assert 0.8 < se.mean() / spread < 1.25, (se.mean(), spread)
+    closed = stats.norm.pdf(stats.norm.ppf(alpha)) / (1 - alpha)  # 2.6652
+    assert abs(es.mean() - closed) < 4 * spread / math.sqrt(reps) + 0.01 * closed
+
+
+def test_gradient_is_the_tail_weight(x64):
+    # dES/dL_i = w_i / k: 1/k for the floor(k) largest draws, (k - floor(k))/k for
+    # the boundary draw, 0 below it (distinct losses, so the order is locally fixed).
+    rng = np.random.default_rng(8)
+    losses = jnp.asarray(rng.normal(size=500))
+    alpha = 0.9874  # k = 6.3
+    k = 500 * (1 - alpha)
+    grad = jax.grad(lambda x: kj.expected_shortfall(x, jnp.asarray(alpha), 64)[0])(losses)
+    rank = np.argsort(np.argsort(-np.asarray(losses)))
+    expected = np.clip(k - rank, 0, 1) / k
+    np.testing.assert_allclose(np.asarray(grad), expected, atol=1e-12)
+
+
+def test_a_tail_bucket_too_small_for_the_confidence_is_an_error_under_jit():
+    """`top` is static and alpha a run-time array: a confidence whose tail
+    (N (1 - alpha) = 100 draws here) does not fit the bucket (64) must fail
+    loudly instead of silently dropping losses, under jit and vmap alike."""
+    x = jax.random.normal(jax.random.key(0), (1000,), jnp.float32)
+    es = eqx.filter_jit(kj.expected_shortfall)
+    exact = kj.exact_expected_shortfall(np.asarray(x), np.full(1000, 1e-3), 0.95)
+    assert float(es(x, jnp.float32(0.95), 64)[0]) == pytest.approx(exact, rel=1e-5)
+    with pytest.raises(eqx.EquinoxRuntimeError, match="tail size"):
+        es(x, jnp.float32(0.9), 64)
+    batched = eqx.filter_jit(jax.vmap(kj.expected_shortfall, in_axes=(None, 0, None)))
+    with pytest.raises(eqx.EquinoxRuntimeError, match="tail size"):
+        batched(x, jnp.asarray([0.95, 0.9], jnp.float32), 64)
