@@ -72,6 +72,9 @@ from ._portfolio import (
     margin_inputs as margin_inputs,
 )
 from ._portfolio import (
+    margin_with_losses as margin_with_losses,
+)
+from ._portfolio import (
     portfolio_margin as portfolio_margin,
 )
 from ._shortfall import (

@@ -13,7 +13,15 @@ import numpy as np
 from ._arrays import BookArrays, book_arrays
 from ._book import Book
 from ._errors import BookError
-from ._margin import ADDONS, BINDING, MarginParams, MarginResult, cluster_losses, margin_jit
+from ._margin import (
+    ADDONS,
+    BINDING,
+    MarginParams,
+    MarginResult,
+    cluster_losses,
+    margin_from_losses,
+    margin_jit,
+)
 from ._shortfall import tail_size
 from ._simulation import outcomes
 
@@ -132,16 +140,38 @@ def portfolio_margin(
 
     **Returns:** a [`MarginReport`][]. Raises [`BookError`][] for bad overrides.
     """
-    changes = {k: v for k, v in
-               (("scenarios", scenarios), ("seed", seed), ("confidence", confidence))
-               if v is not None}
-    if changes:
-        book = book.with_settings(**changes)
+    book = _with_overrides(book, scenarios, seed, confidence)
     s = book.settings
     arrays, layout, params = margin_inputs(book, dtype=dtype)
     key = jax.random.key(s.seed)
     result = margin_jit(arrays, params, key, s.scenarios, tail_size(s.scenarios, s.confidence))
     return _report(book, layout, result)
+
+
+def _with_overrides(book: Book, scenarios, seed, confidence) -> Book:
+    changes = {k: v for k, v in
+               (("scenarios", scenarios), ("seed", seed), ("confidence", confidence))
+               if v is not None}
+    return book.with_settings(**changes) if changes else book
+
+
+def margin_with_losses(
+    book: Book,
+    *,
+    scenarios: int | None = None,
+    seed: int | None = None,
+    confidence: float | None = None,
+    dtype=None,
+) -> tuple[MarginReport, np.ndarray]:
+    """[`portfolio_margin`][] and the whole book's simulated loss in each scenario
+    (dollars), from one simulation (for loss histograms: VaR and ES of the
+    report are those of these losses)."""
+    book = _with_overrides(book, scenarios, seed, confidence)
+    s = book.settings
+    arrays, layout, params = margin_inputs(book, dtype=dtype)
+    result, losses = _margin_losses_jit(arrays, params, jax.random.key(s.seed), s.scenarios,
+                                        tail_size(s.scenarios, s.confidence))
+    return _report(book, layout, result), np.asarray(losses, np.float64)
 
 
 def _report(book: Book, layout, result: MarginResult) -> MarginReport:
@@ -184,10 +214,16 @@ def _report(book: Book, layout, result: MarginResult) -> MarginReport:
     )
 
 
+def _margin_and_losses(arrays: BookArrays, params: MarginParams, key, scenarios: int, top: int):
+    per_cluster = cluster_losses(arrays, outcomes(key, arrays, scenarios))
+    return margin_from_losses(arrays, params, per_cluster, top), per_cluster.sum(axis=1)
+
+
 def _total_losses(arrays: BookArrays, key, scenarios: int):
     return jnp.sum(cluster_losses(arrays, outcomes(key, arrays, scenarios)), axis=1)
 
 
+_margin_losses_jit = eqx.filter_jit(_margin_and_losses)
 _losses_jit = eqx.filter_jit(_total_losses)
 
 

@@ -7,6 +7,7 @@ Endpoints (all JSON unless noted; errors are ``{"error": {"field", "detail",
 - ``GET  /``                      the page
 - ``GET  /api/health``            status, limits, JAX trace/compile counters
 - ``POST /api/margin``            book -> report, waterfall, loss histogram, sensitivities
+- ``POST /api/losses``            book -> the loss histogram alone
 - ``POST /api/sensitivities``     book -> kinetic_jax.sensitivities(book).to_dict()
 - ``POST /api/validate``          book -> the normalised book, or the field error
 - ``GET  /api/state``             the saved book and page settings
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import json
 import logging
 import os
 import threading
@@ -192,8 +194,7 @@ class Dashboard:
     def warm_up(self) -> None:
         try:
             self.compute(service.margin_response, self.state.book, service.DEFAULT_BINS, False)
-            if service.sensitivities_available():
-                self.compute_sensitivities(self.state.book)
+            self.compute_sensitivities(self.state.book)
         except Exception as e:  # noqa: BLE001 - reported by /api/health, never raised
             self.warmup_error = f"{type(e).__name__}: {e}"
             logger.warning("warm-up failed: %s", self.warmup_error)
@@ -208,8 +209,6 @@ def _parse_json_book(raw: bytes) -> Book:
 
 
 def _parse_state_body(raw: bytes) -> tuple[Book, dict]:
-    import json
-
     try:
         data = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
@@ -329,7 +328,7 @@ def create_app(
             "version": kj.__version__,
             "warm": dash.warm.is_set(),
             "warmup_error": dash.warmup_error,
-            "sensitivities": service.sensitivities_available(),
+            "sensitivities": True,
             "jax": counter.snapshot(),
             "limits": {"max_body_bytes": max_body_bytes,
                        "max_scenarios": service.MAX_SCENARIOS,
@@ -348,6 +347,7 @@ def create_app(
                           description="bins of the loss histogram"),
         sensitivities: bool = Query(True, description="include the sensitivities "
                                                       "(null if unavailable)"),
+        histogram: bool = Query(True, description="include the loss histogram"),
     ):
         """Margins a book: `report` (SPEC.md §4, MarginReport.to_dict()), `waterfall`,
         `histogram` (the simulated loss distribution of the book with `var` and `es`
@@ -356,7 +356,25 @@ def create_app(
 
         def run():
             book = _parse_json_book(raw)
-            return dash.compute(service.margin_response, book, bins, sensitivities)
+            return dash.compute(service.margin_response, book, bins, sensitivities, histogram)
+
+        return await guarded(run)
+
+    @app.post("/api/losses", tags=["service"], openapi_extra=book_body,
+              responses=error_responses(400, 413, 422, 500))
+    async def losses(
+        request: Request,
+        bins: int = Query(service.DEFAULT_BINS, ge=1, le=service.MAX_BINS,
+                          description="bins of the loss histogram"),
+    ):
+        """The histogram of the book's simulated losses (``kinetic_jax.book_losses``,
+        the draws of the margin call); `var` and `es` are null here: they are the
+        margin report's `var` and `base`."""
+        raw = await request.body()
+
+        def run():
+            book = _parse_json_book(raw)
+            return dash.compute(service.losses_response, book, bins)
 
         return await guarded(run)
 
@@ -370,8 +388,6 @@ def create_app(
 
         def run():
             book = _parse_json_book(raw)
-            if not service.sensitivities_available():
-                raise BookError("", "this version of kinetic_jax has no sensitivities")
             return {"sensitivities": dash.compute_sensitivities(book)}
 
         return await guarded(run)

@@ -118,9 +118,10 @@ def hierarchy_dict(book: Book) -> dict:
     }
 
 
-def histogram(losses: np.ndarray, bins: int, report: kj.MarginReport) -> dict:
-    """Histogram of the simulated book losses, with VaR and ES (= the base) of
-    the same draws."""
+def histogram(losses: np.ndarray, bins: int, report: kj.MarginReport | None = None) -> dict:
+    """Histogram of the simulated book losses (dollars). With the margin
+    `report` of the same book, `var` and `es` (= the base, the ES of the same
+    draws) are added; without it they are None and the caller has them."""
     losses = np.asarray(losses, np.float64)
     losses = losses[np.isfinite(losses)]
     lo, hi = (float(losses.min()), float(losses.max())) if losses.size else (0.0, 0.0)
@@ -137,44 +138,54 @@ def histogram(losses: np.ndarray, bins: int, report: kj.MarginReport) -> dict:
         "std": float(losses.std()) if losses.size else 0.0,
         "min": lo,
         "max": hi,
-        "var": report.var,
-        "es": report.base,
-        "confidence": report.confidence,
-        "tail_probability": float(np.mean(losses > report.var)) if losses.size else 0.0,
+        "var": report.var if report is not None else None,
+        "es": report.base if report is not None else None,
+        "confidence": report.confidence if report is not None else None,
     }
 
 
-def sensitivities_available() -> bool:
-    return hasattr(kj, "sensitivities")
+def losses_response(book: Book, bins: int) -> dict:
+    """The loss histogram alone (the page gets VaR and ES from the margin report
+    of the same book and draws)."""
+    t0 = time.perf_counter()
+    losses = kj.book_losses(book)
+    out = {"histogram": histogram(losses, bins), "timing": {
+        "losses_ms": round((time.perf_counter() - t0) * 1e3, 1)}}
+    return finite(out)
 
 
-def sensitivities(book: Book) -> dict | None:
-    """``kinetic_jax.sensitivities(book).to_dict()`` (None if this version of
-    kinetic_jax has no sensitivities)."""
-    if not sensitivities_available():
-        return None
+def sensitivities(book: Book) -> dict:
+    """``kinetic_jax.sensitivities(book).to_dict()``."""
     return finite(kj.sensitivities(book).to_dict())
 
 
-def margin_response(book: Book, bins: int, with_sensitivities: bool) -> dict:
-    """Everything the page shows for one book."""
+def margin_response(book: Book, bins: int, with_sensitivities: bool,
+                    with_histogram: bool = True) -> dict:
+    """Everything the page shows for one book (the histogram and the
+    sensitivities optional: the page asks for them in follow-up requests, so
+    the tiles come back after one engine call)."""
     t0 = time.perf_counter()
-    report = kj.portfolio_margin(book)
-    t1 = time.perf_counter()
-    losses = kj.book_losses(book)
+    if with_histogram:  # one simulation for the report and the histogram
+        report, losses = kj.margin_with_losses(book)
+        t1 = time.perf_counter()
+        hist = histogram(losses, bins, report)
+    else:
+        report = kj.portfolio_margin(book)
+        t1 = time.perf_counter()
+        hist = None
     t2 = time.perf_counter()
     sens = sensitivities(book) if with_sensitivities else None
     t3 = time.perf_counter()
     out = {
         "report": report.to_dict(),
         "waterfall": report.waterfall(),
-        "histogram": histogram(losses, bins, report),
+        "histogram": hist,
         "sensitivities": sens,
-        "sensitivities_available": sensitivities_available(),
+        "sensitivities_available": True,
         "hierarchy": hierarchy_dict(book),
         "timing": {
             "margin_ms": round((t1 - t0) * 1e3, 1),
-            "losses_ms": round((t2 - t1) * 1e3, 1),
+            "losses_ms": round((t2 - t1) * 1e3, 1) if with_histogram else None,
             "sensitivities_ms": round((t3 - t2) * 1e3, 1) if with_sensitivities else None,
             "total_ms": round((t3 - t0) * 1e3, 1),
         },

@@ -16,6 +16,7 @@ const BINDING_TEXT = {
   worst_case: "capped at the worst-case loss",
 };
 const DEBOUNCE_MS = 300;
+const BINS = 60;
 const SENS_DELAY_MS = 250;
 const PLOT_CONFIG = { displaylogo: false, responsive: true,
   modeBarButtonsToRemove: ["lasso2d", "select2d", "autoScale2d"] };
@@ -35,7 +36,8 @@ const S = {
   sentPositions: [], // uid of each position of the last sent book
   result: null, sens: null,
   gen: 0, running: false, pending: false, timer: null,
-  sensRunning: false, sensWanted: false, sensTimer: null,
+  follow: null, followRunning: false, followTimer: null,
+  hist: null, histGen: 0, sensGen: 0,
   sensAvailable: true,
   source: null, savedAt: null,
 };
@@ -230,6 +232,7 @@ async function compute() {
   renderPositions();
   if (bad) {
     showBanner(`${bad} row${bad > 1 ? "s have" : " has"} invalid values — fix the highlighted cells to recompute.`);
+    document.body.classList.add("stale");
     return;
   }
   const { book, rows, positions } = buildBook();
@@ -237,7 +240,7 @@ async function compute() {
   const gen = ++S.gen;
   setBusy(true);
   const t0 = performance.now();
-  const r = await api("POST", "/api/margin?sensitivities=false", book);
+  const r = await api("POST", "/api/margin?sensitivities=false&histogram=false", book);
   const elapsed = performance.now() - t0;
   S.running = false;
   setBusy(false);
@@ -251,40 +254,56 @@ async function compute() {
     S.sensAvailable = r.data.sensitivities_available;
     renderResult(elapsed);
     saveState(book);
-    requestSensitivities(book, gen);
+    requestFollowUps(book, gen);
   } else {
     S.serverError = r.error;
     showServerError(r.error, r.status);
+    document.body.classList.add("stale");
+    $("footer").textContent = "Showing the last valid result: the current book was rejected (see the message above).";
   }
   renderPositions();
   renderControlErrors();
   if (S.pending) compute();
 }
 
-function requestSensitivities(book, gen) {
-  clearTimeout(S.sensTimer);
-  if (!S.sensAvailable) { renderSensitivities(); return; }
-  S.sensWanted = { book, gen };
-  $("sens-hint").textContent = "computing…";
-  S.sensTimer = setTimeout(runSensitivities, SENS_DELAY_MS);
+// After a margin result: the loss histogram, then the sensitivities, for the
+// same book; dropped when a newer book has been computed meanwhile.
+function requestFollowUps(book, gen) {
+  clearTimeout(S.followTimer);
+  S.follow = { book, gen };
+  $("hist-hint").textContent = "computing…";
+  if (S.sensAvailable) $("sens-hint").textContent = "computing…";
+  S.followTimer = setTimeout(runFollowUps, 0);
 }
 
-async function runSensitivities() {
-  if (S.sensRunning || !S.sensWanted) return;
-  if (S.running || S.pending) { S.sensTimer = setTimeout(runSensitivities, SENS_DELAY_MS); return; }
-  const { book, gen } = S.sensWanted;
-  S.sensWanted = null;
-  S.sensRunning = true;
-  const t0 = performance.now();
-  const r = await api("POST", "/api/sensitivities", book);
-  S.sensRunning = false;
+async function runFollowUps() {
+  if (S.followRunning || !S.follow) return;
+  if (S.running || S.pending || S.scheduled) { S.followTimer = setTimeout(runFollowUps, SENS_DELAY_MS); return; }
+  const { book, gen } = S.follow;
+  S.follow = null;
+  S.followRunning = true;
+  const h = await api("POST", `/api/losses?bins=${BINS}`, book);
   if (gen === S.resultGen) {
-    if (r.ok) { S.sens = r.data.sensitivities; S.sensMs = performance.now() - t0; S.sensError = null; }
-    else { S.sens = null; S.sensError = r.error.message; }
+    S.hist = h.ok ? h.data.histogram : null;
+    S.histError = h.ok ? null : h.error.message;
+    S.histGen = gen;
+    renderHistogram();
+  }
+  if (gen === S.resultGen && !S.follow && S.sensAvailable) {
+    const t0 = performance.now();
+    const r = await api("POST", "/api/sensitivities", book);
+    if (gen === S.resultGen) {
+      if (r.ok) { S.sens = r.data.sensitivities; S.sensMs = performance.now() - t0; S.sensError = null; }
+      else { S.sens = null; S.sensError = r.error.message; }
+      S.sensGen = gen;
+      renderSensitivities();
+    }
+  } else if (!S.sensAvailable) {
     S.sensGen = gen;
     renderSensitivities();
   }
-  if (S.sensWanted) runSensitivities();
+  S.followRunning = false;
+  if (S.follow) runFollowUps();
 }
 
 let saveTimer = null;
@@ -406,7 +425,15 @@ function renderControls() {
     // Any other hierarchy: a slider per internal node whose rho matters.
     for (const n of S.hierarchy) {
       if (n.node === "root" && !childrenOf("root").clusters.length && childrenOf("root").nodes.length < 2) continue;
-      const s = slider({ label: `ρ ${n.node}`, value: n.rho, oninput: (v) => { n.rho = v; renderTree(); scheduleCompute(); } });
+      // Keep rho non-decreasing from the root down: between the parent's rho
+      // and the smallest of the children's.
+      const s = slider({ label: `ρ ${n.node}`, value: n.rho, oninput: (v, input, out) => {
+        const parent = nodeOf(n.parent);
+        const kids = childrenOf(n.node).nodes.map((k) => k.rho);
+        const lo = parent ? parent.rho : 0, hi = kids.length ? Math.min(...kids) : 0.99;
+        if (v < lo || v > hi) { v = Math.min(Math.max(v, lo), hi); input.value = v; out.textContent = v.toFixed(2); flash(s.node); }
+        n.rho = v; renderTree(); scheduleCompute();
+      } });
       box.append(s.node);
     }
   }
@@ -625,9 +652,9 @@ function renderResult(elapsed) {
   $("t-released").textContent = pct(rep.capital_released);
   $("t-binding").textContent = rep.binding;
   $("t-binding-n").textContent = BINDING_TEXT[rep.binding] || "";
-  renderWaterfall(); renderHistogram(); renderHeatmap(); renderClusters(); renderTree();
+  renderWaterfall(); renderHeatmap(); renderClusters(); renderTree();
   const t = res.timing;
-  $("footer").textContent = `Computed in ${Math.round(elapsed)} ms (engine ${Math.round(t.margin_ms)} ms margin + ${Math.round(t.losses_ms)} ms loss distribution) · ` +
+  $("footer").textContent = `Margin computed in ${Math.round(elapsed)} ms (engine ${Math.round(t.margin_ms)} ms) · ` +
     `${rep.scenarios.toLocaleString("en-US")} scenarios · seed ${rep.seed} · ES level ${rep.confidence} · ` +
     `base ${money2(rep.base)} ± ${money2(rep.base_standard_error)} · floor ${money2(rep.floor)} · sqrt(ESᵀRES) ${money2(rep.aggregate_diagnostic)}`;
 }
@@ -661,7 +688,11 @@ function renderWaterfall() {
 
 function renderHistogram() {
   if (!S.result) return;
-  const h = S.result.histogram;
+  if (S.histError) { $("hist-hint").textContent = `error: ${S.histError}`; return; }
+  if (!S.hist) return;
+  // VaR and ES of the same draws come with the margin report.
+  const rep = S.result.report;
+  const h = { ...S.hist, var: rep.var, es: rep.base, confidence: rep.confidence };
   const centers = [], widths = [], colors = [];
   for (let i = 0; i < h.counts.length; i++) {
     centers.push((h.edges[i] + h.edges[i + 1]) / 2);
@@ -776,7 +807,8 @@ function renderSensitivities() {
 }
 
 function renderSourceLine() {
-  const src = S.source ? (S.source.path === "reference" ? "reference book" : S.source.path) : "";
+  let src = S.source ? (S.source.path === "reference" ? "reference book" : S.source.path) : "";
+  if (S.imported) src = `imported ${S.imported} (source: ${src})`;
   const saved = S.savedAt ? ` · saved ${new Date(S.savedAt).toLocaleString()}` : "";
   $("source-line").textContent = `${src}${saved}`;
 }
@@ -802,6 +834,8 @@ async function importToml(e) {
   const r = await api("POST", "/api/import", text, "application/toml");
   if (!r.ok) { showBanner(`Import of ${file.name} refused: ${r.error.message}`); return; }
   applyBook(r.data.book);
+  S.imported = file.name;
+  renderSourceLine();
   S.result = null;
   renderControls(); renderPositions();
   showBanner(`Imported ${file.name}.`, true);
@@ -813,6 +847,8 @@ async function resetBook() {
   const r = await api("POST", "/api/state/reset");
   if (!r.ok) { showBanner(`Reset failed: ${r.error.message}`); return; }
   applyBook(r.data.book);
+  S.imported = null;
+  renderSourceLine();
   S.ui = { ...S.ui, ...(r.data.ui || {}), filter: "All" };
   renderControls(); renderPositions();
   compute();

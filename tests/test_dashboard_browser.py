@@ -1,0 +1,257 @@
+"""End-to-end test of the dashboard in headless Debian Chromium (Playwright's
+sync API): start the real server (`kinetic-jax dashboard` in a subprocess, on a
+free loopback port, with a temporary state file), load the page, move the
+rho_within slider, edit a position, re-run, and check the margin and binding
+tiles against kinetic_jax.portfolio_margin on the same edited book.
+
+Skipped only when /usr/bin/chromium (or the playwright package) is missing and
+KINETIC_JAX_REQUIRE_BROWSER is unset; CI sets it, and then a missing browser
+fails. Saves a screenshot to tmp_path and to $KINETIC_JAX_SCREENSHOT if set.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+import kinetic_jax as kj
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.standard_promotion]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE = ROOT / "examples" / "reference_book.toml"
+SERVER_START_S = 120
+COMPUTE_S = 240  # first computations compile (margin, loss distribution, sensitivities)
+EDIT_CONTRACT, EDIT_QUANTITY = "NFL-KC", -100000
+SLIDER_STEPS = 10  # ArrowRight presses on rho_within (step 0.01)
+
+
+def _require_browser():
+    required = bool(os.environ.get("KINETIC_JAX_REQUIRE_BROWSER"))
+    if not os.path.exists(CHROMIUM):
+        if required:
+            pytest.fail(f"{CHROMIUM} is missing and KINETIC_JAX_REQUIRE_BROWSER is set")
+        pytest.skip(f"{CHROMIUM} is missing")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as e:
+        if required:
+            pytest.fail(f"playwright is not installed: {e}")
+        pytest.skip("playwright is not installed")
+    return sync_playwright
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path):
+    """The real server, as a user starts it, on a free loopback port."""
+    port = _free_port()
+    state = tmp_path / "state.json"
+    log = open(tmp_path / "server.log", "wb")
+    env = {**os.environ, "HOME": str(tmp_path)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kinetic_jax._cli", "dashboard", "--host", "127.0.0.1",
+         "--port", str(port), "--state", str(state)],
+        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
+    )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + SERVER_START_S
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"the server exited: {(tmp_path / 'server.log').read_text()}")
+            try:
+                if httpx.get(url + "api/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail("the server did not start in time")
+            time.sleep(0.25)
+        printed = (tmp_path / "server.log").read_text()
+        assert url in printed, printed  # the command prints its URL
+        yield url, state
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
+        log.close()
+
+
+def _money(text: str) -> float:
+    t = text.replace("$", "").replace(",", "").replace("\u2212", "-")
+    return float(t)
+
+
+def _wait_idle(page, condition: str = "true", timeout_s: float = COMPUTE_S):
+    page.wait_for_function(
+        "window.dashboard && window.dashboard.idle() && window.dashboard.state.result"
+        f" && ({condition})",
+        timeout=timeout_s * 1000, polling=100)
+
+
+def _wait_follow_ups(page):
+    """Until the loss histogram and the sensitivities of the book on show have
+    arrived (the page asks for them after the margin)."""
+    page.wait_for_function(
+        "window.dashboard.state.histGen === window.dashboard.state.resultGen && "
+        "window.dashboard.state.sensGen === window.dashboard.state.resultGen",
+        timeout=COMPUTE_S * 1000, polling=100)
+
+
+def _tiles(page) -> dict:
+    return {
+        "margin": page.inner_text("#t-margin"),
+        "binding": page.inner_text("#t-binding"),
+        "full": page.inner_text("#t-full"),
+        "worst": page.inner_text("#t-worst"),
+    }
+
+
+def _check_tiles(page, expected: kj.MarginReport):
+    tiles = _tiles(page)
+    assert abs(_money(tiles["margin"]) - expected.margin) <= 0.5 + 1e-6, (tiles, expected.margin)
+    assert tiles["binding"] == expected.binding
+    assert abs(_money(tiles["full"]) - expected.full_collateral) <= 0.5 + 1e-6
+    assert abs(_money(tiles["worst"]) - expected.worst_case_loss) <= 0.5 + 1e-6
+    shown = page.evaluate("window.dashboard.state.result.report")
+    assert shown["margin"] == pytest.approx(expected.margin, rel=1e-6)
+    assert shown["binding"] == expected.binding
+
+
+def test_dashboard_end_to_end(server, tmp_path):
+    sync_playwright = _require_browser()
+    url, state_file = server
+
+    reference = kj.load_book(REFERENCE)
+    rho = round(reference.hierarchy.rho[reference.hierarchy.node_names.index("crypto")]
+                + SLIDER_STEPS * 0.01, 2)
+    slid = reference.with_hierarchy(reference.hierarchy.replace(rho={"crypto": rho}))
+    quantities = slid.net_quantities()
+    quantities[EDIT_CONTRACT] = float(EDIT_QUANTITY)
+    edited = slid.with_positions(quantities)
+    before, after_slider, after_edit = (kj.portfolio_margin(b) for b in (reference, slid, edited))
+    assert after_slider.margin != before.margin
+    assert after_edit.binding != after_slider.binding  # the edit moves the binding component
+
+    profile = tmp_path / "chromium-profile"
+    with sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(
+            str(profile), executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True,
+            viewport={"width": 1600, "height": 1000},
+        )
+        try:
+            page = context.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.set_default_timeout(COMPUTE_S * 1000)
+            page.goto(url)
+            page.wait_for_function("window.__dashboardReady === true", timeout=COMPUTE_S * 1000)
+            _wait_idle(page)
+            _check_tiles(page, before)
+            _wait_follow_ups(page)
+            # Every panel rendered.
+            charts = ["waterfall", "histogram", "heatmap"]
+            charts += ["sensitivities"] if hasattr(kj, "sensitivities") else []
+            for chart in charts:
+                assert page.locator(f"#{chart} .main-svg").count() > 0, chart
+            assert page.locator("#clusters tbody tr").count() == 8
+            assert page.locator("#tree [data-cluster]").count() == 8
+            assert page.locator("#positions tbody tr[data-uid]").count() == len(reference.contracts)
+            compiles = httpx.get(url + "api/health", timeout=10).json()["jax"]["compiles"]
+
+            # Move the rho_within slider with the keyboard (as a person would).
+            slider = page.locator("#rho-within")
+            slider.focus()
+            for _ in range(SLIDER_STEPS):
+                slider.press("ArrowRight")
+            _wait_idle(page, "window.dashboard.state.lastBook.hierarchy"
+                             f".find(n => n.node === 'crypto').rho === {rho}")
+            _check_tiles(page, after_slider)
+            _wait_follow_ups(page)
+            health = httpx.get(url + "api/health", timeout=10).json()
+            assert health["jax"]["compiles"] == compiles, "moving a slider recompiled"
+
+            # A bad value gets an inline error and is not sent.
+            row = page.locator(f'#positions tr[data-id="{EDIT_CONTRACT}"]')
+            qty = row.locator('input[data-key="quantity"]')
+            qty.fill("12abc")
+            err = page.locator(f'#positions tr[data-err-for="{row.get_attribute("data-uid")}"]')
+            assert "quantity must be a finite number" in err.inner_text()
+            assert "invalid" in (qty.get_attribute("class") or "")
+
+            # A value only the server can reject: its field error shows at the row.
+            ladder = page.locator('#positions tr[data-id="BTC-100K-DEC"]')
+            price = ladder.locator('input[data-key="price"]')
+            qty.fill(str(EDIT_QUANTITY))
+            price.fill("0.95")
+            page.click("#rerun")
+            _wait_idle(page, "window.dashboard.state.serverError !== null")
+            line = page.locator(f'#positions tr[data-err-for="{ladder.get_attribute("data-uid")}"]')
+            assert "inconsistent ladder" in line.inner_text()
+            assert "BTC-DEC" in page.inner_text("#banner")
+            price.fill("0.55")
+
+            # The edit, then an explicit re-run.
+            page.click("#rerun")
+            _wait_idle(page, "window.dashboard.state.serverError === null && "
+                             "window.dashboard.state.lastBook.positions.some(p => "
+                             f"p.contract === '{EDIT_CONTRACT}' && p.quantity === {EDIT_QUANTITY})")
+            _check_tiles(page, after_edit)
+            assert page.locator("#banner").is_hidden()
+            _wait_follow_ups(page)
+            page.wait_for_timeout(300)
+            shot = tmp_path / "dashboard.png"
+            page.screenshot(path=str(shot), full_page=True)
+            assert shot.stat().st_size > 50_000
+            if os.environ.get("KINETIC_JAX_SCREENSHOT"):
+                target = Path(os.environ["KINETIC_JAX_SCREENSHOT"])
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(shot, target)
+
+            # The edited book was saved: a reload (new session) brings it back.
+            page.wait_for_timeout(500)
+            saved = kj.parse_book(httpx.get(url + "api/state", timeout=10).json()["book"])
+            assert saved.net_quantities()[EDIT_CONTRACT] == EDIT_QUANTITY
+            assert state_file.exists()
+            page.reload()
+            page.wait_for_function("window.__dashboardReady === true", timeout=COMPUTE_S * 1000)
+            _wait_idle(page)
+            value = page.locator(
+                f'#positions tr[data-id="{EDIT_CONTRACT}"] input[data-key="quantity"]')
+            assert float(value.input_value()) == EDIT_QUANTITY
+            assert float(page.locator("#rho-within").input_value()) == pytest.approx(rho)
+            _check_tiles(page, after_edit)
+
+            # rho_cross cannot go above rho_within: the UI clamps it, and the
+            # book it sends stays valid.
+            cross = page.locator("#rho-cross")
+            cross.focus()
+            cross.press("End")
+            assert float(cross.input_value()) == pytest.approx(rho)
+            _wait_idle(page, "window.dashboard.state.lastBook.hierarchy"
+                             f".find(n => n.node === 'risk').rho === {rho}")
+            assert page.evaluate("window.dashboard.state.serverError") is None
+            assert not errors, errors
+        finally:
+            context.close()
