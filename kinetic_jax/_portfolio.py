@@ -129,6 +129,7 @@ def portfolio_margin(
     seed: int | None = None,
     confidence: float | None = None,
     dtype=None,
+    key=None,
 ) -> MarginReport:
     """Margins `book` (SPEC.md §2.5) with one joint simulation.
 
@@ -137,13 +138,15 @@ def portfolio_margin(
     - `book`: a validated [`Book`][].
     - `scenarios`, `seed`, `confidence`: override the book's ``[model]`` values.
     - `dtype`: float32 (default) or float64 (needs ``jax_enable_x64``).
+    - `key`: a PRNG key to use instead of ``jax.random.key(seed)`` (another
+      stream, or another PRNG implementation).
 
     **Returns:** a [`MarginReport`][]. Raises [`BookError`][] for bad overrides.
     """
     book = _with_overrides(book, scenarios, seed, confidence)
     s = book.settings
     arrays, layout, params = margin_inputs(book, dtype=dtype)
-    key = jax.random.key(s.seed)
+    key = jax.random.key(s.seed) if key is None else key
     result = margin_jit(arrays, params, key, s.scenarios, tail_size(s.scenarios, s.confidence))
     return _report(book, layout, result)
 
@@ -162,6 +165,7 @@ def margin_with_losses(
     seed: int | None = None,
     confidence: float | None = None,
     dtype=None,
+    key=None,
 ) -> tuple[MarginReport, np.ndarray]:
     """[`portfolio_margin`][] and the whole book's simulated loss in each scenario
     (dollars), from one simulation (for loss histograms: VaR and ES of the
@@ -169,7 +173,8 @@ def margin_with_losses(
     book = _with_overrides(book, scenarios, seed, confidence)
     s = book.settings
     arrays, layout, params = margin_inputs(book, dtype=dtype)
-    result, losses = _margin_losses_jit(arrays, params, jax.random.key(s.seed), s.scenarios,
+    key = jax.random.key(s.seed) if key is None else key
+    result, losses = _margin_losses_jit(arrays, params, key, s.scenarios,
                                         tail_size(s.scenarios, s.confidence))
     return _report(book, layout, result), np.asarray(losses, np.float64)
 
