@@ -214,19 +214,8 @@ def optimise_hedge(
     changes = {k: v for k, v in (("scenarios", scenarios), ("seed", seed)) if v is not None}
     if changes:
         book = book.with_settings(**changes)
-    s = book.settings
-    arrays, layout, params = margin_inputs(book, dtype=dtype)
     n = len(instruments)
-    width = bucket(n, 1)
-    slots = np.zeros(width, np.int32)
-    slots[:n] = [ids.index(c) for c in instruments]
-    slots[n:] = arrays.quantity.shape[0] - 1  # the padding slot
-    active = np.zeros(width)
-    active[:n] = 1
-    top = tail_size(s.scenarios, s.confidence)
-    problem = _problem_jit(arrays, params, jax.random.key(s.seed), s.scenarios,
-                           jnp.asarray(slots), jnp.asarray(active, arrays.price.dtype),
-                           max_quantity, cost)
+    problem, top = build_hedge_problem(book, instruments, max_quantity, cost, dtype=dtype)
     best_x, trace = _solve(problem, top, steps, objective)
     x = np.asarray(best_x, np.float64)[:n]
     zero = jnp.zeros_like(best_x)
@@ -268,4 +257,24 @@ def optimise_hedge(
 
 
 _problem_jit = eqx.filter_jit(hedge_problem)
+
+
+def build_hedge_problem(
+    book: Book, instruments, max_quantity: float, cost: float = 0.0, *, dtype=None
+) -> tuple[HedgeProblem, int]:
+    """``(problem, top)`` for `book`'s own scenarios (settings' seed and count);
+    instruments are padded to a power-of-two bucket with inactive slots."""
+    s = book.settings
+    arrays, _, params = margin_inputs(book, dtype=dtype)
+    ids = book.contract_ids
+    n = len(instruments)
+    width = bucket(n, 1)
+    slots = np.full(width, arrays.quantity.shape[0] - 1, np.int32)  # padding slot
+    slots[:n] = [ids.index(c) for c in instruments]
+    active = np.zeros(width)
+    active[:n] = 1
+    problem = _problem_jit(arrays, params, jax.random.key(s.seed), s.scenarios,
+                           jnp.asarray(slots), jnp.asarray(active, arrays.price.dtype),
+                           max_quantity, cost)
+    return problem, tail_size(s.scenarios, s.confidence)
 _objective_jit = eqx.filter_jit(hedge_objective)

@@ -65,25 +65,10 @@ def minimum_base_es(
 def certify_hedge(book, instruments, *, max_quantity: float, cost: float = 0.0) -> LPSolution:
     """The exact minimum of the base ES (plus cost) over the same instruments,
     bounds and scenarios as [`optimise_hedge`][] with ``objective="base"``."""
-    import jax
-    import jax.numpy as jnp
+    from ._hedge import build_hedge_problem
 
-    from ._arrays import bucket
-    from ._hedge import _problem_jit
-    from ._portfolio import margin_inputs
-
-    s = book.settings
-    arrays, _, params = margin_inputs(book)
-    ids = book.contract_ids
+    problem, _ = build_hedge_problem(book, instruments, max_quantity, cost)
     n = len(instruments)
-    width = bucket(n, 1)
-    slots = np.full(width, arrays.quantity.shape[0] - 1, np.int32)
-    slots[:n] = [ids.index(c) for c in instruments]
-    active = np.zeros(width)
-    active[:n] = 1
-    problem = _problem_jit(arrays, params, jax.random.key(s.seed), s.scenarios,
-                           jnp.asarray(slots), jnp.asarray(active, arrays.price.dtype),
-                           max_quantity, cost)
     l0 = np.asarray(problem.base_losses, np.float64).sum(axis=1)
     a = np.asarray(problem.columns, np.float64)[:, :n]
-    return minimum_base_es(l0, a, s.confidence, max_quantity, cost)
+    return minimum_base_es(l0, a, book.settings.confidence, max_quantity, cost)
