@@ -138,7 +138,7 @@ def test_margin_matches_the_engine(client):
     alone = client.post("/api/losses", params={"bins": 40}, json=book)
     assert alone.status_code == 200
     assert alone.json()["histogram"]["counts"] == h["counts"]
-    assert alone.json()["histogram"]["var"] is None
+    assert alone.json()["histogram"]["var"] == report.var
     assert_error(client.post("/api/losses", params={"bins": 0}, json=book), 422, "bins")
     bad = copy.deepcopy(book)
     bad["positions"][1]["contract"] = "NOPE"

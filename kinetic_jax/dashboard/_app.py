@@ -367,9 +367,9 @@ def create_app(
         bins: int = Query(service.DEFAULT_BINS, ge=1, le=service.MAX_BINS,
                           description="bins of the loss histogram"),
     ):
-        """The histogram of the book's simulated losses (``kinetic_jax.book_losses``,
-        the draws of the margin call); `var` and `es` are null here: they are the
-        margin report's `var` and `base`."""
+        """The histogram of the book's simulated losses (``kinetic_jax.margin_with_losses``,
+        the draws of the margin call), with the report's VaR (`var`) and ES
+        (`es`, the base) of the same draws."""
         raw = await request.body()
 
         def run():
