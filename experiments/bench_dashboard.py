@@ -7,9 +7,10 @@ temporary state file and measures, on the reference book:
    the loss-distribution programs), and the first POST /api/sensitivities;
 2. recompute, after warm-up, while a "slider" moves (rho_within, a loading and
    a quantity change each time: values only, so nothing may recompile; the JAX
-   compile counter is checked): what the page sends on a change (POST
-   /api/margin?histogram=false&sensitivities=false for the tiles, then POST
-   /api/losses for the histogram), and the one-request POST /api/margin;
+   compile counter is checked): the tiles alone (POST
+   /api/margin?histogram=false), the histogram alone (POST /api/losses), and
+   what the page sends on a change, the one-request POST /api/margin (report
+   and histogram from one simulation);
 3. baseline, in the same run and process, interleaved with the recomputes: a
    bare ``kinetic_jax.portfolio_margin`` call on the same books, and
    ``portfolio_margin`` + ``book_losses`` (the two engine calls the endpoint

@@ -177,7 +177,6 @@ def margin_response(book: Book, bins: int, with_sensitivities: bool,
         "waterfall": report.waterfall(),
         "histogram": hist,
         "sensitivities": sens,
-        "sensitivities_available": True,
         "hierarchy": hierarchy_dict(book),
         "timing": {
             "margin_ms": round((t1 - t0) * 1e3, 1),

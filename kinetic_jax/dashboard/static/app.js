@@ -38,7 +38,6 @@ const S = {
   gen: 0, running: false, pending: false, timer: null,
   follow: null, followRunning: false, followTimer: null,
   hist: null, histGen: 0, sensGen: 0,
-  sensAvailable: true,
   source: null, savedAt: null,
 };
 
@@ -240,7 +239,7 @@ async function compute() {
   const gen = ++S.gen;
   setBusy(true);
   const t0 = performance.now();
-  const r = await api("POST", "/api/margin?sensitivities=false&histogram=false", book);
+  const r = await api("POST", `/api/margin?sensitivities=false&bins=${BINS}`, book);
   const elapsed = performance.now() - t0;
   S.running = false;
   setBusy(false);
@@ -251,7 +250,8 @@ async function compute() {
     S.result = r.data;
     S.resultGen = gen;
     S.lastBook = book;
-    S.sensAvailable = r.data.sensitivities_available;
+    // The histogram comes with the report: one simulation, one request.
+    S.hist = r.data.histogram; S.histError = null; S.histGen = gen;
     renderResult(elapsed);
     saveState(book);
     requestFollowUps(book, gen);
@@ -266,13 +266,12 @@ async function compute() {
   if (S.pending) compute();
 }
 
-// After a margin result: the loss histogram, then the sensitivities, for the
-// same book; dropped when a newer book has been computed meanwhile.
+// After a margin result: the sensitivities for the same book; dropped when a
+// newer book has been computed meanwhile.
 function requestFollowUps(book, gen) {
   clearTimeout(S.followTimer);
   S.follow = { book, gen };
-  $("hist-hint").textContent = "computing…";
-  if (S.sensAvailable) $("sens-hint").textContent = "computing…";
+  $("sens-hint").textContent = "computing…";
   S.followTimer = setTimeout(runFollowUps, 0);
 }
 
@@ -282,14 +281,7 @@ async function runFollowUps() {
   const { book, gen } = S.follow;
   S.follow = null;
   S.followRunning = true;
-  const h = await api("POST", `/api/losses?bins=${BINS}`, book);
-  if (gen === S.resultGen) {
-    S.hist = h.ok ? h.data.histogram : null;
-    S.histError = h.ok ? null : h.error.message;
-    S.histGen = gen;
-    renderHistogram();
-  }
-  if (gen === S.resultGen && !S.follow && S.sensAvailable) {
+  if (gen === S.resultGen && !S.follow) {
     const t0 = performance.now();
     const r = await api("POST", "/api/sensitivities", book);
     if (gen === S.resultGen) {
@@ -298,9 +290,6 @@ async function runFollowUps() {
       S.sensGen = gen;
       renderSensitivities();
     }
-  } else if (!S.sensAvailable) {
-    S.sensGen = gen;
-    renderSensitivities();
   }
   S.followRunning = false;
   if (S.follow) runFollowUps();
@@ -652,7 +641,7 @@ function renderResult(elapsed) {
   $("t-released").textContent = pct(rep.capital_released);
   $("t-binding").textContent = rep.binding;
   $("t-binding-n").textContent = BINDING_TEXT[rep.binding] || "";
-  renderWaterfall(); renderHeatmap(); renderClusters(); renderTree();
+  renderWaterfall(); renderHeatmap(); renderClusters(); renderTree(); renderHistogram();
   const t = res.timing;
   $("footer").textContent = `Margin computed in ${Math.round(elapsed)} ms (engine ${Math.round(t.margin_ms)} ms) · ` +
     `${rep.scenarios.toLocaleString("en-US")} scenarios · seed ${rep.seed} · ES level ${rep.confidence} · ` +
@@ -780,7 +769,6 @@ function renderTree() {
 
 function renderSensitivities() {
   const hint = $("sens-hint");
-  if (!S.sensAvailable) { hint.textContent = "not available in this version of kinetic_jax"; Plotly.purge("sensitivities"); return; }
   if (S.sensError) { hint.textContent = `error: ${S.sensError}`; return; }
   const s = S.sens;
   if (!s) { hint.textContent = "computing…"; return; }
