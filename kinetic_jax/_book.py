@@ -19,6 +19,13 @@ CONTRACT_TYPES = ("above", "below", "binary", "outcome", "parlay")
 # Sum of outcome prices accepted without renormalising (numerical slack).
 OUTCOME_SUM_SLACK = 1e-6
 MAX_SCENARIOS = 1 << 24
+# Largest |quantity| of a position, open interest, and sum of |quantity| over the
+# book (contracts, so dollars at most): every q*p, sum and square the float32
+# engine forms stays finite (float32 max ~3.4e38; (1e15)^2 * 2^24 scenarios ~ 1.7e37).
+MAX_AMOUNT = 1e15
+# Smallest open interest: |q| / open_interest stays finite in float32.
+MIN_OPEN_INTEREST = 1e-6
+
 
 
 def is_number(value: object) -> bool:
@@ -30,7 +37,10 @@ def check_number(field: str, value: object, *, low=None, high=None, low_open=Fal
     """Checks that `value` is a finite real in the given interval; returns it as float."""
     if not is_number(value):
         raise BookError(field, f"{value!r} is not a number")
-    value = float(value)  # type: ignore[arg-type]
+    try:
+        value = float(value)  # type: ignore[arg-type]
+    except OverflowError:
+        raise BookError(field, f"the integer {value:.3e} is out of range") from None
     if not math.isfinite(value):
         raise BookError(field, f"{value!r} is not finite")
     bad_low = low is not None and (value <= low if low_open else value < low)
@@ -269,8 +279,12 @@ def _validate(book: Book) -> None:
             check_number(_contract_field(i, c, "probability"), c.probability, low=0, high=1,
                          low_open=True, high_open=True)
         if c.open_interest is not None:
-            check_number(_contract_field(i, c, "open_interest"), c.open_interest, low=0,
-                         low_open=True)
+            oi = check_number(_contract_field(i, c, "open_interest"), c.open_interest, low=0,
+                              low_open=True)
+            if not MIN_OPEN_INTEREST <= oi <= MAX_AMOUNT:
+                raise BookError(_contract_field(i, c, "open_interest"),
+                                f"{oi!r} is outside the engine's range "
+                                f"[{MIN_OPEN_INTEREST:g}, {MAX_AMOUNT:g}] contracts")
     # Parlay legs.
     for i, c in enumerate(book.contracts):
         if c.type != "parlay":
@@ -278,14 +292,16 @@ def _validate(book: Book) -> None:
         if len(c.legs) < 2:
             raise BookError(_contract_field(i, c, "legs"),
                             f"a parlay needs at least 2 legs, got {list(c.legs)!r}")
+        seen: set[str] = set()
         for j, leg in enumerate(c.legs):
             field = _contract_field(i, c, f"legs[{j}]")
             if leg not in ids:
                 raise BookError(field, f"unknown contract {leg!r}")
             if book.contracts[ids[leg]].type == "parlay":
                 raise BookError(field, f"{leg!r} is a parlay; legs must not be parlays")
-            if leg in c.legs[:j]:
+            if leg in seen:
                 raise BookError(field, f"leg {leg!r} is listed twice")
+            seen.add(leg)
     # Events: one cluster, one family, consistent prices.
     tol = book.settings.ladder_tolerance
     for event, idx in book.events().items():
@@ -323,10 +339,16 @@ def _validate(book: Book) -> None:
                     raise BookError(f"contracts (event {event!r})",
                                     f"outcome {what} sum to {total:.6g} > {limit:g} ({names})")
     # Positions.
+    total = 0.0
     for j, p in enumerate(book.positions):
         if p.contract not in ids:
             raise BookError(f"positions[{j}].contract", f"unknown contract {p.contract!r}")
-        check_number(f"positions[{j}] (contract {p.contract!r}).quantity", p.quantity)
+        field = f"positions[{j}] (contract {p.contract!r}).quantity"
+        q = check_number(field, p.quantity, low=-MAX_AMOUNT, high=MAX_AMOUNT)
+        total += abs(q)
+        if total > MAX_AMOUNT:
+            raise BookError(field, f"the book's positions add up to {total:.4g} contracts "
+                                   f"(sum of |quantity|), over the limit of {MAX_AMOUNT:g}")
 
 
 def _latent_cut(c: Contract, p: float) -> float:
@@ -343,17 +365,34 @@ def _check_ladder(book: Book, event: str, idx: list[int], tol: float) -> None:
 
 
 def _check_cuts(book, event, idx, tol, prob, what) -> None:
+    """The cuts must not decrease with the threshold (equal thresholds: equal
+    cuts), within `tol`. One sweep over the sorted thresholds, O(n log n): the
+    largest violation is the largest cut below each threshold minus the
+    smallest cut at it, or the spread of the cuts at one threshold."""
     cs = sorted(((book.contracts[i].threshold, i) for i in idx), key=lambda t: t[0])
-    for a in range(len(cs)):
-        for b in range(a + 1, len(cs)):
-            (ta, ia), (tb, ib) = cs[a], cs[b]
-            ca, cb = book.contracts[ia], book.contracts[ib]
-            ua, ub = _latent_cut(ca, prob(ca)), _latent_cut(cb, prob(cb))
-            gap = abs(ua - ub) if ta == tb else ua - ub
-            if gap > tol + 1e-12:
-                raise BookError(
-                    f"contracts (event {event!r})",
-                    f"inconsistent ladder: {ca.id!r} ({ca.type} {ta!r} at {prob(ca)!r}) and "
-                    f"{cb.id!r} ({cb.type} {tb!r} at {prob(cb)!r}) imply cuts that violate "
-                    f"nesting by {gap:.4f} in probability (tolerance {tol:g}; {what})",
-                )
+    cut = {i: _latent_cut(book.contracts[i], prob(book.contracts[i])) for i in idx}
+    worst, pair = tol + 1e-12, None
+    below: int | None = None  # the contract with the largest cut at a lower threshold
+    k = 0
+    while k < len(cs):
+        j = k
+        while j < len(cs) and cs[j][0] == cs[k][0]:
+            j += 1
+        group = [i for _, i in cs[k:j]]
+        lowest = min(group, key=cut.__getitem__)
+        highest = max(group, key=cut.__getitem__)
+        if below is not None and cut[below] - cut[lowest] > worst:
+            worst, pair = cut[below] - cut[lowest], (below, lowest)
+        if cut[highest] - cut[lowest] > worst:
+            worst, pair = cut[highest] - cut[lowest], tuple(sorted((lowest, highest)))
+        if below is None or cut[highest] > cut[below]:
+            below = highest
+        k = j
+    if pair is not None:
+        ca, cb = book.contracts[pair[0]], book.contracts[pair[1]]
+        raise BookError(
+            f"contracts (event {event!r})",
+            f"inconsistent ladder: {ca.id!r} ({ca.type} {ca.threshold!r} at {prob(ca)!r}) and "
+            f"{cb.id!r} ({cb.type} {cb.threshold!r} at {prob(cb)!r}) imply cuts that violate "
+            f"nesting by {worst:.4f} in probability (tolerance {tol:g}; {what})",
+        )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from typing import Any
@@ -24,6 +25,13 @@ _ADDONS = {"mc_error", "mc_error_z", "liquidity", "liquidity_threshold", "liquid
 _CONTRACT = {"id", "cluster", "type", "price", "event", "threshold", "outcome", "legs",
              "open_interest", "probability"}
 MAX_BOOK_BYTES = 16 * 1024 * 1024
+# A book nests 4 deep ({"contracts": [{"legs": [...]}]}); deeper text is refused
+# before it reaches the decoders (which recurse once per level).
+MAX_NESTING = 32
+# Integer literals longer than this are refused by digit count, before any
+# conversion (a float64 holds at most ~309 integer digits).
+MAX_INT_DIGITS = 300
+
 
 
 def _table(field: str, value: Any) -> Mapping:
@@ -49,17 +57,62 @@ def _keys(field: str, table: Mapping, allowed: set[str], required: set[str] = fr
 
 
 def _string(field: str, value: Any) -> str:
-    if not isinstance(value, str) or not value:
+    if not isinstance(value, str) or isinstance(value, _LongInteger) or not value:
         raise BookError(field, f"{value!r} is not a non-empty string")
     return value
 
 
+class _LongInteger(str):
+    """An integer literal too long to convert (kept as text to name it)."""
+
+    def __repr__(self) -> str:
+        return f"<an integer of {len(self.lstrip('+-')):,} digits>"
+
+
+def _parse_int(text: str) -> int | _LongInteger:
+    if len(text.lstrip("+-")) > MAX_INT_DIGITS:
+        return _LongInteger(text)
+    return int(text)
+
+
 def _num(field: str, value: Any) -> float:
+    if isinstance(value, _LongInteger):
+        raise BookError(field, f"an integer of {len(value.lstrip('+-')):,} digits is out of "
+                               f"range (at most {MAX_INT_DIGITS} digits)")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise BookError(field, f"{value!r} is not a number")
+    if isinstance(value, int) and abs(value) >= 2**1023:
+        raise BookError(field, f"the integer {value:.3e} is out of range") from None
     if not math.isfinite(value):
         raise BookError(field, f"{value!r} is not finite")
     return value
+
+
+_SKIP_JSON = re.compile(r'"(?:[^"\\]|\\.)*"')
+_SKIP_TOML = re.compile(r'"""[\s\S]*?"""|\'\'\'[\s\S]*?\'\'\'|"(?:[^"\\\n]|\\.)*"'
+                        r"|'[^'\n]*'|#[^\n]*")
+_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def nesting_depth(text: str, *, toml: bool = False) -> int:
+    """The deepest bracket nesting of JSON (or TOML) `text`, strings and
+    comments left out (an unbalanced text reads as deeper, never shallower)."""
+    depth = deepest = 0
+    for m in _BRACKET.finditer((_SKIP_TOML if toml else _SKIP_JSON).sub("", text)):
+        if m.group() in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth = max(0, depth - 1)
+    return deepest
+
+
+def check_nesting(text: str, *, toml: bool = False, name: str = "book") -> None:
+    """Raises BookError if `text` nests deeper than MAX_NESTING."""
+    depth = nesting_depth(text, toml=toml)
+    if depth > MAX_NESTING:
+        raise BookError("book", f"{name} nests {depth} levels deep, over the limit of "
+                                f"{MAX_NESTING}")
 
 
 def parse_book(data: Mapping) -> Book:
@@ -70,6 +123,10 @@ def parse_book(data: Mapping) -> Book:
     _keys("model", model, _MODEL)
     addons = _table("addons", data.get("addons", {}))
     _keys("addons", addons, _ADDONS)
+    for table, values in (("model", model), ("addons", addons)):
+        for key, value in values.items():
+            if isinstance(value, _LongInteger):
+                _num(f"{table}.{key}", value)
     settings = Settings(**{**model, **addons})
 
     has_h, has_c = "hierarchy" in data, "clusters" in data
@@ -175,14 +232,20 @@ def loads_book(raw: bytes | str, *, json_format: bool = False, name: str = "book
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
     except UnicodeDecodeError as e:
         raise BookError("book", f"{name} is not UTF-8 text ({e.reason})") from None
+    check_nesting(text, toml=not json_format, name=name)
+    kind = "JSON" if json_format else "TOML"
     try:
         if json_format:
-            data = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+            data = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_int=_parse_int)
         else:
             data = tomllib.loads(text)
+    except BookError:
+        raise
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
-        kind = "JSON" if json_format else "TOML"
         raise BookError("book", f"{name} is not valid {kind}: {e}") from None
+    except (ValueError, RecursionError) as e:  # e.g. an integer literal over 4,300 digits
+        raise BookError("book", f"{name} is not valid {kind}: "
+                                f"{str(e).split(';')[0] or type(e).__name__}") from None
     return parse_book(data)
 
 

@@ -84,37 +84,66 @@ class OutcomeTable:
         return out
 
 
-def event_regions(book: Book, probs: list[float], idx: list[int]) -> np.ndarray:
-    """YES patterns (regions x contracts of the event) of one event's regions."""
-    los, his = [], []
-    cum = 0.0
-    for i in idx:
-        c = book.contracts[i]
-        p = probs[i]
-        if c.type in ("above", "binary"):
-            lo, hi = 1.0 - p, 1.0
-        elif c.type == "below":
-            lo, hi = 0.0, p
-        else:  # outcome: consecutive intervals in listing order
-            lo, hi = cum, cum + p
-            cum += p
-        los.append(lo)
-        his.append(min(hi, 1.0))
-    if book.contracts[idx[0]].type == "outcome" and cum >= 1.0 - OUTCOME_FULL:
-        his[-1] = 1.0  # as the simulation: no unlisted remainder (atom_cuts)
-    points = sorted({0.0, 1.0, *los, *his})
-    merged = [points[0]]
-    for x in points[1:]:
+def event_intervals(book: Book, probs: list[float], idx: list[int]):
+    """The regions of one event and where each contract is YES, in O(n log n).
+
+    In u = Phi(X) every contract is YES on one interval ``(lo, hi]``; the
+    event's regions are the intervals between its sorted (merged) cuts. Returns
+    ``(mids, first, stop)``: the midpoint of each region, and per contract the
+    range ``first <= r < stop`` of regions where it is YES.
+    """
+    contracts = [book.contracts[i] for i in idx]
+    p = np.array([probs[i] for i in idx], dtype=np.float64)
+    kind = np.array([c.type for c in contracts])
+    if contracts[0].type == "outcome":  # consecutive intervals in listing order
+        cum = np.cumsum(p)
+        lo = np.concatenate([[0.0], cum[:-1]])
+        hi = np.minimum(cum, 1.0)
+        if cum[-1] >= 1.0 - OUTCOME_FULL:
+            hi[-1] = 1.0  # as the simulation: no unlisted remainder (atom_cuts)
+    else:
+        up = (kind == "above") | (kind == "binary")
+        lo = np.where(up, 1.0 - p, 0.0)
+        hi = np.where(up, 1.0, np.minimum(p, 1.0))
+    points = np.unique(np.concatenate([[0.0, 1.0], lo, hi]))
+    merged = [float(points[0])]
+    for x in points[1:].tolist():
         if x - merged[-1] > _MERGE:
             merged.append(x)
     if merged[-1] < 1.0 - _MERGE:
         merged.append(1.0)
     else:
         merged[-1] = 1.0
-    mids = [(a + b) / 2 for a, b in zip(merged[:-1], merged[1:])]
-    lo_a, hi_a = np.array(los), np.array(his)
-    pats = np.array([(lo_a < m) & (m <= hi_a) for m in mids], dtype=np.float64)
-    return np.unique(pats, axis=0)
+    edges = np.array(merged)
+    mids = (edges[:-1] + edges[1:]) / 2
+    # lo < m  <=>  r >= first;   m <= hi  <=>  r < stop.
+    first = np.searchsorted(mids, lo, side="right")
+    stop = np.searchsorted(mids, hi, side="right")
+    return mids, first, stop
+
+
+def event_regions(book: Book, probs: list[float], idx: list[int]) -> np.ndarray:
+    """YES patterns (regions x contracts of the event) of one event's distinct
+    regions. The regions come from the sorted cuts in O(n log n); a region's
+    pattern differs from the previous one's only where a contract's interval
+    starts or ends, so the distinct patterns are found without comparing rows
+    (the output itself has one row per distinct region)."""
+    mids, first, stop = event_intervals(book, probs, idx)
+    live = first < stop
+    change = np.zeros(len(mids), dtype=bool)
+    change[0] = True
+    for bound in (first[live], stop[live]):
+        bound = bound[bound < len(mids)]
+        change[bound] = True
+    keep = np.flatnonzero(change)
+    r = keep[:, None]
+    pats = ((r >= first[None, :]) & (r < stop[None, :])).astype(np.float64)
+    # Regions that no contract covers all have the empty pattern: keep one.
+    empty = ~pats.any(axis=1)
+    if empty.sum() > 1:
+        drop = np.flatnonzero(empty)[1:]
+        pats = np.delete(pats, drop, axis=0)
+    return pats
 
 
 def build_outcome_table(book: Book, quantity: np.ndarray | None = None) -> OutcomeTable:
@@ -151,23 +180,27 @@ def build_outcome_table(book: Book, quantity: np.ndarray | None = None) -> Outco
 
     regions = {e: event_regions(book, probs, events[e]) for e in names}
     q = np.zeros(n) if quantity is None else np.asarray(quantity, dtype=np.float64)
-    price = np.array([c.price for c in book.contracts])
     rows: list[tuple[int, list[int], np.ndarray]] = []
     exact = exact_at_book = True
     comp_id = 0
     for root, evs in groups.items():
         pls = parlays_of.get(root, [])
-        cidx = [i for e in evs for i in events[e]] + pls
+        cidx = np.array([i for e in evs for i in events[e]] + pls, dtype=np.int32)
+        if not pls and len(evs) == 1:  # one event alone: its regions are the rows
+            rows.extend((comp_id, cidx, r) for r in regions[evs[0]])
+            comp_id += 1
+            continue
         combos = math.prod(len(regions[e]) for e in evs)
+        masks = _leg_masks(book, ids, events, regions, evs, pls)
         if combos <= ENUMERATION_LIMIT:
             for choice in itertools.product(*(range(len(regions[e])) for e in evs)):
-                rows.append((comp_id, cidx, _pattern(book, ids, events, regions, evs, choice, pls)))
+                rows.append((comp_id, cidx, _pattern(regions, evs, choice, masks)))
             comp_id += 1
             continue
         exact = False
-        choice = _branch_and_bound(book, ids, events, regions, evs, pls, q, price)
+        choice = _branch_and_bound(events, regions, evs, pls, masks, q)
         if choice is not None:
-            rows.append((comp_id, cidx, _pattern(book, ids, events, regions, evs, choice, pls)))
+            rows.append((comp_id, cidx, _pattern(regions, evs, choice, masks)))
             comp_id += 1
             continue
         exact_at_book = False  # conservative: events and parlays as free components
@@ -192,32 +225,28 @@ def build_outcome_table(book: Book, quantity: np.ndarray | None = None) -> Outco
 def _leg_masks(book, ids, events, regions, evs, pls):
     """Per parlay: {event position: bool mask over that event's regions}."""
     pos = {e: k for k, e in enumerate(evs)}
+    where = {j: (e, col) for e in evs for col, j in enumerate(events[e])}
     out = []
     for i in pls:
         masks: dict[int, np.ndarray] = {}
         for leg in book.contracts[i].legs:
-            j = ids[leg]
-            e = next(e for e in evs if j in events[e])
-            col = events[e].index(j)
+            e, col = where[ids[leg]]
             m = regions[e][:, col] > 0.5
             masks[pos[e]] = masks.get(pos[e], True) & m
         out.append(masks)
     return out
 
 
-def _pattern(book, ids, events, regions, evs, choice, pls) -> np.ndarray:
+def _pattern(regions, evs, choice, masks) -> np.ndarray:
     base = [regions[e][r] for e, r in zip(evs, choice)]
-    par = []
-    for masks in _leg_masks(book, ids, events, regions, evs, pls):
-        par.append(float(all(m[choice[k]] for k, m in masks.items())))
+    par = [float(all(m[choice[k]] for k, m in leg.items())) for leg in masks]
     return np.concatenate([*base, np.array(par)])
 
 
-def _branch_and_bound(book, ids, events, regions, evs, pls, q, price):
+def _branch_and_bound(events, regions, evs, pls, masks, q):
     """Minimises sum_i q_i YES_i over the component's joint regions (which
     maximises its loss) by depth-first branch and bound; None if over budget."""
     cost = [regions[e] @ q[events[e]] for e in evs]
-    masks = _leg_masks(book, ids, events, regions, evs, pls)
     qp = np.array([q[i] for i in pls])
     order = sorted(range(len(evs)), key=lambda k: -sum(k in m for m in masks))
     rank = {k: r for r, k in enumerate(order)}
