@@ -10,6 +10,7 @@ from ._book import Book as Book
 from ._book import Contract as Contract
 from ._book import Position as Position
 from ._book import Settings as Settings
+from ._book import Stress as Stress
 from ._book_file import (
     book_to_dict as book_to_dict,
 )
@@ -129,4 +130,9 @@ from ._sensitivities import (
 from ._sensitivities import (
     sensitivity_arrays as sensitivity_arrays,
 )
+from ._stress import StressResult as StressResult  # noqa: E402
+from ._stress import scenario_losses as scenario_losses  # noqa: E402
+from ._stress import stress_factors as stress_factors  # noqa: E402
+from ._stress import stress_losses as stress_losses  # noqa: E402
+from ._stress import stress_matrix as stress_matrix  # noqa: E402
 from ._synthetic import random_book as random_book  # noqa: E402

@@ -17,6 +17,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 from ._book import Book
+from ._stress import stress_matrix
 from ._worst_case import OutcomeTable, build_outcome_table
 
 PAD, ABOVE, BELOW, OUTCOME, PARLAY = 0, 1, 2, 3, 4
@@ -33,7 +34,7 @@ class BookArrays(eqx.Module):
     parameters: `quantity`, `price`, `probability`, `rho`, `loading`.
 
     Shapes: C contracts (padded), E events, K clusters, M hierarchy nodes, L legs
-    per contract, R worst-case rows of width W.
+    per contract, R worst-case rows of width W, S stress scenarios (padded).
     """
 
     quantity: Float[Array, " C"]
@@ -55,6 +56,8 @@ class BookArrays(eqx.Module):
     wc_component: Int[Array, " R"]
     wc_index: Int[Array, "R W"]
     wc_yes: Float[Array, "R W"]
+    stress_yes: Float[Array, "S C"]  # P(YES) per stress scenario (SPEC.md §5.2)
+    stress_valid: Bool[Array, " S"]  # False on padding rows (at least one row)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,6 +154,11 @@ def book_arrays(book: Book, dtype=None) -> tuple[BookArrays, BookLayout]:
     wc_yes = np.zeros((rows, width))
     wc_yes[: sub.shape[0], : sub.shape[1]] = table.yes
 
+    n_stress = len(book.stress)
+    stress_yes = np.zeros((bucket(n_stress, 1), cpad))
+    stress_yes[:n_stress, :n] = stress_matrix(book)
+    stress_valid = np.arange(stress_yes.shape[0]) < n_stress
+
     f = lambda x: jnp.asarray(x, dtype)  # noqa: E731
     i32 = lambda x: jnp.asarray(x, jnp.int32)  # noqa: E731
     arrays = BookArrays(
@@ -173,6 +181,8 @@ def book_arrays(book: Book, dtype=None) -> tuple[BookArrays, BookLayout]:
         wc_component=i32(wc_component),
         wc_index=i32(wc_index),
         wc_yes=f(wc_yes),
+        stress_yes=f(stress_yes),
+        stress_valid=jnp.asarray(stress_valid),
     )
     layout = BookLayout(
         contract_ids=book.contract_ids,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import defaultdict
+from collections.abc import Mapping
 
 from ._errors import BookError
 from ._hierarchy import Hierarchy, default_hierarchy
@@ -71,6 +72,8 @@ class Settings:
     - `liquidity`, `liquidity_threshold`, `liquidity_rate`: liquidity add-on,
       `rate * gross * max(0, |q| / open_interest - threshold)` per position with a
       given open interest, at most its gross.
+    - `stress_addon`: add the stress add-on, max(0, worst stress-scenario loss -
+      max(base, floor)) (SPEC.md §5.2; default off).
     """
 
     confidence: float = 0.99
@@ -83,6 +86,7 @@ class Settings:
     liquidity: bool = True
     liquidity_threshold: float = 0.1
     liquidity_rate: float = 1.0
+    stress_addon: bool = False
 
     def __post_init__(self):
         check_number("model.confidence", self.confidence, low=0, high=1, low_open=True,
@@ -99,6 +103,8 @@ class Settings:
         for name in ("mc_error", "liquidity"):
             if not isinstance(getattr(self, name), bool):
                 raise BookError(f"addons.{name}", f"{getattr(self, name)!r} is not true/false")
+        if not isinstance(self.stress_addon, bool):
+            raise BookError("model.stress_addon", f"{self.stress_addon!r} is not true/false")
         check_number("addons.mc_error_z", self.mc_error_z, low=0, high=10)
         check_number("addons.liquidity_threshold", self.liquidity_threshold, low=0, high=1)
         check_number("addons.liquidity_rate", self.liquidity_rate, low=0, high=10)
@@ -145,6 +151,35 @@ class Position:
     quantity: float
 
 
+@dataclasses.dataclass(frozen=True)
+class Stress:
+    """A deterministic stress scenario (SPEC.md §5.2, the ``[[stress]]`` tables).
+
+    - `name`: unique within the book.
+    - `factors`: hierarchy node or cluster name -> factor value in standard
+      deviations (a node's value applies to every cluster below it); the other
+      factors take their conditional mean. Empty: every factor at 0.
+    - `resolve`: non-parlay contract id -> ``"YES"`` or ``"NO"``.
+
+    Mappings are stored as tuples of ``(key, value)`` pairs, in the given order.
+    Checked against the book by [`Book`][].
+    """
+
+    name: str
+    factors: tuple[tuple[str, float], ...] = ()
+    resolve: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self):
+        for key in ("factors", "resolve"):
+            value = getattr(self, key)
+            if isinstance(value, Mapping):
+                object.__setattr__(self, key, tuple(value.items()))
+            elif isinstance(value, (list, tuple)):
+                object.__setattr__(self, key, tuple(
+                    tuple(pair) if isinstance(pair, (list, tuple)) else pair for pair in value
+                ))
+
+
 def _contract_field(i: int, c: Contract, key: str) -> str:
     return f"contracts[{i}] (id {c.id!r}).{key}"
 
@@ -169,6 +204,7 @@ class Book:
     - `positions`: signed quantities; several on one contract add up.
     - `hierarchy`: the asset hierarchy (default: the reference design's).
     - `settings`: model and add-on settings.
+    - `stress`: deterministic stress scenarios ([`Stress`][]).
 
     Raises [`BookError`][] naming the field and value on any inconsistency.
     """
@@ -177,11 +213,14 @@ class Book:
     positions: tuple[Position, ...] = ()
     hierarchy: Hierarchy = dataclasses.field(default_factory=default_hierarchy)
     settings: Settings = dataclasses.field(default_factory=Settings)
+    stress: tuple[Stress, ...] = ()
 
     def __post_init__(self):
         object.__setattr__(self, "contracts", tuple(self.contracts))
         object.__setattr__(self, "positions", tuple(self.positions))
+        object.__setattr__(self, "stress", tuple(self.stress))
         _validate(self)
+        _validate_stress(self)
 
     # ---- derived structure -------------------------------------------------
     @property
@@ -349,6 +388,61 @@ def _validate(book: Book) -> None:
         if total > MAX_AMOUNT:
             raise BookError(field, f"the book's positions add up to {total:.4g} contracts "
                                    f"(sum of |quantity|), over the limit of {MAX_AMOUNT:g}")
+
+
+def _validate_stress(book: Book) -> None:
+    """SPEC.md §5.2: names, factor keys and values, resolutions (fields
+    ``stress[i] (name ...).factors.KEY`` and ``.resolve.ID``)."""
+    # Imported here: _stress reads the worst-case tolerances, and _worst_case
+    # imports this module.
+    from ._stress import clusters_below, event_restrictions
+
+    h = book.hierarchy
+    names = set(h.node_names) | set(h.cluster_names)
+    index = {c.id: i for i, c in enumerate(book.contracts)}
+    seen: dict[str, int] = {}
+    for i, s in enumerate(book.stress):
+        if not isinstance(s, Stress):
+            raise BookError(f"stress[{i}]", f"{s!r} is not a Stress scenario")
+        if not isinstance(s.name, str) or not s.name:
+            raise BookError(f"stress[{i}].name", f"{s.name!r} is not a non-empty string")
+        if s.name in seen:
+            raise BookError(f"stress[{i}].name", f"duplicate scenario name {s.name!r} "
+                                                 f"(first at stress[{seen[s.name]}])")
+        seen[s.name] = i
+        where = f"stress[{i}] (name {s.name!r})"
+        covered: dict[int, str] = {}
+        for key, pairs in (("factors", s.factors), ("resolve", s.resolve)):
+            if not isinstance(pairs, tuple) or not all(
+                isinstance(p, tuple) and len(p) == 2 for p in pairs
+            ):
+                raise BookError(f"{where}.{key}", f"{pairs!r} is not a table")
+            keys = [k for k, _ in pairs]
+            for j, k in enumerate(keys):
+                if k in keys[:j]:
+                    raise BookError(f"{where}.{key}.{k}", "given twice")
+        for name, value in s.factors:
+            field = f"{where}.factors.{name}"
+            if name not in names:
+                raise BookError(field, f"unknown hierarchy node or cluster {name!r}")
+            check_number(field, value)
+            for k in clusters_below(h, name):
+                if k in covered:
+                    other = covered[k]
+                    chain = [h.cluster_names[k], *h.ancestors(h.cluster_names[k])]
+                    lower, upper = sorted((other, name), key=chain.index)
+                    raise BookError(field, f"{lower!r} is below {upper!r}, and both are "
+                                           f"given (give one value per factor)")
+                covered[k] = name
+        for cid, value in s.resolve:
+            field = f"{where}.resolve.{cid}"
+            if cid not in index:
+                raise BookError(field, f"unknown contract {cid!r}")
+            if book.contracts[index[cid]].type == "parlay":
+                raise BookError(field, f"{cid!r} is a parlay; resolve its legs instead")
+            if value not in ("YES", "NO"):
+                raise BookError(field, f"{value!r} is not 'YES' or 'NO'")
+        event_restrictions(book, i, s)
 
 
 def _latent_cut(c: Contract, p: float) -> float:

@@ -15,12 +15,13 @@ import tomllib
 from collections.abc import Mapping
 from typing import Any
 
-from ._book import Book, Contract, Position, Settings
+from ._book import Book, Contract, Position, Settings, Stress
 from ._errors import BookError
 from ._hierarchy import Cluster, Hierarchy, Node, default_hierarchy
 
-_TOP = {"model", "addons", "hierarchy", "clusters", "contracts", "positions"}
-_MODEL = {"confidence", "scenarios", "seed", "ladder_tolerance", "outcome_overround"}
+_TOP = {"model", "addons", "hierarchy", "clusters", "contracts", "positions", "stress"}
+_MODEL = {"confidence", "scenarios", "seed", "ladder_tolerance", "outcome_overround",
+          "stress_addon"}
 _ADDONS = {"mc_error", "mc_error_z", "liquidity", "liquidity_threshold", "liquidity_rate"}
 _CONTRACT = {"id", "cluster", "type", "price", "event", "threshold", "outcome", "legs",
              "open_interest", "probability"}
@@ -196,7 +197,25 @@ def parse_book(data: Mapping) -> Book:
         cid = _string(f"{f}.contract", entry["contract"])
         positions.append(Position(cid, _num(f"{f} (contract {cid!r}).quantity",
                                             entry["quantity"])))
-    return Book(tuple(contracts), tuple(positions), hierarchy, settings)
+    stress = [_stress_entry(i, entry)
+              for i, entry in enumerate(_array("stress", data.get("stress", [])))]
+    return Book(tuple(contracts), tuple(positions), hierarchy, settings, tuple(stress))
+
+
+def _stress_entry(i: int, entry: Any) -> Stress:
+    """One ``[[stress]]`` table (SPEC.md §5.2); checked against the book by Book."""
+    f = f"stress[{i}]"
+    entry = _table(f, entry)
+    _keys(f, entry, {"name", "factors", "resolve"}, {"name"})
+    name = _string(f"{f}.name", entry["name"])
+    f = f"{f} (name {name!r})"
+    factors = _table(f"{f}.factors", entry.get("factors", {}))
+    resolve = _table(f"{f}.resolve", entry.get("resolve", {}))
+    return Stress(
+        name,
+        tuple((k, _num(f"{f}.factors.{k}", v)) for k, v in factors.items()),
+        tuple((k, v) for k, v in resolve.items()),
+    )
 
 
 def _no_duplicate_keys(pairs):
@@ -256,7 +275,7 @@ def book_to_dict(book: Book) -> dict:
     out: dict = {
         "model": {"confidence": s.confidence, "scenarios": s.scenarios, "seed": s.seed,
                   "ladder_tolerance": s.ladder_tolerance,
-                  "outcome_overround": s.outcome_overround},
+                  "outcome_overround": s.outcome_overround, "stress_addon": s.stress_addon},
         "addons": {k: getattr(s, k) for k in sorted(_ADDONS)},
         "hierarchy": [{"node": n.name, **({"parent": n.parent} if n.parent else {}), "rho": n.rho}
                       for n in book.hierarchy.nodes],
@@ -273,4 +292,7 @@ def book_to_dict(book: Book) -> dict:
         if c.legs:
             entry["legs"] = list(c.legs)
         out["contracts"].append(entry)
+    if book.stress:
+        out["stress"] = [{"name": x.name, "factors": dict(x.factors), "resolve": dict(x.resolve)}
+                         for x in book.stress]
     return out

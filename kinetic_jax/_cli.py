@@ -22,7 +22,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="PRNG seed (default: the book's)")
     p.add_argument("--confidence", type=float, help="ES level in (0, 1) (default: the book's)")
     p.add_argument("--no-addon", action="append", default=[], metavar="NAME",
-                   choices=["mc_error", "liquidity"], help="switch an add-on off (repeatable)")
+                   choices=["mc_error", "liquidity", "stress"],
+                   help="switch an add-on off (repeatable)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,7 +66,7 @@ def _load(args):
     changes = {k: getattr(args, k) for k in ("scenarios", "seed", "confidence")
                if getattr(args, k) is not None}
     for name in args.no_addon:
-        changes[name] = False
+        changes["stress_addon" if name == "stress" else name] = False
     try:
         return book.with_settings(**changes) if changes else book
     except BookError as e:

@@ -46,6 +46,14 @@ def format_margin_report(report: MarginReport, title: str = "") -> str:
         ratio = f"{c.es / c.gross:.0%}" if c.gross > 0 else "-"
         lines.append(f"  {c.name:<12}{c.positions:>10}{c.gross:>14,.2f}{c.es:>14,.2f}"
                      f"{c.standard_error:>10,.2f}{ratio:>10}")
+    if r.stress:
+        lines += ["", "Stress scenarios (exact loss given the scenario; largest cluster losses)"]
+        lines.append(f"  {'scenario':<24}{'loss':>14}   clusters")
+        for x in r.stress:
+            worst = sorted(((v, k) for k, v in x.clusters.items() if abs(v) >= 0.005),
+                           reverse=True)[:3]
+            detail = ", ".join(f"{k} {v:,.0f}" for v, k in worst)
+            lines.append(f"  {x.name[:23]:<24}{x.loss:>14,.2f}   {detail}")
     lines += ["", "Inter-cluster factor correlation (LCA rule)"]
     names = r.correlation_clusters
     width = max(8, max(len(n) for n in names) + 1)

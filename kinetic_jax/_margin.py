@@ -5,6 +5,7 @@
     base          = ES_alpha(loss of the whole book), one joint simulation
     floor         = largest + second-largest cluster ES
     add-ons       = mc_error (z * SE of the binding stressed loss) + liquidity
+                    + stress (worst stress-scenario loss above max(base, floor))
     margin        = max(0, min(worst case, max(base, floor) + add-ons))
 
 All figures come from the same (N, C) outcome matrix, so they share common
@@ -24,9 +25,10 @@ from ._arrays import BookArrays
 from ._hierarchy import correlation_matrix
 from ._shortfall import expected_shortfall
 from ._simulation import HIGHEST, outcomes
+from ._stress import scenario_losses
 from ._worst_case import table_worst_case
 
-ADDONS = ("mc_error", "liquidity")
+ADDONS = ("mc_error", "liquidity", "stress")
 BINDING = ("worst_case", "base", "floor")
 
 
@@ -37,6 +39,7 @@ class MarginParams(eqx.Module):
     - `mc_error`, `liquidity`: 1.0 to apply the add-on, 0.0 to switch it off.
     - `mc_error_z`: multiple of the standard error in the MC buffer.
     - `liquidity_threshold`, `liquidity_rate`: see [`Settings`][].
+    - `stress`: 1.0 to apply the stress add-on (SPEC.md §5.2), 0.0 for none.
     """
 
     confidence: Float[Array, ""]
@@ -45,6 +48,7 @@ class MarginParams(eqx.Module):
     liquidity: Float[Array, ""]
     liquidity_threshold: Float[Array, ""]
     liquidity_rate: Float[Array, ""]
+    stress: Float[Array, ""]
 
     @classmethod
     def from_settings(cls, settings, dtype=jnp.float32) -> MarginParams:
@@ -56,6 +60,7 @@ class MarginParams(eqx.Module):
             liquidity=f(settings.liquidity),
             liquidity_threshold=f(settings.liquidity_threshold),
             liquidity_rate=f(settings.liquidity_rate),
+            stress=f(settings.stress_addon),
         )
 
 
@@ -146,7 +151,13 @@ def margin_from_statistics(
         params.liquidity_rate * gross_c * jnp.maximum(ratio - params.liquidity_threshold, 0),
     )
     liquidity = params.liquidity * jnp.sum(jnp.where(given, liq_each, 0.0))
-    addons = jnp.stack([mc, liquidity])
+    # Stress add-on: the worst stress-scenario loss above max(base, floor).
+    scenario = jnp.sum(scenario_losses(arrays.quantity, arrays.price, arrays.cluster,
+                                       arrays.stress_yes, k), axis=1)
+    worst_scenario = jnp.max(jnp.where(arrays.stress_valid, scenario, -jnp.inf))
+    stress = params.stress * jnp.where(jnp.any(arrays.stress_valid),
+                                       jnp.maximum(worst_scenario - stressed, 0.0), 0.0)
+    addons = jnp.stack([mc, liquidity, stress])
     uncapped = stressed + jnp.sum(addons)
     worst = table_worst_case(
         arrays.quantity, arrays.price, arrays.wc_component, arrays.wc_index, arrays.wc_yes

@@ -24,6 +24,7 @@ from ._margin import (
 )
 from ._shortfall import tail_size
 from ._simulation import outcomes
+from ._stress import StressResult, stress_losses
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +66,7 @@ class MarginReport:
     clusters: tuple[ClusterReport, ...]
     correlation_clusters: tuple[str, ...]
     correlation: tuple[tuple[float, ...], ...]
+    stress: tuple[StressResult, ...] = ()  # exact stress-scenario losses (SPEC.md §5.2)
 
     @property
     def stressed_loss(self) -> float:
@@ -112,6 +114,7 @@ class MarginReport:
                 "matrix": [list(r) for r in self.correlation],
             },
             "waterfall": self.waterfall(),
+            "stress": [x.to_dict() for x in self.stress],
         }
 
 
@@ -216,6 +219,7 @@ def _report(book: Book, layout, result: MarginResult) -> MarginReport:
         ),
         correlation_clusters=layout.cluster_names,
         correlation=tuple(tuple(float(x) for x in row) for row in r.correlation),
+        stress=stress_losses(book),
     )
 
 

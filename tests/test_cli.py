@@ -145,7 +145,7 @@ def test_json_is_one_object_with_every_spec_key(books):
     report = json.loads(out)  # exactly one JSON document on stdout
     assert isinstance(report, dict)
     assert SPEC_KEYS <= set(report)
-    assert set(report["addons"]) == {"mc_error", "liquidity"}
+    assert set(report["addons"]) == {"mc_error", "liquidity", "stress"}
     assert all(isinstance(v, float) for v in report["addons"].values())
     assert report["binding"] in ("worst_case", "base", "floor")
     for key in ("scenarios", "seed"):
@@ -254,7 +254,7 @@ def test_no_addon_switches_an_addon_off(books, reports, off):
     argv = [x for name in off for x in ("--no-addon", name)]
     r = run_json(books["floor"], *argv)
     full = reports["floor"]
-    assert all(full["addons"][name] > 0 for name in full["addons"])
+    assert all(full["addons"][name] > 0 for name in ("mc_error", "liquidity"))
     for name in full["addons"]:
         assert r["addons"][name] == (0.0 if name in off else full["addons"][name])
     for key in ("base", "floor", "worst_case_loss", "full_collateral"):
