@@ -41,7 +41,8 @@ def check_number(field: str, value: object, *, low=None, high=None, low_open=Fal
     try:
         value = float(value)  # type: ignore[arg-type]
     except OverflowError:
-        raise BookError(field, f"the integer {value:.3e} is out of range") from None
+        raise BookError(field, f"an integer of {len(str(abs(value))):,} digits is out "
+                               f"of range") from None
     if not math.isfinite(value):
         raise BookError(field, f"{value!r} is not finite")
     bad_low = low is not None and (value <= low if low_open else value < low)

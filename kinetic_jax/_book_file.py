@@ -83,7 +83,8 @@ def _num(field: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise BookError(field, f"{value!r} is not a number")
     if isinstance(value, int) and abs(value) >= 2**1023:
-        raise BookError(field, f"the integer {value:.3e} is out of range") from None
+        raise BookError(field, f"an integer of {len(str(abs(value))):,} digits is out of "
+                               f"range (at most {MAX_INT_DIGITS} digits)")
     if not math.isfinite(value):
         raise BookError(field, f"{value!r} is not finite")
     return value

@@ -51,6 +51,16 @@ def node_index(book: dict, name: str) -> int:
     return next(i for i, n in enumerate(book["hierarchy"]) if n["node"] == name)
 
 
+BASE = "http://127.0.0.1:8765"
+JSON = {"Content-Type": "application/json"}
+TOML = {"Content-Type": "application/toml"}
+
+
+def local_client(app) -> TestClient:
+    """A client that talks to `app` as the page does: Host 127.0.0.1."""
+    return TestClient(app, base_url=BASE)
+
+
 @pytest.fixture
 def state_path(tmp_path) -> Path:
     return tmp_path / "state" / "dashboard.json"
@@ -58,7 +68,7 @@ def state_path(tmp_path) -> Path:
 
 @pytest.fixture
 def client(state_path):
-    with TestClient(create_app(None, state_path)) as c:
+    with local_client(create_app(None, state_path)) as c:
         yield c
 
 
@@ -78,17 +88,40 @@ def test_packaged_reference_book_is_a_copy_of_the_example():
     assert packaged.read_bytes() == REFERENCE.read_bytes()
 
 
+MODULES = ("main.js", "state.js", "api.js", "table.js", "controls.js", "charts.js", "docs.js")
+
+
 def test_page_and_assets_are_served_locally(client):
     page = client.get("/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
     html = page.text
-    assert "/vendor/plotly.min.js" in html and "/static/app.js" in html
+    # The page is ES modules; plotly is not a blocking <script> (charts load it later).
+    assert '<script type="module" src="/static/js/main.js">' in html
+    assert "plotly" not in html
     assert "http://" not in html and "https://" not in html  # no CDN
     plotly = client.get("/vendor/plotly.min.js")
     assert plotly.status_code == 200 and len(plotly.content) > 1_000_000
-    for name in ("app.js", "style.css", "favicon.svg"):
-        assert client.get(f"/static/{name}").status_code == 200
-    assert "https://" not in client.get("/static/app.js").text
+    for name in ("style.css", "favicon.svg", "docs.html", *(f"js/{m}" for m in MODULES)):
+        r = client.get(f"/static/{name}")
+        assert r.status_code == 200, name
+        text = r.text.replace('xmlns="http://www.w3.org/2000/svg"', "")
+        assert "https://" not in text and "http://" not in text, name
+    charts = client.get("/static/js/charts.js").text
+    assert 'src = "/vendor/plotly.min.js"' in charts and "s.async = true" in charts
+    # The old single script is gone; the modules import each other only.
+    assert client.get("/static/app.js").status_code == 404
+    main = client.get("/static/js/main.js").text
+    for m in ("api.js", "charts.js", "controls.js", "state.js", "table.js"):
+        assert f'from "./{m}"' in main, m
+
+
+def test_api_docs_are_local(client):
+    docs = client.get("/docs")
+    assert docs.status_code == 200
+    assert "/static/js/docs.js" in docs.text and "/openapi.json" in docs.text
+    assert "http://" not in docs.text and "https://" not in docs.text  # no CDN
+    assert "cdn" not in docs.text.lower()
+    assert client.get("/redoc").status_code == 404
 
 
 def test_health_and_openapi(client, state_path):
@@ -233,7 +266,7 @@ def test_rho_within_below_rho_cross(client):
 
 
 def test_oversized_body_is_refused_before_parsing(state_path):
-    with TestClient(create_app(None, state_path, max_body_bytes=4096)) as c:
+    with local_client(create_app(None, state_path, max_body_bytes=4096)) as c:
         big = b"{" + b" " * 5000 + b"}"  # would be valid JSON: refused on size alone
         assert_error(c.post("/api/margin", content=big,
                             headers={"Content-Type": "application/json"}), 413, "body")
@@ -242,14 +275,14 @@ def test_oversized_body_is_refused_before_parsing(state_path):
             for _ in range(10):
                 yield b" " * 1000
 
-        assert_error(c.post("/api/margin", content=chunks()), 413, "body")
-        assert_error(c.post("/api/import", content=b"#" * 5000), 413, "body")
-        assert_error(c.put("/api/state", content=b"#" * 5000), 413, "body")
+        assert_error(c.post("/api/margin", content=chunks(), headers=JSON), 413, "body")
+        assert_error(c.post("/api/import", content=b"#" * 5000, headers=TOML), 413, "body")
+        assert_error(c.put("/api/state", content=b"#" * 5000, headers=JSON), 413, "body")
         assert c.get("/api/health").status_code == 200
 
 
 def test_default_body_limit(client):
-    r = client.post("/api/margin", content=b" " * (2 * 1024 * 1024 + 1))
+    r = client.post("/api/margin", content=b" " * (2 * 1024 * 1024 + 1), headers=JSON)
     assert_error(r, 413, "body")
 
 
@@ -266,10 +299,11 @@ def test_too_many_scenarios(client):
 
 
 def test_malformed_requests(client):
-    assert_error(client.post("/api/margin", content=b"{not json"), 400, "book")
-    assert_error(client.post("/api/margin", content=b"[1, 2]"), 422, "book")
-    assert_error(client.post("/api/margin", content=b"\xff\xfe"), 400, "book")
-    assert_error(client.post("/api/margin", content=b'{"model": {"seed": NaN}}'), 422, "seed")
+    assert_error(client.post("/api/margin", content=b"{not json", headers=JSON), 400, "book")
+    assert_error(client.post("/api/margin", content=b"[1, 2]", headers=JSON), 422, "book")
+    assert_error(client.post("/api/margin", content=b"\xff\xfe", headers=JSON), 400, "book")
+    assert_error(client.post("/api/margin", content=b'{"model": {"seed": NaN}}',
+                             headers=JSON), 422, "seed")
     assert_error(client.post("/api/margin?bins=0", json=small_book()), 422, "bins")
     assert_error(client.post("/api/margin?bins=100000", json=small_book()), 422, "bins")
     assert_error(client.put("/api/state", json={"book": small_book(), "x": 1}), 422, "x")
@@ -310,7 +344,7 @@ def edited_book() -> dict:
 
 
 def test_state_persists_across_a_restart(state_path):
-    with TestClient(create_app(None, state_path)) as c:
+    with local_client(create_app(None, state_path)) as c:
         first = c.get("/api/state").json()
         assert first["saved_at"] is None and first["source"]["path"] == "reference"
         assert first["book"] == kj.book_to_dict(kj.load_book(REFERENCE))
@@ -320,29 +354,29 @@ def test_state_persists_across_a_restart(state_path):
     assert state_path.exists()
     assert not [p for p in state_path.parent.iterdir() if p.name.endswith(".tmp")]
     # A new app (a restarted server) on the same state file.
-    with TestClient(create_app(None, state_path)) as c:
+    with local_client(create_app(None, state_path)) as c:
         again = c.get("/api/state").json()
         assert again["book"] == kj.book_to_dict(kj.parse_book(edited_book()))
         assert again["ui"] == {"auto": False, "bins": 30}
         export = c.get("/api/export")
         assert kj.book_to_dict(kj.loads_book(export.text)) == again["book"]
         # Reset goes back to the source (the reference book), and is saved too.
-        reset = c.post("/api/state/reset").json()
+        reset = c.post("/api/state/reset", headers=JSON).json()
         assert reset["book"] == kj.book_to_dict(kj.load_book(REFERENCE))
-    with TestClient(create_app(None, state_path)) as c:
+    with local_client(create_app(None, state_path)) as c:
         assert c.get("/api/state").json()["book"] == reset["book"]
 
 
 def test_a_given_book_file_replaces_the_state_unless_it_is_the_same_file(tmp_path, state_path):
     path = tmp_path / "mine.toml"
     path.write_bytes(REFERENCE.read_bytes())
-    with TestClient(create_app(path, state_path)) as c:
+    with local_client(create_app(path, state_path)) as c:
         assert c.get("/api/state").json()["source"]["path"] == str(path)
         assert c.put("/api/state", json={"book": edited_book()}).status_code == 200
-    with TestClient(create_app(path, state_path)) as c:  # same, unchanged file: edits kept
+    with local_client(create_app(path, state_path)) as c:  # same, unchanged file: edits kept
         assert c.get("/api/state").json()["book"]["model"]["seed"] == 7
     path.write_text(REFERENCE.read_text() + "\n# changed\n")
-    with TestClient(create_app(path, state_path)) as c:  # the file changed: it wins
+    with local_client(create_app(path, state_path)) as c:  # the file changed: it wins
         assert c.get("/api/state").json()["book"]["model"]["seed"] == 0
     bad = tmp_path / "bad.toml"
     bad.write_text('[model]\nconfidence = 2\n')
@@ -390,7 +424,7 @@ def test_crash_mid_write_leaves_the_previous_file(tmp_path, monkeypatch):
 def test_corrupt_state_is_set_aside(state_path):
     state_path.parent.mkdir(parents=True)
     state_path.write_text('{"version": 1, "book": {"contracts": [{"id": 1}]}}')
-    with TestClient(create_app(None, state_path)) as c:
+    with local_client(create_app(None, state_path)) as c:
         assert c.get("/api/state").json()["source"]["path"] == "reference"
     aside = [p for p in state_path.parent.iterdir() if ".corrupt-" in p.name]
     assert len(aside) == 1 and "contracts" in aside[0].read_text()
@@ -412,17 +446,18 @@ def test_toml_export_import_round_trip(client):
     assert imported.status_code == 200
     assert imported.json()["book"] == kj.book_to_dict(parsed)
     # The reference file itself imports as the reference book.
-    ref = client.post("/api/import", content=REFERENCE.read_bytes())
+    ref = client.post("/api/import", content=REFERENCE.read_bytes(), headers=TOML)
     assert ref.json()["book"] == kj.book_to_dict(kj.load_book(REFERENCE))
 
 
 def test_import_validates(client):
-    assert_error(client.post("/api/import", content=b"[model\nseed = 1"), 400, "book")
+    assert_error(client.post("/api/import", content=b"[model\nseed = 1", headers=TOML), 400, "book")
     bad = REFERENCE.read_text().replace("price = 0.55", "price = 1.55", 1)
-    r = client.post("/api/import", content=bad.encode())
+    r = client.post("/api/import", content=bad.encode(), headers=TOML)
     assert_error(r, 422, "(id 'BTC-100K-DEC').price")
     many = REFERENCE.read_text().replace("scenarios = 131072", "scenarios = 4194304")
-    assert_error(client.post("/api/import", content=many.encode()), 422, "model.scenarios")
+    assert_error(client.post("/api/import", content=many.encode(), headers=TOML), 422,
+                 "model.scenarios")
     assert_error(client.post("/api/export", json={"contracts": [{"id": "x"}]}), 422,
                  "contracts[0]")
 

@@ -9,6 +9,9 @@ from ._app import MAX_BODY_BYTES as MAX_BODY_BYTES
 from ._app import create_app as create_app
 from ._app import run as run
 from ._service import MAX_SCENARIOS as MAX_SCENARIOS
+from ._service import SCENARIO_CHOICES as SCENARIO_CHOICES
+from ._service import Limits as Limits
 from ._state import default_state_path as default_state_path
 
-__all__ = ["MAX_BODY_BYTES", "MAX_SCENARIOS", "create_app", "default_state_path", "run"]
+__all__ = ["MAX_BODY_BYTES", "MAX_SCENARIOS", "SCENARIO_CHOICES", "Limits", "create_app",
+           "default_state_path", "run"]

@@ -1,11 +1,15 @@
 """The dashboard's web server: a FastAPI app serving the page and the JSON
-margin service (OpenAPI document at /openapi.json, rendered at /docs).
+margin service (OpenAPI document at /openapi.json, rendered at /docs from local
+assets).
 
 Endpoints (all JSON unless noted; errors are ``{"error": {"field", "detail",
-"message"}}`` with status 400 / 413 / 422 / 500, never a traceback):
+"message", "path"}}`` with status 400 / 403 / 404 / 405 / 409 / 413 / 415 /
+422 / 503, or 500 for an engine fault, never a traceback):
 
-- ``GET  /``                      the page
-- ``GET  /api/health``            status, limits, JAX trace/compile counters
+- ``GET  /``                      the page (ES modules under /static/js)
+- ``GET  /docs``                  the API reference (local page over /openapi.json)
+- ``GET  /api/health``            status, limits, engine queue, JAX trace/compile counters
+- ``GET  /api/config``            enums, defaults, bounds and limits (what the page uses)
 - ``POST /api/margin``            book -> report, waterfall, loss histogram, sensitivities
 - ``POST /api/losses``            book -> the loss histogram alone
 - ``POST /api/sensitivities``     book -> kinetic_jax.sensitivities(book).to_dict()
@@ -15,17 +19,34 @@ Endpoints (all JSON unless noted; errors are ``{"error": {"field", "detail",
 - ``POST /api/state/reset``       back to the source book (the BOOK file or the reference)
 - ``GET  /api/reference``         the reference book
 - ``POST /api/export``            book -> TOML text; ``GET /api/export``: the saved book
-- ``POST /api/import``            TOML text -> the validated book
+- ``POST /api/import``            TOML text (``application/toml``) -> the validated book
+
+Same-origin writes only (docs/dashboard.md): the ``Host`` header must name the
+server (loopback names, plus the host it was started on), a present ``Origin``
+must be the server's own, and every POST/PUT carries ``application/json``
+(``application/toml`` for /api/import), which a cross-site page cannot send
+without a CORS preflight the server never grants.
+
+Back-pressure: engine work (margin, losses, sensitivities) runs on the
+engine's own threads, never on the thread pool that serves the page, static
+files and /api/health; at most `queue_size` requests wait for it, more get 503
+with ``Retry-After``; a request superseded by a newer one from the same page
+(header ``X-Kinetic-Page``) before it reaches the engine gets 409.
 """
 
 from __future__ import annotations
 
+import ast
+import asyncio
 import contextlib
 import datetime as _dt
 import json
 import logging
 import os
+import re
+import socket
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from typing import Any
 
@@ -34,17 +55,20 @@ from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import kinetic_jax as kj
 from kinetic_jax import Book, BookError
 
 from . import _service as service
-from ._schema import BOOK_EXAMPLE, BOOK_SCHEMA, error_responses, json_body
+from ._schema import BOOK_EXAMPLE, book_schema, config, error_responses, json_body
 from ._state import REFERENCE, Source, State, StateStore, clean_ui, default_state_path, sha256
 
 MAX_BODY_BYTES = 2 * 1024 * 1024
 MAX_BOOK_FILE_BYTES = 16 * 1024 * 1024
+QUEUE_SIZE = 8  # engine requests waiting or running; more get 503
+RETRY_AFTER_S = 2
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 STATIC = resources.files("kinetic_jax.dashboard") / "static"
 
 logger = logging.getLogger("kinetic_jax.dashboard")
@@ -53,16 +77,63 @@ logger = logging.getLogger("kinetic_jax.dashboard")
 # ---------------------------------------------------------------------------
 # Errors as JSON
 # ---------------------------------------------------------------------------
-def error_response(status: int, field: str, detail: str) -> JSONResponse:
+def field_path(field: str) -> tuple[list, str | None]:
+    """The JSON path of a BookError field, and the event it names if any:
+    ``"contracts[3] (id 'X').price"`` -> ``(["contracts", 3, "price"], None)``,
+    ``"contracts (event 'E')"`` -> ``(["contracts"], "E")``. Parenthesised
+    remarks (ids, quoted with Python's repr) are skipped, not searched."""
+    path: list = []
+    event = None
+    i, n = 0, len(field)
+    while i < n:
+        ch = field[i]
+        if ch == ".":
+            i += 1
+        elif ch == "[":
+            j = field.find("]", i)
+            if j < 0:
+                break
+            token = field[i + 1:j]
+            path.append(int(token) if token.isdigit() else token)
+            i = j + 1
+        elif field.startswith(" (", i):
+            j = i + 2
+            while j < n and field[j] != ")":
+                if field[j] in "'\"":
+                    quote, j = field[j], j + 1
+                    while j < n and field[j] != quote:
+                        j += 2 if field[j] == "\\" else 1
+                j += 1
+            inner = field[i + 2:j]
+            if inner.startswith("event "):
+                with contextlib.suppress(ValueError, SyntaxError):
+                    value = ast.literal_eval(inner[len("event "):])
+                    event = value if isinstance(value, str) else None
+            i = j + 1
+        else:
+            j = i
+            while j < n and field[j] not in ".[" and not field.startswith(" (", j):
+                j += 1
+            path.append(field[i:j])
+            i = j
+    return path, event
+
+
+def error_response(status: int, field: str, detail: str,
+                   headers: dict | None = None) -> JSONResponse:
     message = f"{field}: {detail}" if field else detail
-    return JSONResponse(status_code=status,
-                        content={"error": {"field": field, "detail": detail, "message": message}})
+    path, event = field_path(field) if field else ([], None)
+    error: dict = {"field": field, "detail": detail, "message": message, "path": path}
+    if event is not None:
+        error["event"] = event
+    return JSONResponse(status_code=status, content={"error": error}, headers=headers)
 
 
 def book_error_response(e: BookError) -> JSONResponse:
     if not e.field:  # the engine's own complaint (e.g. a non-finite figure)
         return error_response(500, "", e.detail)
-    unreadable = e.field == "book" and ("is not valid" in e.detail or "UTF-8" in e.detail)
+    unreadable = e.field == "book" and ("is not valid" in e.detail or "UTF-8" in e.detail
+                                        or "nests" in e.detail)
     status = 400 if unreadable else 422
     return error_response(status, e.field, e.detail)
 
@@ -85,9 +156,9 @@ class BodyLimit:
             try:
                 n = int(length)
             except ValueError:
-                return await self._refuse(send, 400, "Content-Length is not a number")
+                return await _refuse(send, 400, "Content-Length", "is not a number")
             if n > self.limit:
-                return await self._refuse(send, 413, self._too_large(n))
+                return await _refuse(send, 413, "body", self._too_large(n))
         # Read (at most limit + 1 bytes of) the body, then replay it.
         chunks, size, more = [], 0, True
         while more:
@@ -97,7 +168,7 @@ class BodyLimit:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.limit:
-                return await self._refuse(send, 413, self._too_large(size, streamed=True))
+                return await _refuse(send, 413, "body", self._too_large(size, streamed=True))
             chunks.append(chunk)
             more = message.get("more_body", False)
         body = b"".join(chunks)
@@ -116,13 +187,162 @@ class BodyLimit:
         size = f"over {n - 1:,} bytes" if streamed else f"{n:,} bytes"
         return f"request body of {size} is over the service's limit of {self.limit:,} bytes"
 
-    async def _refuse(self, send, status: int, detail: str):
-        response = error_response(status, "body", detail)
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(response.body)).encode()),
-                                (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": response.body})
+
+async def _refuse(send, status: int, field: str, detail: str, headers=()) -> None:
+    response = error_response(status, field, detail)
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(response.body)).encode()),
+                            (b"connection", b"close"), *headers]})
+    await send({"type": "http.response.body", "body": response.body})
+
+
+def split_host(value: str) -> str:
+    """The name in a Host header (``[::1]:8765`` -> ``::1``), lower case."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1:value.find("]")] if "]" in value else value
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+def allowed_host_names(host: str | None, extra=()) -> frozenset[str]:
+    """The names the server answers to: loopback, the `host` it listens on
+    (with this machine's names when that is a wildcard), `extra`, and
+    ``$KINETIC_JAX_ALLOWED_HOSTS`` (comma-separated)."""
+    names = set(LOOPBACK_HOSTS)
+    if host:
+        names.add(split_host(host) if not host.startswith("[") else host[1:-1].lower())
+        if host in ("0.0.0.0", "::", ""):
+            with contextlib.suppress(OSError):
+                names.update({socket.gethostname().lower(), socket.getfqdn().lower()})
+    names.update(x.strip().lower() for x in extra if x.strip())
+    env = os.environ.get("KINETIC_JAX_ALLOWED_HOSTS", "")
+    names.update(x.strip().lower() for x in env.split(",") if x.strip())
+    return frozenset(names)
+
+
+class SameOrigin:
+    """ASGI middleware: the Host header must be one the server answers to (400:
+    DNS rebinding fails), a present Origin must be the served origin (403), and
+    a POST/PUT/PATCH must declare ``application/json`` (or
+    ``application/toml`` where `toml_paths` says so; 415 otherwise)."""
+
+    WRITES = ("POST", "PUT", "PATCH")
+
+    def __init__(self, app, hosts: frozenset[str], toml_paths=("/api/import",)):
+        self.app = app
+        self.hosts = hosts
+        self.toml_paths = frozenset(toml_paths)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.lower(): v for k, v in scope.get("headers") or []}
+        host = headers.get(b"host", b"").decode("latin-1")
+        if split_host(host) not in self.hosts:
+            return await _refuse(send, 400, "Host",
+                                 f"{host!r} is not a name this server answers to "
+                                 f"({', '.join(sorted(self.hosts))})")
+        origin = headers.get(b"origin")
+        if origin is not None:
+            served = f"{scope.get('scheme', 'http')}://{host}".lower()
+            if origin.decode("latin-1").strip().lower().rstrip("/") != served:
+                return await _refuse(send, 403, "Origin",
+                                     f"{origin.decode('latin-1')!r} is not this server's "
+                                     f"origin ({served}): cross-origin requests are refused")
+        if scope["method"] in self.WRITES:
+            wanted = ("application/toml" if scope["path"] in self.toml_paths
+                      else "application/json")
+            given = headers.get(b"content-type", b"").decode("latin-1")
+            if given.split(";")[0].strip().lower() != wanted:
+                return await _refuse(send, 415, "Content-Type",
+                                     f"{given!r} given; {scope['method']} "
+                                     f"{scope['path']} takes {wanted}")
+        return await self.app(scope, receive, send)
+
+
+# ---------------------------------------------------------------------------
+# The engine: its own threads, a bounded queue, superseded requests dropped
+# ---------------------------------------------------------------------------
+class QueueFull(Exception):
+    pass
+
+
+class Superseded(Exception):
+    pass
+
+
+class Engine:
+    """Runs engine work on dedicated threads (one for margins and losses, one
+    for sensitivities, two for parsing), never on the server's thread pool,
+    so the page, static files and /api/health never wait behind it. At most
+    `queue_size` engine requests (and as many parse-only ones) are admitted at
+    once; the next gets 503. A request with a supersede key is dropped (409)
+    if a newer request with the same key arrives before it starts."""
+
+    def __init__(self, queue_size: int = QUEUE_SIZE, cache: service.ProgramCache | None = None):
+        if queue_size < 1:
+            raise ValueError(f"queue_size: {queue_size!r} is below 1")
+        self.queue_size = queue_size
+        self.cache = cache or service.ProgramCache()
+        self.margin_pool = ThreadPoolExecutor(1, thread_name_prefix="kinetic-jax-engine")
+        self.sens_pool = ThreadPoolExecutor(1, thread_name_prefix="kinetic-jax-sensitivities")
+        self.parse_pool = ThreadPoolExecutor(2, thread_name_prefix="kinetic-jax-parse")
+        self.admitted = {"engine": 0, "parse": 0}
+        self.refused = 0
+        self.superseded = 0
+        self._latest: dict[str, int] = {}
+        self._tickets = 0
+        self._clear = threading.Lock()  # cache clearing waits for running programs
+
+    def snapshot(self) -> dict:
+        return {"queue_size": self.queue_size, "engine": self.admitted["engine"],
+                "parse": self.admitted["parse"], "refused": self.refused,
+                "superseded": self.superseded, "programs": self.cache.snapshot()}
+
+    @contextlib.contextmanager
+    def admit(self, lane: str):
+        """Counts a request into `lane` (on the event loop); QueueFull if full."""
+        if self.admitted[lane] >= self.queue_size:
+            self.refused += 1
+            raise QueueFull
+        self.admitted[lane] += 1
+        try:
+            yield
+        finally:
+            self.admitted[lane] -= 1
+
+    def ticket(self, key: str | None) -> int:
+        self._tickets += 1
+        if key:
+            self._latest[key] = self._tickets
+            if len(self._latest) > 4096:  # forget the oldest pages
+                for k in list(self._latest)[:2048]:
+                    del self._latest[k]
+        return self._tickets
+
+    def check_current(self, key: str | None, ticket: int) -> None:
+        if key and self._latest.get(key, ticket) != ticket:
+            self.superseded += 1
+            raise Superseded
+
+    async def parse(self, fn, *args):
+        return await asyncio.wrap_future(self.parse_pool.submit(fn, *args))
+
+    async def run(self, pool: ThreadPoolExecutor, kinds: tuple[str, ...], book: Book,
+                  fn, *args, key: str | None = None, ticket: int = 0):
+        def job():
+            self.check_current(key, ticket)
+            for kind in kinds:
+                if self.cache.use(service.program_key(kind, book)):
+                    logger.info("compile cache full: cleared JAX's in-memory caches")
+            return fn(book, *args)
+
+        return await asyncio.wrap_future(pool.submit(job))
+
+    def shutdown(self) -> None:
+        for pool in (self.margin_pool, self.sens_pool, self.parse_pool):
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 # ---------------------------------------------------------------------------
@@ -149,26 +369,32 @@ def _reference() -> tuple[Book, Source]:
 
 class Dashboard:
     """The server-side state of one dashboard: the source book, the saved
-    state, the engine lock (one computation at a time: the machine's cores go
-    to the latest request, not to several at once)."""
+    state, the engine (its threads and queue)."""
 
-    def __init__(self, book_path, state_path):
+    def __init__(self, book_path, state_path, limits: service.Limits, engine: Engine):
         self.book_path = book_path
+        self.limits = limits
+        self.engine = engine
         self.store = StateStore(state_path if state_path is not None else default_state_path())
         if book_path is not None:
             book, source = _read_book_file(book_path)  # BookError: the CLI exits 2
         else:
             book, source = _reference()
-        service.check_limits(book)
+        service.check_limits(book, limits)
         self.source = source
         saved = self.store.load()
+        if saved is not None:
+            try:
+                service.check_limits(saved.book, limits)
+            except BookError as e:
+                logger.warning("saved dashboard state is over the service's limits (%s); "
+                               "starting from the source book", e)
+                saved = None
         if saved is not None and (book_path is None or saved.source == source):
             self.state = saved
             self.source = saved.source
         else:
             self.state = State(book=book, ui={}, source=source)
-        self.engine = threading.Lock()
-        self.sens_engine = threading.Lock()  # sensitivities never hold up a margin
         self.state_lock = threading.Lock()
         self.warm = threading.Event()
         self.warmup_error: str | None = None
@@ -177,24 +403,27 @@ class Dashboard:
         if self.source.path != REFERENCE:
             try:
                 book, _ = _read_book_file(self.source.path)
+                service.check_limits(book, self.limits)
                 return book
             except BookError as e:
                 logger.warning("source book %s is unusable (%s); using the reference book",
                                self.source.path, e)
         return service.reference_book()
 
-    def compute(self, fn, *args):
-        with self.engine:
-            return fn(*args)
-
-    def compute_sensitivities(self, book: Book):
-        with self.sens_engine:
-            return service.sensitivities(book)
-
     def warm_up(self) -> None:
+        book = self.state.book
         try:
-            self.compute(service.margin_response, self.state.book, service.DEFAULT_BINS, False)
-            self.compute_sensitivities(self.state.book)
+            for pool, kinds, fn, args in (
+                (self.engine.margin_pool, ("margin",), service.margin_response,
+                 (service.DEFAULT_BINS, False)),
+                (self.engine.sens_pool, ("sensitivities",), service.sensitivities, ()),
+            ):
+                def job(kinds=kinds, fn=fn, args=args):
+                    for kind in kinds:
+                        self.engine.cache.use(service.program_key(kind, book))
+                    return fn(book, *args)
+
+                pool.submit(job).result()
         except Exception as e:  # noqa: BLE001 - reported by /api/health, never raised
             self.warmup_error = f"{type(e).__name__}: {e}"
             logger.warning("warm-up failed: %s", self.warmup_error)
@@ -202,17 +431,54 @@ class Dashboard:
             self.warm.set()
 
 
-def _parse_json_book(raw: bytes) -> Book:
+def _parse_json_book(raw: bytes, limits: service.Limits) -> Book:
     book = kj.loads_book(raw, json_format=True, name="request body")
-    service.check_limits(book)
+    service.check_limits(book, limits)
     return book
 
 
-def _parse_state_body(raw: bytes) -> tuple[Book, dict]:
+MAX_JSON_DEPTH = 32  # a book nests 4 deep; the state body 5
+MAX_INT_DIGITS = 300
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+
+def json_depth(text: str) -> int:
+    """The deepest bracket nesting of JSON `text` (strings left out)."""
+    depth = deepest = 0
+    for ch in re.sub(r"[^\[\]{}]", "", _JSON_STRING.sub("", text)):
+        depth = depth + 1 if ch in "[{" else max(0, depth - 1)
+        deepest = max(deepest, depth)
+    return deepest
+
+
+class LongInteger:
+    """An integer literal too long to convert: parse_book names its field."""
+
+    def __init__(self, text: str):
+        self.digits = len(text.lstrip("+-"))
+
+    def __repr__(self) -> str:
+        return f"<an integer of {self.digits:,} digits>"
+
+
+def _parse_int(text: str):
+    return LongInteger(text) if len(text.lstrip("+-")) > MAX_INT_DIGITS else int(text)
+
+
+def _parse_state_body(raw: bytes, limits: service.Limits) -> tuple[Book, dict]:
     try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
         raise BookError("book", f"request body is not valid JSON: {e}") from None
+    depth = json_depth(text)
+    if depth > MAX_JSON_DEPTH:
+        raise BookError("book", f"request body nests {depth} levels deep, over the limit "
+                                f"of {MAX_JSON_DEPTH}")
+    try:
+        data = json.loads(text, parse_int=_parse_int)
+    except (ValueError, RecursionError) as e:
+        raise BookError("book", f"request body is not valid JSON: "
+                                f"{str(e).split(';')[0] or type(e).__name__}") from None
     if not isinstance(data, dict):
         raise BookError("body", "expected an object {\"book\": {...}, \"ui\": {...}}")
     unknown = set(data) - {"book", "ui"}
@@ -221,7 +487,7 @@ def _parse_state_body(raw: bytes) -> tuple[Book, dict]:
     if "book" not in data:
         raise BookError("book", "missing")
     book = kj.parse_book(data["book"])
-    service.check_limits(book)
+    service.check_limits(book, limits)
     return book, clean_ui(data.get("ui"))
 
 
@@ -238,6 +504,11 @@ def create_app(
     *,
     warmup: bool = False,
     max_body_bytes: int = MAX_BODY_BYTES,
+    limits: service.Limits | None = None,
+    host: str | None = None,
+    allowed_hosts: tuple[str, ...] = (),
+    queue_size: int = QUEUE_SIZE,
+    program_cache: int = 12,
 ) -> FastAPI:
     """The dashboard app.
 
@@ -250,11 +521,21 @@ def create_app(
     - `warmup`: compile the engine for the current book in a background thread
       at start-up, so that the page's first computation is fast.
     - `max_body_bytes`: larger request bodies are refused with 413.
+    - `limits`: the work one request may ask for (``service.Limits()``).
+    - `host`, `allowed_hosts`: the Host header must name loopback, `host` or
+      one of `allowed_hosts` (and ``$KINETIC_JAX_ALLOWED_HOSTS``).
+    - `queue_size`: engine requests admitted at once; more get 503.
+    - `program_cache`: compiled programs kept in memory (LRU).
 
     Raises [`BookError`][] if `book_path` is not a valid book.
     """
-    dash = Dashboard(book_path, state_path)
+    limits = limits if limits is not None else service.Limits()
+    engine = Engine(queue_size, service.ProgramCache(program_cache))
+    dash = Dashboard(book_path, state_path, limits, engine)
     counter = service.compile_counter()
+    hosts = allowed_host_names(host, allowed_hosts)
+    index_html = (STATIC / "index.html").read_bytes()
+    docs_html = (STATIC / "docs.html").read_bytes()
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -263,23 +544,29 @@ def create_app(
         else:
             dash.warm.set()
         yield
+        engine.shutdown()
 
     app = FastAPI(
         title="kinetic_jax margin service",
         version=kj.__version__,
         description=(
             "Portfolio margin for binary prediction-market contracts. POST a book "
-            "(SPEC.md §3 structure as JSON) to `/api/margin` to get the SPEC.md §4 report, "
-            "the margin waterfall, the Monte-Carlo loss histogram with VaR and ES, and the "
-            "sensitivities. Errors are JSON `{\"error\": {\"field\", \"detail\", "
-            "\"message\"}}`; bodies over "
-            f"{max_body_bytes:,} bytes get 413, more than {service.MAX_SCENARIOS:,} "
-            "scenarios get 422."
+            "(SPEC.md §3 structure as JSON, `Content-Type: application/json`) to "
+            "`/api/margin` to get the SPEC.md §4 report, the margin waterfall, the "
+            "Monte-Carlo loss histogram with VaR and ES, and the sensitivities. Errors are "
+            "JSON `{\"error\": {\"field\", \"detail\", \"message\", \"path\"}}`; bodies over "
+            f"{max_body_bytes:,} bytes get 413; scenario counts other than "
+            f"{', '.join(f'{x:,}' for x in limits.scenarios)} get 422; more than "
+            f"{queue_size} engine requests at once get 503 with Retry-After. Requests from "
+            "another origin, or to a Host the server does not answer to, are refused."
         ),
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.dashboard = dash
     app.add_middleware(BodyLimit, limit=max_body_bytes)
+    app.add_middleware(SameOrigin, hosts=hosts)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request, exc: RequestValidationError):
@@ -287,28 +574,66 @@ def create_app(
         field = ".".join(str(x) for x in err.get("loc", ()) if x not in ("query", "body"))
         return error_response(422, field or "request", err.get("msg", "invalid request"))
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request, exc: StarletteHTTPException):
+        detail = {404: f"no such page or endpoint: {request.method} {request.url.path}",
+                  405: f"{request.method} is not allowed on {request.url.path}"}.get(
+                      exc.status_code, str(exc.detail))
+        return error_response(exc.status_code, "", detail, headers=getattr(exc, "headers", None))
+
     @app.exception_handler(Exception)
     async def _internal(request, exc: Exception):  # pragma: no cover - last line of defence
         logger.exception("internal error")
         return error_response(500, "", f"internal error: {type(exc).__name__}")
 
-    async def guarded(fn, *args) -> Any:
-        """Runs `fn` in the thread pool; BookError -> 4xx, anything else -> 500."""
-        try:
-            return await run_in_threadpool(fn, *args)
-        except BookError as e:
+    def failure(e: BaseException) -> JSONResponse:
+        if isinstance(e, BookError):
             return book_error_response(e)
-        except MemoryError:
+        if isinstance(e, QueueFull):
+            return error_response(503, "", f"the engine is busy ({queue_size} requests "
+                                  "queued); retry shortly",
+                                  headers={"Retry-After": str(RETRY_AFTER_S)})
+        if isinstance(e, Superseded):
+            return error_response(409, "", "superseded by a newer request from the same page")
+        if isinstance(e, MemoryError):
             return error_response(500, "", "out of memory: lower the scenario count")
+        logger.error("internal error", exc_info=e)
+        text = str(e).splitlines()[0][:300] if str(e) else ""
+        return error_response(500, "", f"internal error: {type(e).__name__}: {text}")
+
+    async def parse_only(fn, *args) -> Any:
+        """Runs `fn` (parsing, validation, saving) on the parse threads."""
+        try:
+            with engine.admit("parse"):
+                return await engine.parse(fn, *args)
         except Exception as e:  # noqa: BLE001 - never let a traceback reach a user
-            logger.exception("internal error")
-            text = str(e).splitlines()[0][:300] if str(e) else ""
-            return error_response(500, "", f"internal error: {type(e).__name__}: {text}")
+            return failure(e)
+
+    async def compute(request: Request, kinds: tuple[str, ...], pool, fn, *args) -> Any:
+        """Admits the request, parses its book, then runs `fn(book, *args)` on
+        the engine thread `pool` (unless a newer request superseded it)."""
+        try:
+            with engine.admit("engine"):
+                page = request.headers.get("x-kinetic-page", "")[:64]
+                key = f"{page}:{request.url.path}" if page else None
+                ticket = engine.ticket(key)
+                raw = await request.body()
+                book = await engine.parse(_parse_json_book, raw, limits)
+                engine.check_current(key, ticket)
+                return await engine.run(pool, kinds, book, fn, *args, key=key, ticket=ticket)
+        except Exception as e:  # noqa: BLE001 - never let a traceback reach a user
+            return failure(e)
 
     # ---- the page --------------------------------------------------------
     @app.get("/", include_in_schema=False)
-    def index():
-        return FileResponse(str(STATIC / "index.html"), headers={"Cache-Control": "no-cache"})
+    async def index():
+        return Response(index_html, media_type="text/html; charset=utf-8",
+                        headers={"Cache-Control": "no-cache"})
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs():
+        return Response(docs_html, media_type="text/html; charset=utf-8",
+                        headers={"Cache-Control": "no-cache"})
 
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
 
@@ -320,9 +645,10 @@ def create_app(
 
     # ---- service -----------------------------------------------------------
     @app.get("/api/health", tags=["service"])
-    def health() -> dict:
-        """Status, limits, and JAX's trace/compile counters (a value change in the
-        book must leave `compiles` unchanged)."""
+    async def health() -> dict:
+        """Status, limits, the engine queue and JAX's trace/compile counters (a
+        value change in the book must leave `compiles` unchanged). Answered on
+        the event loop: it never waits behind the engine."""
         return {
             "status": "ok",
             "version": kj.__version__,
@@ -330,17 +656,27 @@ def create_app(
             "warmup_error": dash.warmup_error,
             "sensitivities": True,
             "jax": counter.snapshot(),
+            "engine": engine.snapshot(),
             "limits": {"max_body_bytes": max_body_bytes,
-                       "max_scenarios": service.MAX_SCENARIOS,
-                       "max_cells": service.MAX_CELLS, "max_bins": service.MAX_BINS},
+                       "max_scenarios": max(limits.scenarios),
+                       "max_cells": limits.max_cells, "max_bins": service.MAX_BINS,
+                       **limits.to_dict()},
             "state_path": str(dash.store.path),
             "source": dash.source.to_dict(),
         }
 
-    book_body = json_body(BOOK_SCHEMA, BOOK_EXAMPLE, "a book (SPEC.md §3 structure as JSON)")
+    @app.get("/api/config", tags=["service"])
+    async def get_config() -> dict:
+        """Enums, defaults, bounds and limits: the single source the page and the
+        OpenAPI schema are built from (``kinetic_jax.Settings`` for the defaults)."""
+        return config(limits, max_body_bytes)
+
+    schema = book_schema(limits)
+    book_body = json_body(schema, BOOK_EXAMPLE, "a book (SPEC.md §3 structure as JSON)")
+    busy = (400, 409, 413, 415, 422, 500, 503)
 
     @app.post("/api/margin", tags=["service"], openapi_extra=book_body,
-              responses=error_responses(400, 413, 422, 500))
+              responses=error_responses(*busy))
     async def margin(
         request: Request,
         bins: int = Query(service.DEFAULT_BINS, ge=1, le=service.MAX_BINS,
@@ -352,16 +688,12 @@ def create_app(
         """Margins a book: `report` (SPEC.md §4, MarginReport.to_dict()), `waterfall`,
         `histogram` (the simulated loss distribution of the book with `var` and `es`
         of the same draws), `sensitivities`, `hierarchy`, `timing`."""
-        raw = await request.body()
-
-        def run():
-            book = _parse_json_book(raw)
-            return dash.compute(service.margin_response, book, bins, sensitivities, histogram)
-
-        return await guarded(run)
+        kinds = ("margin", "sensitivities") if sensitivities else ("margin",)
+        return await compute(request, kinds, engine.margin_pool, service.margin_response,
+                             bins, sensitivities, histogram)
 
     @app.post("/api/losses", tags=["service"], openapi_extra=book_body,
-              responses=error_responses(400, 413, 422, 500))
+              responses=error_responses(*busy))
     async def losses(
         request: Request,
         bins: int = Query(service.DEFAULT_BINS, ge=1, le=service.MAX_BINS,
@@ -370,34 +702,26 @@ def create_app(
         """The histogram of the book's simulated losses (``kinetic_jax.margin_with_losses``,
         the draws of the margin call), with the report's VaR (`var`) and ES
         (`es`, the base) of the same draws."""
-        raw = await request.body()
-
-        def run():
-            book = _parse_json_book(raw)
-            return dash.compute(service.losses_response, book, bins)
-
-        return await guarded(run)
+        return await compute(request, ("margin",), engine.margin_pool, service.losses_response,
+                             bins)
 
     @app.post("/api/sensitivities", tags=["service"], openapi_extra=book_body,
-              responses=error_responses(400, 413, 422, 500))
+              responses=error_responses(*busy))
     async def sensitivities_endpoint(request: Request):
         """``kinetic_jax.sensitivities(book).to_dict()``: d margin / d quantity and
         d price per position, the Euler allocation, d margin / d rho per node and
-        d margin / d loading per cluster."""
-        raw = await request.body()
-
-        def run():
-            book = _parse_json_book(raw)
-            return {"sensitivities": dash.compute_sensitivities(book)}
-
-        return await guarded(run)
+        d margin / d loading per cluster. Runs on its own engine thread, so it
+        never holds up a margin."""
+        return await compute(request, ("sensitivities",), engine.sens_pool,
+                             lambda book: {"sensitivities": service.sensitivities(book)})
 
     @app.post("/api/validate", tags=["service"], openapi_extra=book_body,
-              responses=error_responses(400, 413, 422))
+              responses=error_responses(400, 413, 415, 422, 503))
     async def validate(request: Request):
         """Checks a book without computing: the normalised book, or the field error."""
         raw = await request.body()
-        return await guarded(lambda: {"ok": True, "book": kj.book_to_dict(_parse_json_book(raw))})
+        return await parse_only(
+            lambda: {"ok": True, "book": kj.book_to_dict(_parse_json_book(raw, limits))})
 
     @app.get("/api/reference", tags=["service"])
     def reference() -> dict:
@@ -415,20 +739,20 @@ def create_app(
 
     state_body = json_body(
         {"type": "object", "required": ["book"],
-         "properties": {"book": BOOK_SCHEMA,
+         "properties": {"book": schema,
                         "ui": {"type": "object", "description": "page settings (scalars)"}}},
         {"book": BOOK_EXAMPLE, "ui": {"auto": True, "bins": 60}},
         "the book and the page settings",
     )
 
     @app.put("/api/state", tags=["state"], openapi_extra=state_body,
-             responses=error_responses(400, 413, 422, 500))
+             responses=error_responses(400, 403, 413, 415, 422, 500, 503))
     async def put_state(request: Request):
         """Validates and saves the book and page settings (atomic write)."""
         raw = await request.body()
 
         def run():
-            book, ui = _parse_state_body(raw)
+            book, ui = _parse_state_body(raw, limits)
             with dash.state_lock:
                 try:
                     dash.state = dash.store.save(State(book=book, ui=ui, source=dash.source))
@@ -438,11 +762,13 @@ def create_app(
                                           f"{dash.store.path}: {e.strerror or e}")
                 return state_payload(dash.state)
 
-        return await guarded(run)
+        return await parse_only(run)
 
-    @app.post("/api/state/reset", tags=["state"], responses=error_responses(500))
+    @app.post("/api/state/reset", tags=["state"],
+              responses=error_responses(403, 415, 500, 503))
     async def reset_state():
-        """Discards the edits: back to the source book (and default page settings)."""
+        """Discards the edits: back to the source book (and default page settings).
+        Takes ``Content-Type: application/json`` (an empty body is fine)."""
 
         def run():
             with dash.state_lock:
@@ -450,7 +776,7 @@ def create_app(
                                                    source=dash.source))
                 return state_payload(dash.state)
 
-        return await guarded(run)
+        return await parse_only(run)
 
     toml_response = {200: {"content": {"application/toml": {}},
                            "description": "the book as TOML"}}
@@ -461,30 +787,30 @@ def create_app(
         return _toml_response(dash.state.book)
 
     @app.post("/api/export", tags=["state"], openapi_extra=book_body, response_class=Response,
-              responses={**toml_response, **error_responses(400, 413, 422)})
+              responses={**toml_response, **error_responses(400, 413, 415, 422, 503)})
     async def export_book(request: Request):
         """A book (JSON) as a TOML book file (written with tomli_w)."""
         raw = await request.body()
-        result = await guarded(lambda: _toml_response(_parse_json_book(raw)))
-        return result
+        return await parse_only(lambda: _toml_response(_parse_json_book(raw, limits)))
 
     @app.post(
-        "/api/import", tags=["state"], responses=error_responses(400, 413, 422),
+        "/api/import", tags=["state"], responses=error_responses(400, 413, 415, 422, 503),
         openapi_extra={"requestBody": {"required": True, "description": "a TOML book file",
                                        "content": {"application/toml": {
                                            "schema": {"type": "string"}}}}},
     )
     async def import_book(request: Request):
-        """Reads a TOML book file (validated with ``kinetic_jax.loads_book``) and
-        returns it as JSON. Nothing is saved until the page saves it."""
+        """Reads a TOML book file (``Content-Type: application/toml``, validated with
+        ``kinetic_jax.loads_book``) and returns it as JSON. Nothing is saved until
+        the page saves it."""
         raw = await request.body()
 
         def run():
             book = kj.loads_book(raw, name="imported file")
-            service.check_limits(book)
+            service.check_limits(book, limits)
             return {"book": kj.book_to_dict(book)}
 
-        return await guarded(run)
+        return await parse_only(run)
 
     return app
 
@@ -499,7 +825,7 @@ def run(book_path=None, state_path=None, *, host: str = "127.0.0.1", port: int =
     """Starts the dashboard with uvicorn (blocking) and prints its URL."""
     import uvicorn
 
-    app = create_app(book_path, state_path, warmup=True)
+    app = create_app(book_path, state_path, warmup=True, host=host)
     display = f"[{host}]" if ":" in host else host
     url = f"http://{display}:{port}/"
     dash: Dashboard = app.state.dashboard

@@ -7,108 +7,196 @@ naming the field.
 
 from __future__ import annotations
 
+import dataclasses
+
+import kinetic_jax as kj
+
+from . import _service as service
+
 _NUM = {"type": "number"}
 
-BOOK_SCHEMA: dict = {
-    "title": "Book",
-    "description": "A book in the structure of SPEC.md §3 (the TOML book file as JSON). "
-                   "Unknown keys are errors. Give `hierarchy` and `clusters` together, "
-                   "or neither for the default hierarchy.",
-    "type": "object",
-    "additionalProperties": False,
-    "properties": {
-        "model": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "confidence": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1,
-                               "default": 0.99, "description": "ES level alpha"},
-                "scenarios": {"type": "integer", "minimum": 1, "maximum": 1 << 20,
-                              "default": 131072,
-                              "description": "Monte-Carlo draws (service limit 1,048,576)"},
-                "seed": {"type": "integer", "minimum": 0, "default": 0},
-                "ladder_tolerance": {"type": "number", "minimum": 0, "maximum": 0.5,
-                                     "default": 0.02},
-                "outcome_overround": {"type": "number", "minimum": 1, "maximum": 1.5,
-                                      "default": 1.05},
-            },
-        },
-        "addons": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "mc_error": {"type": "boolean", "default": True},
-                "mc_error_z": {"type": "number", "minimum": 0, "maximum": 10, "default": 2.0},
-                "liquidity": {"type": "boolean", "default": True},
-                "liquidity_threshold": {"type": "number", "minimum": 0, "maximum": 1,
-                                        "default": 0.1},
-                "liquidity_rate": {"type": "number", "minimum": 0, "maximum": 10,
-                                   "default": 1.0},
-            },
-        },
-        "hierarchy": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "additionalProperties": False,
-                "required": ["node", "rho"],
-                "properties": {
-                    "node": {"type": "string"},
-                    "parent": {"type": "string", "description": "absent only for 'root'"},
-                    "rho": {"type": "number", "minimum": 0, "exclusiveMaximum": 1,
-                            "description": "never below the parent's rho"},
-                },
-            },
-        },
-        "clusters": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "additionalProperties": False,
-                "required": ["name", "parent", "loading"],
-                "properties": {
-                    "name": {"type": "string"},
-                    "parent": {"type": "string"},
-                    "loading": {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
-                },
-            },
-        },
-        "contracts": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "additionalProperties": False,
-                "required": ["id", "cluster", "type", "price"],
-                "properties": {
-                    "id": {"type": "string"},
-                    "cluster": {"type": "string"},
-                    "type": {"enum": ["above", "below", "binary", "outcome", "parlay"]},
-                    "price": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
-                    "event": {"type": "string", "description": "above/below/outcome"},
-                    "threshold": {**_NUM, "description": "above/below (required)"},
-                    "outcome": {"type": "string", "description": "outcome (required)"},
-                    "legs": {"type": "array", "items": {"type": "string"}, "minItems": 2,
-                             "description": "parlay (required)"},
-                    "open_interest": {"type": "number", "exclusiveMinimum": 0},
-                    "probability": {"type": "number", "exclusiveMinimum": 0,
-                                    "exclusiveMaximum": 1},
-                },
-            },
-        },
-        "positions": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "additionalProperties": False,
-                "required": ["contract", "quantity"],
-                "properties": {
-                    "contract": {"type": "string"},
-                    "quantity": {**_NUM, "description": "signed: > 0 long YES, < 0 short YES"},
-                },
-            },
-        },
-    },
+# The bounds the engine enforces (kinetic_jax.Settings and Book validation),
+# written once: the OpenAPI schema, /api/config and the page are built from
+# this table, and tests/test_dashboard_hardening.py checks every bound against
+# the engine itself. Each entry: (JSON type, low, high, low_open, high_open).
+# A setting of kinetic_jax.Settings missing here is served with its type only.
+SETTING_BOUNDS: dict[str, tuple] = {
+    "confidence": ("number", 0, 1, True, True),
+    "scenarios": ("integer", 2, 1 << 24, False, False),  # and scenarios * (1 - alpha) >= 1
+    "seed": ("integer", 0, 2**32 - 1, False, False),
+    "ladder_tolerance": ("number", 0, 0.5, False, False),
+    "outcome_overround": ("number", 1, 1.05, False, False),
+    "mc_error": ("boolean", None, None, False, False),
+    "mc_error_z": ("number", 0, 10, False, False),
+    "liquidity": ("boolean", None, None, False, False),
+    "liquidity_threshold": ("number", 0, 1, False, False),
+    "liquidity_rate": ("number", 0, 10, False, False),
 }
+# Per-contract and per-position amounts (kinetic_jax._book: MAX_AMOUNT, MIN_OPEN_INTEREST).
+MAX_AMOUNT = 1e15
+MIN_OPEN_INTEREST = 1e-6
+CONTRACT_TYPES = ("above", "below", "binary", "outcome", "parlay")
+KEYS_OF_TYPE = {"above": ["event", "threshold"], "below": ["event", "threshold"],
+                "binary": [], "outcome": ["event", "outcome"], "parlay": ["legs"]}
+CONFIDENCE_CHOICES = (0.9, 0.95, 0.975, 0.99, 0.995, 0.999)
+SETTING_DESCRIPTIONS = {
+    "confidence": "ES level alpha", "scenarios": "Monte-Carlo draws",
+    "seed": "PRNG seed", "ladder_tolerance": "accepted ladder nesting violation",
+    "outcome_overround": "largest accepted sum of outcome prices on one event",
+    "mc_error": "Monte-Carlo error add-on", "mc_error_z": "z of the MC error add-on",
+    "liquidity": "liquidity add-on", "liquidity_threshold": "|q| / open interest threshold",
+    "liquidity_rate": "liquidity add-on rate",
+}
+
+
+def setting_defaults() -> dict:
+    """Defaults of every setting, from ``kinetic_jax.Settings``."""
+    return {f.name: f.default for f in dataclasses.fields(kj.Settings)}
+
+
+def setting_tables() -> dict[str, str]:
+    """Setting name -> its book table (``model`` or ``addons``), as
+    ``kinetic_jax.book_to_dict`` writes them."""
+    empty = kj.book_to_dict(kj.Book(()))
+    return {name: table for table in ("model", "addons") for name in empty[table]}
+
+
+def setting_bounds(name: str) -> tuple:
+    """(JSON type, low, high, low_open, high_open) of a setting."""
+    if name in SETTING_BOUNDS:
+        return SETTING_BOUNDS[name]
+    default = setting_defaults()[name]
+    kind = {bool: "boolean", int: "integer", float: "number", str: "string"}.get(
+        type(default), "string")
+    return (kind, None, None, False, False)
+
+
+def _bound_schema(name: str, limits: service.Limits) -> dict:
+    kind, low, high, low_open, high_open = setting_bounds(name)
+    out: dict = {"type": kind, "default": setting_defaults()[name],
+                 "description": SETTING_DESCRIPTIONS.get(name, name.replace("_", " "))}
+    if low is not None:
+        out["exclusiveMinimum" if low_open else "minimum"] = low
+    if high is not None:
+        out["exclusiveMaximum" if high_open else "maximum"] = high
+    if name == "scenarios":  # the service's own, narrower set
+        out["enum"] = list(limits.scenarios)
+        out["minimum"], out["maximum"] = min(limits.scenarios), max(limits.scenarios)
+        out["description"] += " (the service accepts these powers of two)"
+    return out
+
+
+def book_schema(limits: service.Limits) -> dict:
+    """The JSON schema of a book, with the service's `limits`."""
+    tables = setting_tables()
+    table = {t: {"type": "object", "additionalProperties": False,
+                 "properties": {n: _bound_schema(n, limits) for n in tables if tables[n] == t}}
+             for t in ("model", "addons")}
+    return {
+        "title": "Book",
+        "description": "A book in the structure of SPEC.md §3 (the TOML book file as JSON). "
+                       "Unknown keys are errors. Give `hierarchy` and `clusters` together, "
+                       "or neither for the default hierarchy.",
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            **table,
+            "hierarchy": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["node", "rho"],
+                    "properties": {
+                        "node": {"type": "string"},
+                        "parent": {"type": "string", "description": "absent only for 'root'"},
+                        "rho": {"type": "number", "minimum": 0, "exclusiveMaximum": 1,
+                                "description": "never below the parent's rho"},
+                    },
+                },
+            },
+            "clusters": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["name", "parent", "loading"],
+                    "properties": {
+                        "name": {"type": "string"},
+                        "parent": {"type": "string"},
+                        "loading": {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
+                    },
+                },
+            },
+            "contracts": {
+                "type": "array",
+                "maxItems": limits.max_contracts,
+                "description": f"at most {limits.max_contracts:,} contracts, "
+                               f"{limits.max_contracts_per_event:,} on one event, "
+                               f"{limits.max_parlays:,} parlays",
+                "items": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["id", "cluster", "type", "price"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "cluster": {"type": "string"},
+                        "type": {"enum": list(CONTRACT_TYPES)},
+                        "price": {"type": "number", "exclusiveMinimum": 0,
+                                  "exclusiveMaximum": 1},
+                        "event": {"type": "string", "description": "above/below/outcome"},
+                        "threshold": {**_NUM, "description": "above/below (required)"},
+                        "outcome": {"type": "string", "description": "outcome (required)"},
+                        "legs": {"type": "array", "items": {"type": "string"}, "minItems": 2,
+                                 "description": "parlay (required)"},
+                        "open_interest": {"type": "number", "minimum": MIN_OPEN_INTEREST,
+                                          "maximum": MAX_AMOUNT},
+                        "probability": {"type": "number", "exclusiveMinimum": 0,
+                                        "exclusiveMaximum": 1},
+                    },
+                },
+            },
+            "positions": {
+                "type": "array",
+                "maxItems": limits.max_positions,
+                "items": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["contract", "quantity"],
+                    "properties": {
+                        "contract": {"type": "string"},
+                        "quantity": {**_NUM, "minimum": -MAX_AMOUNT, "maximum": MAX_AMOUNT,
+                                     "description": "signed: > 0 long YES, < 0 short YES; "
+                                                    f"sum of |quantity| at most {MAX_AMOUNT:g}"},
+                    },
+                },
+            },
+        },
+    }
+
+
+def config(limits: service.Limits, max_body_bytes: int) -> dict:
+    """What the page needs to know (GET /api/config): enums, defaults, bounds
+    and limits, all from the tables above and ``kinetic_jax.Settings``."""
+    settings = {}
+    defaults = setting_defaults()
+    for name, table in setting_tables().items():
+        kind, low, high, low_open, high_open = setting_bounds(name)
+        settings[name] = {"table": table, "type": kind, "default": defaults[name],
+                          "min": low, "max": high, "min_open": low_open, "max_open": high_open}
+    settings["scenarios"]["choices"] = list(limits.scenarios)
+    settings["confidence"]["choices"] = list(CONFIDENCE_CHOICES)
+    return {
+        "contract_types": list(CONTRACT_TYPES),
+        "keys_of_type": KEYS_OF_TYPE,
+        "settings": settings,
+        "clusters": list(kj.default_hierarchy().cluster_names),
+        "amounts": {"max_quantity": MAX_AMOUNT, "max_total_quantity": MAX_AMOUNT,
+                    "min_open_interest": MIN_OPEN_INTEREST, "max_open_interest": MAX_AMOUNT},
+        "limits": {**limits.to_dict(), "max_body_bytes": max_body_bytes,
+                   "max_bins": service.MAX_BINS, "default_bins": service.DEFAULT_BINS},
+    }
+
 
 BOOK_EXAMPLE: dict = {
     "model": {"confidence": 0.99, "scenarios": 131072, "seed": 0},
@@ -140,6 +228,11 @@ ERROR_SCHEMA: dict = {
                 "field": {"type": "string",
                           "description": "the offending field, e.g. "
                                          "\"contracts[3] (id 'X').price\""},
+                "path": {"type": "array", "items": {"type": ["string", "integer"]},
+                         "description": "the field as a JSON path, e.g. "
+                                        "[\"contracts\", 3, \"price\"]"},
+                "event": {"type": "string",
+                          "description": "the event, for an error about a whole event"},
                 "detail": {"type": "string"},
                 "message": {"type": "string", "description": "field: detail"},
             },
@@ -158,8 +251,12 @@ def json_body(schema: dict, example: dict | None = None, description: str = "") 
 
 
 def error_responses(*codes: int) -> dict:
-    text = {400: "The body is not valid JSON/TOML", 413: "The body is too large",
+    text = {400: "The body is not valid JSON/TOML", 403: "Cross-origin request",
+            409: "Superseded by a newer request from the same page",
+            413: "The body is too large",
+            415: "The body is not application/json (application/toml for /api/import)",
             422: "Invalid book or parameter (the field is named)",
-            500: "Internal error (message only, no traceback)"}
+            500: "Internal error (message only, no traceback)",
+            503: "The engine queue is full: retry after Retry-After seconds"}
     return {c: {"description": text.get(c, "Error"),
                 "content": {"application/json": {"schema": ERROR_SCHEMA}}} for c in codes}

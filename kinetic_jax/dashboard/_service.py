@@ -6,9 +6,12 @@ non-finite number becomes ``null``, never ``NaN``).
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import math
 import threading
 import time
+from collections.abc import Hashable
 from importlib import resources
 from typing import Any
 
@@ -18,10 +21,98 @@ import kinetic_jax as kj
 from kinetic_jax import Book, BookError
 
 # Service limits (the engine itself allows more; a web service must bound the work).
-MAX_SCENARIOS = 1 << 20
-MAX_CELLS = 1 << 27  # scenarios x contracts held in one simulation
+# Scenario counts: powers of two only, so that at most len(SCENARIO_CHOICES)
+# programs per book shape are ever compiled.
+SCENARIO_CHOICES = tuple(1 << k for k in range(10, 21))  # 1,024 .. 1,048,576
+MAX_SCENARIOS = SCENARIO_CHOICES[-1]
+MAX_CELLS = 1 << 26  # scenarios x contracts held in one simulation
 MAX_BINS = 400
 DEFAULT_BINS = 60
+MAX_CONTRACTS = 2000
+MAX_CONTRACTS_PER_EVENT = 500
+MAX_PARLAYS = 64
+MAX_POSITIONS = 4000
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """The work one request may ask of the service (docs/dashboard.md, "Limits").
+
+    The exact worst case holds one row per region of each event, as wide as the
+    event, so its size grows with the square of the contracts of one event:
+    `max_contracts_per_event` bounds it; `max_contracts`, `max_positions` and
+    `max_cells` (scenarios x contracts) bound the simulation; `max_parlays`
+    bounds the joint enumeration of parlay-linked events.
+    """
+
+    max_contracts: int = MAX_CONTRACTS
+    max_contracts_per_event: int = MAX_CONTRACTS_PER_EVENT
+    max_parlays: int = MAX_PARLAYS
+    max_positions: int = MAX_POSITIONS
+    max_cells: int = MAX_CELLS
+    scenarios: tuple[int, ...] = SCENARIO_CHOICES
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            values = value if f.name == "scenarios" else (value,)
+            least = 0 if f.name == "max_parlays" else 1
+            if not values or any(not isinstance(v, int) or isinstance(v, bool) or v < least
+                                 for v in values):
+                raise ValueError(f"Limits.{f.name}: {value!r} is not "
+                                 + ("a tuple of positive integers" if f.name == "scenarios"
+                                    else f"an integer >= {least}"))
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "scenarios": list(self.scenarios)}
+
+
+class ProgramCache:
+    """A bounded LRU of the compiled programs the service has asked JAX for.
+
+    JAX keeps every compiled program in memory for the life of the process; a
+    service that lets its callers pick shapes must bound that. Each request
+    names its program (endpoint, scenarios, padded size); when a request needs
+    a program beyond the `capacity` most recently used, JAX's in-memory caches
+    are cleared (`jax.clear_caches`), so at most `capacity` programs are held.
+    """
+
+    def __init__(self, capacity: int = 12):
+        if capacity < 1:
+            raise ValueError(f"ProgramCache capacity: {capacity!r} is below 1")
+        self.capacity = capacity
+        self.evictions = 0
+        self._keys: collections.OrderedDict[Hashable, None] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def use(self, key: Hashable) -> bool:
+        """Marks `key` as used; returns True if the caches were cleared for it."""
+        with self._lock:
+            if key in self._keys:
+                self._keys.move_to_end(key)
+                return False
+            self._keys[key] = None
+            if len(self._keys) <= self.capacity:
+                return False
+            import jax
+
+            jax.clear_caches()
+            self._keys.clear()
+            self._keys[key] = None
+            self.evictions += 1
+            return True
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return {"programs": len(self._keys), "capacity": self.capacity,
+                    "evictions": self.evictions}
+
+
+def program_key(kind: str, book: Book) -> tuple:
+    """The name of the program a request runs: its kind, scenario count and
+    contracts padded to a power of two (the engine pads shapes to buckets)."""
+    n = max(1, len(book.contracts))
+    return kind, book.settings.scenarios, 1 << (n - 1).bit_length()
 
 
 class CompileCounter:
@@ -94,18 +185,36 @@ def finite(x: Any) -> Any:
     return x
 
 
-def check_limits(book: Book) -> None:
-    """Raises BookError if the book asks the service for too much work."""
+def check_limits(book: Book, limits: Limits = Limits()) -> None:
+    """Raises BookError (naming the field) if the book asks the service for
+    more work than `limits` allow. Runs before any engine work."""
     n = book.settings.scenarios
-    if n > MAX_SCENARIOS:
+    if n not in limits.scenarios:
+        choices = ", ".join(f"{x:,}" for x in limits.scenarios)
         raise BookError("model.scenarios",
-                        f"{n} is above the service's limit of {MAX_SCENARIOS:,} scenarios")
+                        f"{n:,} is not one of the service's scenario counts ({choices}); "
+                        f"the limit is {max(limits.scenarios):,} scenarios")
+    if len(book.contracts) > limits.max_contracts:
+        raise BookError("contracts", f"{len(book.contracts):,} contracts, over the service's "
+                                     f"limit of {limits.max_contracts:,}")
+    if len(book.positions) > limits.max_positions:
+        raise BookError("positions", f"{len(book.positions):,} positions, over the service's "
+                                     f"limit of {limits.max_positions:,}")
+    for event, idx in book.events().items():
+        if len(idx) > limits.max_contracts_per_event:
+            raise BookError(f"contracts (event {event!r})",
+                            f"{len(idx):,} contracts on one event, over the service's limit "
+                            f"of {limits.max_contracts_per_event:,}")
+    parlays = sum(c.type == "parlay" for c in book.contracts)
+    if parlays > limits.max_parlays:
+        raise BookError("contracts", f"{parlays:,} parlays, over the service's limit of "
+                                     f"{limits.max_parlays:,}")
     cells = n * max(1, len(book.contracts))
-    if cells > MAX_CELLS:
+    if cells > limits.max_cells:
         raise BookError(
             "model.scenarios",
             f"{n:,} scenarios x {len(book.contracts)} contracts = {cells:,} simulated outcomes, "
-            f"above the service's limit of {MAX_CELLS:,}; lower the scenario count",
+            f"above the service's limit of {limits.max_cells:,}; lower the scenario count",
         )
 
 

@@ -171,7 +171,8 @@ class StateStore:
                 source=source,
                 saved_at=data.get("saved_at"),
             )
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError, OSError) as e:
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError, OSError,
+                RecursionError) as e:  # e.g. nested too deeply to decode
             self._set_aside(e)
             return None
 

@@ -1,0 +1,192 @@
+// The page's state and the book <-> table-rows conversion. Enums, defaults
+// and bounds come from the server (GET /api/config); nothing here copies them.
+
+export const S = {
+  model: {}, addons: {}, hierarchy: null, clusters: null,   // book parts besides contracts
+  rows: [],          // one per contract: {uid, id, cluster, type, event, threshold, outcome, legs, price, open_interest, probability, quantity}
+  ui: { auto: true, logy: false, sens: "euler", filter: "All" },
+  uid: 0,
+  rowErrors: {},     // uid -> {key: message} (client checks)
+  serverError: null, // {field, detail, message, path, event?}
+  sentRows: [],      // uid of each contract of the last sent book (for error mapping)
+  sentPositions: [], // uid of each position of the last sent book
+  result: null, sens: null,
+  gen: 0, running: false, pending: false, scheduled: false, timer: null,
+  follow: null, followRunning: false, followTimer: null,
+  hist: null, histGen: 0, sensGen: 0, resultGen: 0,
+  source: null, savedAt: null, imported: null,
+};
+
+// GET /api/config, set once at start.
+export const CONFIG = { contract_types: [], keys_of_type: {}, settings: {}, clusters: [], amounts: {}, limits: {} };
+export function setConfig(config) { Object.assign(CONFIG, config); }
+export const setting = (name) => CONFIG.settings[name] || {};
+export const defaultOf = (name) => setting(name).default;
+
+// Functions other modules call back into (set by main.js; no import cycles).
+export const hooks = { schedule: () => {}, renderTree: () => {} };
+
+export const $ = (id) => document.getElementById(id);
+export const el = (tag, attrs = {}, ...children) => {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") e.className = v;
+    else if (k === "text") e.textContent = v;
+    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+    else if (v !== undefined && v !== null && v !== false) e.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children) if (c !== null && c !== undefined) e.append(c);
+  return e;
+};
+export const money = (x) => x == null ? "–" : (x < 0 ? "−$" : "$") + Math.abs(x).toLocaleString("en-US", { maximumFractionDigits: 0 });
+export const money2 = (x) => x == null ? "–" : (x < 0 ? "−$" : "$") + Math.abs(x).toLocaleString("en-US", { minimumFractionDigits: 2, maximumFractionDigits: 2 });
+export const pct = (x) => x == null ? "–" : (100 * x).toFixed(1) + "%";
+const fmtNum = (x) => (x === null || x === undefined || x === "") ? "" : String(x);
+
+export function showBanner(text, info = false) {
+  const b = $("banner");
+  b.textContent = text; b.hidden = false; b.classList.toggle("info", info);
+}
+export function hideBanner() { $("banner").hidden = true; }
+
+export function applyBook(book) {
+  S.model = { ...(book.model || {}) };
+  S.addons = { ...(book.addons || {}) };
+  S.hierarchy = book.hierarchy ? book.hierarchy.map((n) => ({ ...n })) : null;
+  S.clusters = book.clusters ? book.clusters.map((c) => ({ ...c })) : null;
+  const qty = {};
+  for (const p of book.positions || []) qty[p.contract] = (qty[p.contract] || 0) + p.quantity;
+  S.rows = (book.contracts || []).map((c) => ({
+    uid: ++S.uid,
+    id: c.id, cluster: c.cluster, type: c.type,
+    event: fmtNum(c.event), threshold: fmtNum(c.threshold), outcome: fmtNum(c.outcome),
+    legs: (c.legs || []).join(", "),
+    price: fmtNum(c.price), open_interest: fmtNum(c.open_interest),
+    probability: c.probability, quantity: fmtNum(qty[c.id] || 0),
+  }));
+  S.rowErrors = {};
+  S.serverError = null;
+}
+
+export function clusterNames() {
+  if (S.clusters) return S.clusters.map((c) => c.name);
+  return CONFIG.clusters.slice();
+}
+
+export const parseNum = (s) => {
+  if (typeof s === "number") return s;
+  const t = String(s).trim().replace(/,/g, "").replace(/_/g, "");
+  if (t === "" || !/^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$/.test(t)) return NaN;
+  return Number(t);
+};
+export const splitLegs = (s) => String(s).split(/[,\s]+/).map((x) => x.trim()).filter(Boolean);
+export const keysOf = (type) => CONFIG.keys_of_type[type] || [];
+// The event a row belongs to (as the server keys events): its event, else its id.
+export const eventOf = (r) => r.type === "parlay" ? null : (r.type === "binary" ? String(r.id).trim() : (String(r.event).trim() || String(r.id).trim()));
+
+// Client-side checks of one row: {key: message}. Bounds from /api/config.
+function checkRow(r, ids) {
+  const err = {};
+  const a = CONFIG.amounts;
+  const id = String(r.id).trim();
+  if (!id) err.id = "contract id is empty";
+  else if (ids.get(id) > 1) err.id = `duplicate contract id ${id}`;
+  if (!clusterNames().includes(r.cluster)) err.cluster = `unknown cluster ${r.cluster}`;
+  if (!CONFIG.contract_types.includes(r.type)) err.type = `unknown type ${r.type}`;
+  const p = parseNum(r.price);
+  if (!Number.isFinite(p)) err.price = "price must be a number";
+  else if (!(p > 0 && p < 1)) err.price = `price ${p} is outside (0, 1)`;
+  const q = parseNum(r.quantity === "" ? "0" : r.quantity);
+  if (!Number.isFinite(q)) err.quantity = "quantity must be a finite number";
+  else if (Math.abs(q) > a.max_quantity) err.quantity = `|quantity| must be at most ${a.max_quantity.toExponential()}`;
+  if (String(r.open_interest).trim() !== "") {
+    const oi = parseNum(r.open_interest);
+    if (!Number.isFinite(oi) || oi <= 0) err.open_interest = "open interest must be a positive number";
+    else if (oi < a.min_open_interest || oi > a.max_open_interest) err.open_interest = `open interest must be within [${a.min_open_interest}, ${a.max_open_interest.toExponential()}]`;
+  }
+  if (r.type === "above" || r.type === "below") {
+    const t = parseNum(r.threshold);
+    if (String(r.threshold).trim() === "") err.threshold = `threshold is required for type ${r.type}`;
+    else if (!Number.isFinite(t)) err.threshold = "threshold must be a number";
+  }
+  if (r.type === "outcome" && !String(r.outcome).trim()) err.outcome = "outcome name is required";
+  if (r.type === "parlay") {
+    const legs = splitLegs(r.legs);
+    if (legs.length < 2) err.legs = "a parlay needs at least 2 legs (comma-separated contract ids)";
+    else {
+      const known = new Set(S.rows.map((x) => String(x.id).trim()));
+      const bad = legs.find((l) => !known.has(l));
+      if (bad) err.legs = `unknown leg ${bad}`;
+      else if (new Set(legs).size !== legs.length) err.legs = "a leg is listed twice";
+    }
+  }
+  return err;
+}
+
+export function checkAll() {
+  const ids = new Map();
+  for (const r of S.rows) { const k = String(r.id).trim(); ids.set(k, (ids.get(k) || 0) + 1); }
+  S.rowErrors = {};
+  let n = 0;
+  for (const r of S.rows) {
+    const e = checkRow(r, ids);
+    if (Object.keys(e).length) { S.rowErrors[r.uid] = e; n++; }
+  }
+  return n;
+}
+
+function rowContract(r) {
+  const c = { id: String(r.id).trim(), cluster: r.cluster, type: r.type, price: parseNum(r.price) };
+  const keys = keysOf(r.type);
+  if (keys.includes("event") && String(r.event).trim()) c.event = String(r.event).trim();
+  if (keys.includes("threshold")) c.threshold = parseNum(r.threshold);
+  if (keys.includes("outcome")) c.outcome = String(r.outcome).trim();
+  if (keys.includes("legs")) c.legs = splitLegs(r.legs);
+  if (String(r.open_interest).trim() !== "") c.open_interest = parseNum(r.open_interest);
+  if (r.probability !== undefined && r.probability !== null && r.type !== "parlay") c.probability = r.probability;
+  return c;
+}
+
+export function buildBook() {
+  const book = { model: { ...S.model }, addons: { ...S.addons } };
+  if (S.hierarchy && S.clusters) { book.hierarchy = S.hierarchy; book.clusters = S.clusters; }
+  book.contracts = S.rows.map(rowContract);
+  book.positions = [];
+  const posUids = [];
+  for (const r of S.rows) {
+    const q = parseNum(r.quantity === "" ? "0" : r.quantity);
+    if (q !== 0) { book.positions.push({ contract: String(r.id).trim(), quantity: q }); posUids.push(r.uid); }
+  }
+  return { book, rows: S.rows.map((r) => r.uid), positions: posUids };
+}
+
+// A book that gives no hierarchy gets the server's default one (from a result).
+export function ensureExplicitHierarchy() {
+  if (S.hierarchy && S.clusters) return true;
+  if (!S.result || !S.result.hierarchy) return false;
+  S.hierarchy = S.result.hierarchy.nodes.map((n) => {
+    const o = { node: n.name, rho: n.rho };
+    if (n.parent) o.parent = n.parent;
+    return o;
+  });
+  S.clusters = S.result.hierarchy.clusters.map((c) => ({ ...c }));
+  return true;
+}
+
+// Where a server error points, from its structured path (never its message):
+// {uid, key} for a cell, {uids, key} for a whole event, {control} for a panel.
+export function locateServerError(err) {
+  if (!err || !Array.isArray(err.path) || !err.path.length) return null;
+  const [head, index, key] = err.path;
+  if (head === "contracts" && Number.isInteger(index)) return { uid: S.sentRows[index], key: typeof key === "string" ? key : "id" };
+  if (head === "positions" && Number.isInteger(index)) return { uid: S.sentPositions[index], key: key === "contract" || typeof key !== "string" ? "id" : key };
+  if (head === "contracts" && err.event) {
+    const uids = S.rows.filter((r) => eventOf(r) === err.event).map((r) => r.uid);
+    return { uids, key: "price" };
+  }
+  if (head === "hierarchy") return { control: "rho" };
+  if (head === "clusters") return { control: "loading" };
+  if (head === "model") return { control: "model" };
+  if (head === "addons") return { control: "addons" };
+  return null;
+}

@@ -1,0 +1,146 @@
+// The positions table: one row per contract, edited in place.
+import {
+  $, CONFIG, S, checkAll, clusterNames, el, hideBanner, hooks, keysOf, locateServerError, money,
+  parseNum, showBanner,
+} from "./state.js";
+
+function grossOf(r) {
+  const p = parseNum(r.price), q = parseNum(r.quantity === "" ? "0" : r.quantity);
+  if (!Number.isFinite(p) || !Number.isFinite(q)) return null;
+  return Math.max(q * p, -q * (1 - p));
+}
+
+function renderChips() {
+  const counts = {};
+  for (const r of S.rows) counts[r.cluster] = (counts[r.cluster] || 0) + 1;
+  const names = ["All", ...clusterNames()];
+  $("chips").replaceChildren(...names.map((n) => el("button", {
+    type: "button", class: "chip" + (S.ui.filter === n ? " on" : ""), "data-cluster": n,
+    onclick: () => { S.ui.filter = n; renderPositions(); },
+  }, n, el("span", { class: "c", text: String(n === "All" ? S.rows.length : (counts[n] || 0)) }))));
+}
+
+function cellInput(r, key, { cls = "", disabled = false, placeholder = "" } = {}) {
+  const input = el("input", { class: cls, value: r[key] ?? "", disabled, placeholder, "data-key": key, spellcheck: "false" });
+  input.addEventListener("input", () => { r[key] = input.value; onRowEdit(r, input); });
+  return input;
+}
+function cellSelect(r, key, options) {
+  const s = el("select", { "data-key": key }, ...options.map((o) => el("option", { value: o, text: o, selected: o === r[key] })));
+  s.addEventListener("change", () => { r[key] = s.value; onRowEdit(r, s, true); });
+  return s;
+}
+
+function serverErrorFor(uid) {
+  const where = locateServerError(S.serverError);
+  if (!where) return null;
+  if (where.uid === uid || (where.uids && where.uids.includes(uid))) return { key: where.key, message: S.serverError.message };
+  return null;
+}
+
+function onRowEdit(r, input, rerender = false) {
+  // An edit of the row the server complained about clears that complaint.
+  if (serverErrorFor(r.uid)) S.serverError = null;
+  checkAll();
+  if (rerender) renderPositions(); else renderPositionsErrorsOnly();
+  const tr = input.closest("tr");
+  const g = tr && tr.querySelector("td.gross");
+  if (g) g.textContent = money(grossOf(r));
+  if (tr) { const q = parseNum(r.quantity); tr.classList.toggle("long", q > 0); tr.classList.toggle("short", q < 0); }
+  if (!Object.keys(S.rowErrors).length) hooks.schedule(); else { clearTimeout(S.timer); S.scheduled = false; }
+}
+
+function rowErrorsOf(r) {
+  const errs = { ...(S.rowErrors[r.uid] || {}) };
+  const se = serverErrorFor(r.uid);
+  if (se && !errs[se.key]) errs[se.key] = se.message;
+  return errs;
+}
+
+export function renderPositions() {
+  renderChips();
+  const tbody = $("positions").querySelector("tbody");
+  const focused = document.activeElement;
+  const focusKey = focused && focused.closest && focused.closest("tr[data-uid]") ?
+    [focused.closest("tr[data-uid]").dataset.uid, focused.dataset.key, focused.selectionStart] : null;
+  tbody.replaceChildren();
+  const names = clusterNames();
+  const types = CONFIG.contract_types;
+  for (const r of S.rows) {
+    if (S.ui.filter !== "All" && r.cluster !== S.ui.filter) continue;
+    const keys = keysOf(r.type);
+    const q = parseNum(r.quantity);
+    const tr = el("tr", { "data-uid": r.uid, "data-id": r.id, class: q > 0 ? "long" : q < 0 ? "short" : "" },
+      el("td", { class: "w-cluster" }, cellSelect(r, "cluster", names.includes(r.cluster) ? names : [...names, r.cluster])),
+      el("td", { class: "w-id" }, cellInput(r, "id")),
+      el("td", { class: "w-type" }, cellSelect(r, "type", types)),
+      el("td", { class: "w-event" }, cellInput(r, "event", { disabled: !keys.includes("event"), placeholder: keys.includes("event") ? r.id : "" })),
+      el("td", { class: "w-thr" }, cellInput(r, "threshold", { cls: "num", disabled: !keys.includes("threshold") })),
+      el("td", { class: "w-out" }, cellInput(r, "outcome", { disabled: !keys.includes("outcome") })),
+      el("td", { class: "w-legs" }, cellInput(r, "legs", { disabled: !keys.includes("legs"), placeholder: keys.includes("legs") ? "LEG-A, LEG-B" : "" })),
+      el("td", { class: "w-price" }, cellInput(r, "price", { cls: "num" })),
+      el("td", { class: "w-oi" }, cellInput(r, "open_interest", { cls: "num" })),
+      el("td", { class: "w-qty" }, cellInput(r, "quantity", { cls: "num qty" })),
+      el("td", { class: "num gross", text: money(grossOf(r)) }),
+      el("td", {}, el("button", { type: "button", class: "del", title: "Delete row", text: "×",
+        onclick: () => deleteRow(r) })),
+    );
+    tbody.append(tr);
+    tbody.append(el("tr", { class: "err-line", "data-err-for": r.uid, hidden: true }, el("td", { colspan: 12 })));
+  }
+  renderPositionsErrorsOnly();
+  if (focusKey) {
+    const inp = tbody.querySelector(`tr[data-uid="${focusKey[0]}"] [data-key="${focusKey[1]}"]`);
+    if (inp) { inp.focus(); if (focusKey[2] != null && inp.setSelectionRange) try { inp.setSelectionRange(focusKey[2], focusKey[2]); } catch (e) { /* selects */ } }
+  }
+  const held = S.rows.filter((r) => parseNum(r.quantity) !== 0).length;
+  $("pos-hint").textContent = `${S.rows.length} contracts, ${held} positions (q > 0 long YES, q < 0 short YES)`;
+}
+
+// Updates only the error marks (keeps focus and caret while typing).
+export function renderPositionsErrorsOnly() {
+  const tbody = $("positions").querySelector("tbody");
+  const byUid = new Map(S.rows.map((r) => [String(r.uid), r]));
+  for (const tr of tbody.querySelectorAll("tr[data-uid]")) {
+    const r = byUid.get(tr.dataset.uid);
+    if (!r) continue;
+    const errs = rowErrorsOf(r);
+    for (const inp of tr.querySelectorAll("[data-key]")) inp.classList.toggle("invalid", !!errs[inp.dataset.key]);
+    tr.classList.toggle("row-err", Object.keys(errs).length > 0);
+    const line = tbody.querySelector(`tr[data-err-for="${r.uid}"]`);
+    if (line) {
+      const msgs = Object.values(errs);
+      line.hidden = msgs.length === 0;
+      line.firstChild.textContent = msgs.join(" · ");
+    }
+  }
+  const bad = Object.keys(S.rowErrors).length;
+  if (bad) showBanner(`${bad} row${bad > 1 ? "s have" : " has"} invalid values — fix the highlighted cells to recompute.`);
+  else if (!S.serverError && !S.unreachable) hideBanner();
+}
+
+export function addRow() {
+  const cluster = S.ui.filter !== "All" ? S.ui.filter : clusterNames()[0];
+  let n = 1;
+  const ids = new Set(S.rows.map((r) => r.id));
+  while (ids.has(`${cluster.toUpperCase()}-NEW-${n}`)) n++;
+  const r = { uid: ++S.uid, id: `${cluster.toUpperCase()}-NEW-${n}`, cluster, type: "binary", event: "",
+    threshold: "", outcome: "", legs: "", price: "0.5", open_interest: "", probability: undefined, quantity: "0" };
+  // Insert after the last row of the same cluster.
+  let at = -1;
+  S.rows.forEach((x, i) => { if (x.cluster === cluster) at = i; });
+  S.rows.splice(at + 1, 0, r);
+  checkAll();
+  renderPositions();
+  const inp = document.querySelector(`tr[data-uid="${r.uid}"] [data-key="id"]`);
+  if (inp) { inp.focus(); inp.select(); }
+  hooks.schedule();
+}
+
+function deleteRow(r) {
+  S.rows = S.rows.filter((x) => x !== r);
+  S.serverError = null;
+  checkAll();
+  renderPositions();
+  hooks.schedule();
+}
