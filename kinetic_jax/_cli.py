@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="linear trading cost, dollars per contract traded")
     hedge.add_argument("--objective", choices=["margin", "base"], default="margin")
     hedge.add_argument("--steps", type=int, default=1000, help="optimiser iterations")
+    hedge.add_argument("--lot", type=float, default=1.0,
+                       help="trade in whole lots of this many contracts (default 1)")
     _dashboard_parser(sub)
     return parser
 
@@ -144,17 +146,24 @@ def _hedge(args) -> int:
 
     book = _load(args)
     result = optimise_hedge(book, args.instrument, max_quantity=args.max_quantity,
-                            cost=args.cost, objective=args.objective, steps=args.steps)
+                            cost=args.cost, objective=args.objective, steps=args.steps,
+                            lot=args.lot)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return 0
     print(f"kinetic-jax hedge: {args.book}  (objective: {result.objective}, "
-          f"|trade| <= {result.max_quantity:,.0f}, cost ${result.cost:g}/contract)")
-    print(f"\n  {'instrument':<22}{'trade':>12}{'position after':>16}")
+          f"|trade| <= {result.max_quantity:,.0f}, cost ${result.cost:g}/contract, "
+          f"lot {result.lot:g})")
+    print(f"\n  {'instrument':<22}{'trade':>12}{'position after':>16}{'continuous':>14}")
+    d = 0 if float(result.lot).is_integer() else 4  # whole contracts print as integers
     for cid, q in result.quantities.items():
-        print(f"  {cid:<22}{q:>12,.1f}{result.positions_after.get(cid, 0.0):>16,.1f}")
+        print(f"  {cid:<22}{q:>12,.{d}f}{result.positions_after.get(cid, 0.0):>16,.{d}f}"
+              f"{result.continuous_quantities[cid]:>14,.1f}")
     print(f"\n  {'margin before':<22}{result.margin_before:>14,.2f}")
-    print(f"  {'margin after':<22}{result.margin_after:>14,.2f}   binding: {result.binding_after}")
+    print(f"  {'margin after':<22}{result.margin_after:>14,.2f}   binding: {result.binding_after}"
+          f"   (the traded book's margin report)")
+    print(f"  {'continuous optimum':<22}{result.continuous_margin:>14,.2f}   "
+          f"(before rounding to lots; {result.search_moves} one-lot search moves)")
     print(f"  {'capital freed':<22}{result.capital_freed:>14,.2f}")
     print(f"  {'trading cost':<22}{result.trading_cost:>14,.2f}")
     print(f"  {result.iterations} iterations, "

@@ -17,6 +17,14 @@ of ES) and the worst case (a sum of maxima of affine functions); the objective
 is piecewise linear, so Adam runs on a step size decaying geometrically from
 Q/10 to Q/10^5 and the best iterate is kept. Its minimum of the base ES is
 certified against the exact linear programme in ``kinetic_jax.lp``.
+
+Trades are whole lots by default: the continuous optimum is rounded to the lot
+and a local search moves one lot up or down on the largest trades (and tries no
+trade at all) while the hard objective on the same scenarios falls. The margin
+reported after the hedge is [`portfolio_margin`][] of the traded book, the
+figure `kinetic-jax margin` prints for it; the continuous optimum is reported
+beside it. Bounds, cost and the candidate trades reach the compiled programs as
+arrays, so changing them does not recompile.
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ from ._arrays import BookArrays, bucket
 from ._book import Book
 from ._errors import BookError
 from ._margin import MarginParams, MarginResult, cluster_losses, margin_from_losses
-from ._portfolio import margin_inputs
+from ._portfolio import margin_inputs, portfolio_margin
 from ._shortfall import expected_shortfall, tail_size
 from ._simulation import HIGHEST, outcomes
 
@@ -134,7 +142,22 @@ def _solve(problem: HedgeProblem, top: int, steps: int, objective: str):
 @dataclasses.dataclass(frozen=True)
 class HedgeResult:
     """A hedge found by [`optimise_hedge`][]. Amounts in dollars; quantities in
-    contracts (the trade, added to the current positions)."""
+    contracts (the trade, added to the current positions).
+
+    - `quantities`: the trade, in whole lots (multiples of `lot`) unless `lot`
+      is None; `positions_after`: the book's net positions after it.
+    - `margin_before`, `margin_after`, `base_before`, `base_after`,
+      `binding_after`: [`portfolio_margin`][] of the book and of the traded
+      book (the figures `kinetic-jax margin` prints for them, same seed).
+    - `search_margin`: the margin at the traded quantities on the optimiser's
+      own scenarios (equal to `margin_after` to float32 rounding).
+    - `continuous_quantities`, `continuous_margin`, `continuous_base`: the
+      optimiser's continuous optimum and its margin and base ES on its
+      scenarios, before rounding to lots.
+    - `search_moves`: accepted one-lot moves of the local search after rounding.
+    - `trading_cost`: `cost` times the traded contracts; `capital_freed`:
+      margin before minus margin after.
+    """
 
     instruments: tuple[str, ...]
     quantities: dict[str, float]
@@ -151,6 +174,12 @@ class HedgeResult:
     max_quantity: float
     cost: float
     binding_after: str
+    lot: float | None
+    search_margin: float
+    search_moves: int
+    continuous_quantities: dict[str, float]
+    continuous_margin: float
+    continuous_base: float
     trace: tuple[float, ...]
 
     def to_dict(self) -> dict:
@@ -161,6 +190,13 @@ class HedgeResult:
         return d
 
 
+def _finite(name: str, value) -> float:
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not math.isfinite(value)):
+        raise BookError(name, f"{value!r} is not a finite number")
+    return float(value)
+
+
 def optimise_hedge(
     book: Book,
     instruments: list[str] | tuple[str, ...],
@@ -169,12 +205,14 @@ def optimise_hedge(
     cost: float = 0.0,
     objective: str = "margin",
     steps: int = 1000,
+    lot: float | None = 1.0,
     scenarios: int | None = None,
     seed: int | None = None,
     dtype=None,
 ) -> HedgeResult:
     """Finds the trade in `instruments` that minimises the margin (or the base
-    ES) plus ``cost * sum |trade|``, within ``|trade_j| <= max_quantity``.
+    ES) plus ``cost * sum |trade|``, within ``|trade_j| <= max_quantity``, in
+    whole lots.
 
     **Arguments:**
 
@@ -184,9 +222,17 @@ def optimise_hedge(
     - `cost`: linear trading cost, dollars per contract traded (>= 0).
     - `objective`: ``"margin"`` or ``"base"``.
     - `steps`: optimiser iterations (one jitted ``lax.scan``).
+    - `lot`: trade size unit (default 1: whole contracts); None keeps the
+      continuous optimum. The continuous optimum is rounded to lots, then a
+      local search moves one lot up or down on the largest trades while that
+      lowers the objective (hard margin, the optimiser's scenarios).
 
-    **Returns:** a [`HedgeResult`][] with the hard margin before and after, on the
-    same scenarios.
+    Bounds, cost and lot are passed to the compiled programs as arrays:
+    changing only them does not recompile.
+
+    **Returns:** a [`HedgeResult`][]: the margin before and after from
+    [`portfolio_margin`][] of the book and of the traded book, and the
+    continuous optimum beside them.
     """
     if not instruments:
         raise BookError("instrument", "give at least one instrument")
@@ -203,57 +249,113 @@ def optimise_hedge(
     qty = book.net_quantities()
     if max_quantity is None:
         max_quantity = max([abs(v) for v in qty.values()], default=0.0) or 1000.0
-    for name, value in (("max_quantity", max_quantity), ("cost", cost)):
-        if (isinstance(value, bool) or not isinstance(value, (int, float))
-                or not math.isfinite(value)):
-            raise BookError(name, f"{value!r} is not a finite number")
+    max_quantity, cost = _finite("max_quantity", max_quantity), _finite("cost", cost)
     if max_quantity <= 0:
         raise BookError("max_quantity", f"{max_quantity!r} must be positive")
     if cost < 0:
         raise BookError("cost", f"{cost!r} must be non-negative")
+    if lot is not None:
+        lot = _finite("lot", lot)
+        if lot <= 0:
+            raise BookError("lot", f"{lot!r} must be positive")
+        if lot > max_quantity:
+            raise BookError("lot", f"{lot!r} is larger than max_quantity {max_quantity!r}: "
+                                   f"no whole lot fits the bound")
     changes = {k: v for k, v in (("scenarios", scenarios), ("seed", seed)) if v is not None}
     if changes:
         book = book.with_settings(**changes)
     n = len(instruments)
     problem, top = build_hedge_problem(book, instruments, max_quantity, cost, dtype=dtype)
     best_x, trace = _solve(problem, top, steps, objective)
-    x = np.asarray(best_x, np.float64)[:n]
-    zero = jnp.zeros_like(best_x)
-    _, before = _objective_jit(zero, problem, top, objective)
-    _, after = _objective_jit(best_x, problem, top, objective)
+    x_cont = np.asarray(best_x, np.float64)
+    if not np.all(np.isfinite(x_cont)):
+        raise BookError("", "the optimiser diverged; please report this book")
+    _, at_cont = _objective_jit(best_x, problem, top, objective)
     trace = np.asarray(trace, np.float64)
     # Converged: the best objective improved by less than 1e-4 (relative) over
     # the second half of the schedule.
     half = np.minimum.accumulate(trace)
     converged = bool(steps >= 20 and half[steps // 2 - 1] - half[-1]
                      <= 1e-4 * max(abs(half[-1]), 1.0))
-    if not np.all(np.isfinite(x)):
-        raise BookError("", "the optimiser diverged; please report this book")
-    traded = {cid: float(v) for cid, v in zip(instruments, x)}
+    if lot is None:
+        x, moves = x_cont, 0
+    else:
+        x, moves = whole_lots(problem, top, objective, x_cont, n, lot, max_quantity)
+    _, at_x = _objective_jit(jnp.asarray(x, problem.active.dtype), problem, top, objective)
+    traded = {cid: float(v) for cid, v in zip(instruments, x[:n])}
     after_pos = dict(qty)
     for cid, v in traded.items():
         after_pos[cid] = after_pos[cid] + v
-    from ._margin import BINDING
-
-    trading_cost = cost * float(np.abs(x).sum())
+    after_pos = {k: v for k, v in after_pos.items() if v != 0}
+    before = portfolio_margin(book, dtype=dtype)
+    after = portfolio_margin(book.with_positions(after_pos), dtype=dtype)
     return HedgeResult(
         instruments=tuple(instruments),
         quantities=traded,
-        positions_after={k: v for k, v in after_pos.items() if v != 0},
+        positions_after=after_pos,
         objective=objective,
-        margin_before=float(before.margin),
-        margin_after=float(after.margin),
-        base_before=float(before.base),
-        base_after=float(after.base),
-        trading_cost=trading_cost,
-        capital_freed=float(before.margin) - float(after.margin),
+        margin_before=before.margin,
+        margin_after=after.margin,
+        base_before=before.base,
+        base_after=after.base,
+        trading_cost=cost * float(np.abs(x[:n]).sum()),
+        capital_freed=before.margin - after.margin,
         iterations=steps,
         converged=converged,
-        max_quantity=float(max_quantity),
-        cost=float(cost),
-        binding_after=BINDING[int(after.binding)],
+        max_quantity=max_quantity,
+        cost=cost,
+        binding_after=after.binding,
+        lot=lot,
+        search_margin=float(at_x.margin),
+        search_moves=moves,
+        continuous_quantities={cid: float(v) for cid, v in zip(instruments, x_cont[:n])},
+        continuous_margin=float(at_cont.margin),
+        continuous_base=float(at_cont.base),
         trace=tuple(float(v) for v in trace),
     )
+
+
+SEARCHED = 8  # instruments (the largest trades) the local search moves
+MAX_MOVES = 200
+
+
+def _objectives(xs: Float[Array, "B n"], problem: HedgeProblem, top: int, objective: str):
+    return jax.vmap(lambda x: hedge_objective(x, problem, top, objective)[0])(xs)
+
+
+_objectives_jit = eqx.filter_jit(_objectives)
+
+
+def whole_lots(
+    problem: HedgeProblem, top: int, objective: str, x: np.ndarray, n: int, lot: float,
+    max_quantity: float,
+) -> tuple[np.ndarray, int]:
+    """Rounds the continuous trade `x` to multiples of `lot` within the bound,
+    then moves one lot at a time: each round evaluates (one batched, compiled
+    call, on the problem's scenarios) one lot up and one lot down on each of the
+    largest trades, and no trade at all, and takes the best while it lowers the
+    objective. **Returns:** ``(trade, accepted moves)``."""
+    width = problem.active.shape[0]
+    limit = math.floor(max_quantity / lot + 1e-9) * lot
+    x = np.where(np.arange(width) < n, np.clip(np.round(x / lot) * lot, -limit, limit), 0.0)
+    searched = np.argsort(-np.abs(x[:n]), kind="stable")[: min(n, SEARCHED)]
+    rows = 2 * min(width, SEARCHED) + 2
+    dtype = problem.active.dtype
+    moves = 0
+    while True:
+        cand = np.tile(x, (rows, 1))
+        for r, j in enumerate(searched):
+            cand[1 + 2 * r, j] += lot
+            cand[2 + 2 * r, j] -= lot
+        cand[-1] = 0.0
+        values = np.asarray(_objectives_jit(jnp.asarray(cand, dtype), problem, top, objective),
+                            np.float64)
+        values[np.any(np.abs(cand) > limit * (1 + 1e-12), axis=1)] = np.inf
+        best = int(np.argmin(values))
+        if not values[best] < values[0] - 1e-7 * max(1.0, abs(values[0])) or moves >= MAX_MOVES:
+            return x, moves
+        x = cand[best]
+        moves += 1
 
 
 _problem_jit = eqx.filter_jit(hedge_problem)
@@ -273,8 +375,9 @@ def build_hedge_problem(
     slots[:n] = [ids.index(c) for c in instruments]
     active = np.zeros(width)
     active[:n] = 1
+    dtype = arrays.price.dtype
     problem = _problem_jit(arrays, params, jax.random.key(s.seed), s.scenarios,
-                           jnp.asarray(slots), jnp.asarray(active, arrays.price.dtype),
-                           max_quantity, cost)
+                           jnp.asarray(slots), jnp.asarray(active, dtype),
+                           jnp.asarray(max_quantity, dtype), jnp.asarray(cost, dtype))
     return problem, tail_size(s.scenarios, s.confidence)
 _objective_jit = eqx.filter_jit(hedge_objective)

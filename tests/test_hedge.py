@@ -24,9 +24,11 @@ def test_optax_base_es_is_within_0_1_percent_of_the_lp_optimum():
     lp = certify_hedge(book, instruments, max_quantity=1000.0)
     assert lp.status == "optimal"
     hedge = kj.optimise_hedge(book, instruments, max_quantity=1000.0, objective="base")
-    assert hedge.base_after >= lp.es * (1 - 1e-5)
-    assert hedge.base_after <= lp.es * (1 + 1e-3)
+    assert hedge.continuous_base >= lp.es * (1 - 1e-5)
+    assert hedge.continuous_base <= lp.es * (1 + 1e-3)
     assert hedge.base_after < hedge.base_before
+    # Whole contracts cannot beat the continuous LP optimum either.
+    assert hedge.base_after >= lp.es * (1 - 1e-5)
 
 
 def test_lp_with_trading_cost_matches_optax():
@@ -35,7 +37,7 @@ def test_lp_with_trading_cost_matches_optax():
     instruments = [c.id for c in book.contracts][:10]
     lp = certify_hedge(book, instruments, max_quantity=800.0, cost=0.05)
     hedge = kj.optimise_hedge(book, instruments, max_quantity=800.0, cost=0.05,
-                              objective="base")
+                              objective="base", lot=None)
     assert hedge.base_after + hedge.trading_cost <= lp.es * (1 + 1e-3)
     assert hedge.base_after + hedge.trading_cost >= lp.es * (1 - 1e-5)
 
@@ -107,3 +109,106 @@ def test_cli_hedge_json(capsys, tmp_path):
     assert np.isfinite(out["capital_freed"])
     assert cli(["hedge", str(book), "--instrument", "Z"]) == 2
     assert "instrument[0]: unknown contract 'Z'" in capsys.readouterr().err
+
+
+# ---- whole lots -----------------------------------------------------------------------
+def _traded_book(book, result):
+    return book.with_positions(result.positions_after)
+
+
+def test_integer_hedge_is_remargined_exactly():
+    """Default lot 1: every trade is a whole number of contracts within the bound;
+    the reported margin after is the traded book's portfolio_margin with the same
+    seed, and the optimiser's own figure at that trade agrees to float32 rounding."""
+    book = make_book([above("A", "BTC-E", 1.0, 0.61), above("B", "BTC-E", 2.0, 0.33),
+                      above("E", "ETH-E", 1.0, 0.47, cluster="ETH"), binary("G", 0.45)],
+                     {"A": 1000.0, "E": -700.0, "G": 300.0}, scenarios=8192)
+    instruments = ["A", "B", "E"]
+    h = kj.optimise_hedge(book, instruments, max_quantity=750.0, steps=300)
+    assert h.lot == 1.0
+    for cid, v in h.quantities.items():
+        assert v == round(v) and abs(v) <= 750.0
+    traded = kj.portfolio_margin(_traded_book(book, h))
+    assert h.margin_after == traded.margin
+    assert h.search_margin == pytest.approx(traded.margin, rel=2e-6, abs=1e-3)
+    assert h.margin_before == kj.portfolio_margin(book).margin
+    assert h.capital_freed == pytest.approx(h.margin_before - h.margin_after)
+    # The continuous optimum is reported beside it; rounding plus the search
+    # costs at most a little (|dM/dq| <= 1 per contract, half a lot per instrument).
+    assert set(h.continuous_quantities) == set(instruments)
+    assert h.search_margin <= h.continuous_margin + 0.5 * len(instruments)
+    assert h.margin_after < h.margin_before
+
+
+def test_lot_size_and_closing_in_lots():
+    # Long 1000 of a game, lot 300, |trade| <= 2000: multiples of 300 only, so
+    # -900 or -1200 (both leave 100 contracts at risk; -900: long 100 at 0.4,
+    # margin 40; -1200: short 200, margin 120): the search must find -900.
+    book = make_book([binary("G", 0.4)], {"G": 1000.0}, scenarios=8192)
+    h = kj.optimise_hedge(book, ["G"], max_quantity=2000.0, lot=300.0)
+    assert h.quantities["G"] == -900.0
+    assert h.margin_after == pytest.approx(40.0, rel=1e-6)
+    assert h.continuous_quantities["G"] == pytest.approx(-1000.0, abs=0.5)
+    assert h.continuous_margin == pytest.approx(0.0, abs=0.5)
+
+
+def test_rounding_is_improved_by_the_local_search():
+    # From a continuous optimum that is not a whole number, the search evaluates
+    # one lot either way: its result is never worse than plain rounding.
+    book = kj.random_book(16, seed=8, settings=kj.Settings(scenarios=4096))
+    instruments = [c.id for c in book.contracts][:4]
+    h = kj.optimise_hedge(book, instruments, max_quantity=500.0, steps=200, lot=7.0)
+    assert all(v % 7.0 == 0 for v in h.quantities.values())
+    rounded = {k: 7.0 * round(v / 7.0) for k, v in h.continuous_quantities.items()}
+    plain = dict(book.net_quantities())
+    for k, v in rounded.items():
+        plain[k] += v
+    m_rounded = kj.portfolio_margin(book.with_positions(
+        {k: v for k, v in plain.items() if v != 0})).margin
+    assert h.margin_after <= m_rounded + 1e-3
+
+
+@pytest.mark.parametrize("lot, message", [
+    (0.0, r"lot: 0.0 must be positive"),
+    (-1.0, r"lot: -1.0 must be positive"),
+    (float("inf"), r"lot: inf is not a finite number"),
+    (5000.0, r"lot: 5000.0 is larger than max_quantity 100.0"),
+])
+def test_bad_lots(lot, message):
+    book = make_book([binary("G", 0.4)], {"G": 10.0}, scenarios=1024)
+    with pytest.raises(kj.BookError, match=message):
+        kj.optimise_hedge(book, ["G"], max_quantity=100.0, lot=lot)
+
+
+def test_changing_bounds_cost_or_lot_does_not_recompile():
+    from test_jax_properties import CompileCounter
+
+    book = make_book([above("A", "BTC-E", 1.0, 0.6), above("B", "ETH-E", 1.0, 0.5,
+                                                           cluster="ETH")],
+                     {"A": 1000.0, "B": -300.0}, scenarios=4096)
+    kj.optimise_hedge(book, ["A", "B"], max_quantity=300.0, steps=50)
+    with CompileCounter() as counter:
+        h = kj.optimise_hedge(book, ["A", "B"], max_quantity=420.0, cost=0.01, steps=50,
+                              lot=3.0)
+    assert (counter.traces, counter.compiles) == (0, 0)
+    assert all(abs(v) <= 420.0 and v % 3.0 == 0 for v in h.quantities.values())
+
+
+def test_cli_hedge_lot(capsys, tmp_path):
+    book = tmp_path / "b.toml"
+    book.write_text(
+        '[model]\nscenarios = 4096\n'
+        '[[contracts]]\nid = "G"\ncluster = "Sports"\ntype = "binary"\nprice = 0.4\n'
+        '[[positions]]\ncontract = "G"\nquantity = 1000\n'
+    )
+    assert cli(["hedge", str(book), "--instrument", "G", "--max-quantity", "2000",
+                "--lot", "300", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["quantities"] == {"G": -900.0} and out["lot"] == 300.0
+    for key in ("continuous_quantities", "continuous_margin", "search_margin", "search_moves"):
+        assert key in out
+    assert cli(["hedge", str(book), "--instrument", "G", "--max-quantity", "2000"]) == 0
+    text = capsys.readouterr().out
+    assert "-1,000" in text and "continuous optimum" in text
+    assert cli(["hedge", str(book), "--instrument", "G", "--lot", "0"]) == 2
+    assert "lot: 0.0 must be positive" in capsys.readouterr().err
