@@ -2,7 +2,9 @@
 sync API): start the real server (`kinetic-jax dashboard` in a subprocess, on a
 free loopback port, with a temporary state file), load the page, move the
 rho_within slider, edit a position, re-run, and check the margin and binding
-tiles against kinetic_jax.portfolio_margin on the same edited book.
+tiles against kinetic_jax.portfolio_margin on the same edited book; then that
+ids are shown as text in the charts and that an unreachable server is
+reported as such.
 
 Skipped only when /usr/bin/chromium (or the playwright package) is missing and
 KINETIC_JAX_REQUIRE_BROWSER is unset; CI sets it, and then a missing browser
@@ -252,6 +254,35 @@ def test_dashboard_end_to_end(server, tmp_path):
             _wait_idle(page, "window.dashboard.state.lastBook.hierarchy"
                              f".find(n => n.node === 'risk').rho === {rho}")
             assert page.evaluate("window.dashboard.state.serverError") is None
+
+            # Ids are text in the charts: plotly's pseudo-HTML is escaped.
+            shown = page.evaluate("""async () => {
+                const m = await import('/static/js/charts.js');
+                const P = await m.loadPlotly();
+                const div = document.createElement('div');
+                div.style.width = '400px'; div.style.height = '200px';
+                document.body.append(div);
+                const id = '<b>BOLD</b> & <a href="x">link</a>';
+                await P.newPlot(div, [{type: 'bar', orientation: 'h', x: [1],
+                                        y: [m.plotText(id)]}]);
+                const text = div.querySelector('.ytick text').textContent;
+                const markup = div.querySelectorAll('.ytick tspan, .ytick a').length;
+                div.remove();
+                return [text, markup];
+            }""")
+            assert shown == ['<b>BOLD</b> & <a href="x">link</a>', 0], shown
+
+            # The server unreachable: the page says so, not "book rejected".
+            page.route("**/api/margin*", lambda route: route.abort())
+            page.click("#rerun")
+            _wait_idle(page)
+            banner = page.inner_text("#banner")
+            assert "cannot be reached" in banner and "rejected" not in banner, banner
+            assert "cannot be reached" in page.inner_text("#footer")
+            page.unroute("**/api/margin*")
+            page.click("#rerun")
+            _wait_idle(page, "window.dashboard.state.unreachable === false")
+            assert page.locator("#banner").is_hidden()
             assert not errors, errors
         finally:
             context.close()
