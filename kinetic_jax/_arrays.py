@@ -10,6 +10,7 @@ worst-case table and the width of parlays.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -22,6 +23,15 @@ from ._worst_case import OutcomeTable, build_outcome_table
 
 PAD, ABOVE, BELOW, OUTCOME, PARLAY = 0, 1, 2, 3, 4
 _KIND = {"above": ABOVE, "binary": ABOVE, "below": BELOW, "outcome": OUTCOME, "parlay": PARLAY}
+
+
+def event_hash(name: str) -> tuple[int, int]:
+    """Two 32-bit words of BLAKE2b of the event's name: its draws are keyed by
+    them, so an event's scenarios depend on neither its position in the book nor
+    the other events (adding a contract on a new event leaves every other draw
+    unchanged)."""
+    digest = hashlib.blake2b(name.encode(), digest_size=8).digest()
+    return int.from_bytes(digest[:4], "little"), int.from_bytes(digest[4:], "little")
 
 
 def bucket(n: int, minimum: int = 8) -> int:
@@ -50,6 +60,7 @@ class BookArrays(eqx.Module):
     outcome_start: Int[Array, " C"]  # in that order: position of the event's first
     outcome_last: Bool[Array, " C"]  # last listed outcome of its event
     event_cluster: Int[Array, " E"]
+    event_seed: Int[Array, "E 2"]  # 64-bit hash of the event's name: keys its draws
     rho: Float[Array, " M"]
     loading: Float[Array, " K"]
     lca: Int[Array, "K K"]
@@ -58,6 +69,7 @@ class BookArrays(eqx.Module):
     wc_yes: Float[Array, "R W"]
     stress_yes: Float[Array, "S C"]  # P(YES) per stress scenario (SPEC.md §5.2)
     stress_valid: Bool[Array, " S"]  # False on padding rows (at least one row)
+    touch_parlay: Int[Array, "C P"]  # parlays with a leg on slot i's event (null-padded)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,6 +147,9 @@ def book_arrays(book: Book, dtype=None) -> tuple[BookArrays, BookLayout]:
     for i in rest:
         start[len(order)] = len(order)
         order.append(i)
+    event_seed = np.zeros((epad, 2), np.uint32)
+    for e, name in enumerate(event_names):
+        event_seed[e] = event_hash(name)
     event_cluster = np.zeros(epad, np.int32)
     for e, idx in events.items():
         event_cluster[ev_index[e]] = cl_index[book.contracts[idx[0]].cluster]
@@ -159,6 +174,8 @@ def book_arrays(book: Book, dtype=None) -> tuple[BookArrays, BookLayout]:
     stress_yes[:n_stress, :n] = stress_matrix(book)
     stress_valid = np.arange(stress_yes.shape[0]) < n_stress
 
+    touch_parlay = _parlays_on_event(book, ids, cpad)
+
     f = lambda x: jnp.asarray(x, dtype)  # noqa: E731
     i32 = lambda x: jnp.asarray(x, jnp.int32)  # noqa: E731
     arrays = BookArrays(
@@ -175,6 +192,7 @@ def book_arrays(book: Book, dtype=None) -> tuple[BookArrays, BookLayout]:
         outcome_start=i32(start),
         outcome_last=jnp.asarray(last),
         event_cluster=i32(event_cluster),
+        event_seed=jnp.asarray(event_seed),
         rho=f(book.hierarchy.rho),
         loading=f(book.hierarchy.loadings),
         lca=i32(np.where(book.hierarchy.lca_table() < 0, 0, book.hierarchy.lca_table())),
@@ -183,6 +201,7 @@ def book_arrays(book: Book, dtype=None) -> tuple[BookArrays, BookLayout]:
         wc_yes=f(wc_yes),
         stress_yes=f(stress_yes),
         stress_valid=jnp.asarray(stress_valid),
+        touch_parlay=i32(touch_parlay),
     )
     layout = BookLayout(
         contract_ids=book.contract_ids,
@@ -192,3 +211,21 @@ def book_arrays(book: Book, dtype=None) -> tuple[BookArrays, BookLayout]:
         table=table,
     )
     return arrays, layout
+
+
+def _parlays_on_event(book: Book, ids: dict, cpad: int) -> np.ndarray:
+    """Row i (a non-parlay slot): the parlays with a leg on slot i's event, padded
+    with the null slot ``cpad - 1``; width a power of two. With the contracts on
+    the event itself, these are the contracts whose YES can flip when the event's
+    latent crosses slot i's cut (used by the conditional sensitivities)."""
+    on_event: dict[str, set[int]] = {}
+    for m, c in enumerate(book.contracts):
+        for leg in c.legs:
+            on_event.setdefault(book.contracts[ids[leg]].event_key, set()).add(m)
+    width = bucket(max((len(v) for v in on_event.values()), default=1), 1)
+    out = np.full((cpad, width), cpad - 1, np.int64)
+    for i, c in enumerate(book.contracts):
+        if c.type != "parlay":
+            row = sorted(on_event.get(c.event_key, ()))
+            out[i, : len(row)] = row
+    return out

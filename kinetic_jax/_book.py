@@ -20,13 +20,13 @@ CONTRACT_TYPES = ("above", "below", "binary", "outcome", "parlay")
 # Sum of outcome prices accepted without renormalising (numerical slack).
 OUTCOME_SUM_SLACK = 1e-6
 MAX_SCENARIOS = 1 << 24
+SAMPLERS = ("plain", "importance")
 # Largest |quantity| of a position, open interest, and sum of |quantity| over the
 # book (contracts, so dollars at most): every q*p, sum and square the float32
 # engine forms stays finite (float32 max ~3.4e38; (1e15)^2 * 2^24 scenarios ~ 1.7e37).
 MAX_AMOUNT = 1e15
 # Smallest open interest: |q| / open_interest stays finite in float32.
 MIN_OPEN_INTEREST = 1e-6
-
 
 
 def is_number(value: object) -> bool:
@@ -75,6 +75,8 @@ class Settings:
       given open interest, at most its gross.
     - `stress_addon`: add the stress add-on, max(0, worst stress-scenario loss -
       max(base, floor)) (SPEC.md §5.2; default off).
+    - `sampler`: scenario sampler, ``"plain"`` Monte Carlo or ``"importance"``
+      (defensive-mixture importance sampling; docs/methodology.md).
     """
 
     confidence: float = 0.99
@@ -88,8 +90,12 @@ class Settings:
     liquidity_threshold: float = 0.1
     liquidity_rate: float = 1.0
     stress_addon: bool = False
+    sampler: str = "plain"
 
     def __post_init__(self):
+        if self.sampler not in SAMPLERS:
+            raise BookError("model.sampler",
+                            f"{self.sampler!r} is not one of {', '.join(SAMPLERS)}")
         check_number("model.confidence", self.confidence, low=0, high=1, low_open=True,
                      high_open=True)
         for name, value, hi in (("scenarios", self.scenarios, MAX_SCENARIOS),

@@ -21,7 +21,7 @@ from ._hierarchy import Cluster, Hierarchy, Node, default_hierarchy
 
 _TOP = {"model", "addons", "hierarchy", "clusters", "contracts", "positions", "stress"}
 _MODEL = {"confidence", "scenarios", "seed", "ladder_tolerance", "outcome_overround",
-          "stress_addon"}
+          "stress_addon", "sampler"}
 _ADDONS = {"mc_error", "mc_error_z", "liquidity", "liquidity_threshold", "liquidity_rate"}
 _CONTRACT = {"id", "cluster", "type", "price", "event", "threshold", "outcome", "legs",
              "open_interest", "probability"}
@@ -32,7 +32,6 @@ MAX_NESTING = 32
 # Integer literals longer than this are refused by digit count, before any
 # conversion (a float64 holds at most ~309 integer digits).
 MAX_INT_DIGITS = 300
-
 
 
 def _table(field: str, value: Any) -> Mapping:
@@ -276,7 +275,8 @@ def book_to_dict(book: Book) -> dict:
     out: dict = {
         "model": {"confidence": s.confidence, "scenarios": s.scenarios, "seed": s.seed,
                   "ladder_tolerance": s.ladder_tolerance,
-                  "outcome_overround": s.outcome_overround, "stress_addon": s.stress_addon},
+                  "outcome_overround": s.outcome_overround, "stress_addon": s.stress_addon,
+                  "sampler": s.sampler},
         "addons": {k: getattr(s, k) for k in sorted(_ADDONS)},
         "hierarchy": [{"node": n.name, **({"parent": n.parent} if n.parent else {}), "rho": n.rho}
                       for n in book.hierarchy.nodes],

@@ -23,8 +23,9 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from ._arrays import BookArrays
 from ._hierarchy import correlation_matrix
-from ._shortfall import expected_shortfall
-from ._simulation import HIGHEST, outcomes
+from ._sampler import simulate
+from ._shortfall import expected_shortfall, weighted_tail, weighted_tail_statistics
+from ._simulation import HIGHEST
 from ._stress import scenario_losses
 from ._worst_case import table_worst_case
 
@@ -191,18 +192,46 @@ def margin_from_statistics(
     )
 
 
+def margin_from_weighted_losses(
+    arrays: BookArrays,
+    params: MarginParams,
+    losses: Float[Array, "K+1 N"],
+    weights: Float[Array, " N"],
+    top: int,
+    scenarios: int,
+) -> MarginResult:
+    """The margin from streamed row losses (each cluster's, then the book's; padding
+    scenarios at -inf) and likelihood-ratio weights (weighted Acerbi–Tasche ES)."""
+    tail, mass, _ = weighted_tail(losses, weights, params.confidence, top)
+    es, se, var, _ = weighted_tail_statistics(tail, mass, params.confidence, scenarios)
+    return margin_from_statistics(arrays, params, es, se, var)
+
+
+def static_top(sampler: str, scenarios: int, padded: int, top: int) -> int:
+    """Rows kept from each loss row: `top` for plain sampling; every scenario for
+    importance sampling, whose tail holds an unknown number of draws."""
+    return top if sampler == "plain" else padded
+
+
 def margin_arrays(
     arrays: BookArrays,
     params: MarginParams,
     key: PRNGKeyArray,
     scenarios: int,
     top: int,
+    sampler: str = "plain",
+    chunk: int | None = None,
 ) -> MarginResult:
     """Simulates `scenarios` joint outcomes with `key` and margins the book.
-    Pure and jit-able (`scenarios` and `top` static); see [`portfolio_margin`][]
-    for the host-level entry point."""
-    yes = outcomes(key, arrays, scenarios)
-    return margin_from_outcomes(arrays, params, yes, top)
+    Pure and jit-able (`scenarios`, `top`, `sampler` and `chunk` static); see
+    [`portfolio_margin`][] for the host-level entry point.
+
+    Scenarios are streamed in chunks of `chunk` (default: see
+    [`chunk_size`][]); the result does not depend on it.
+    """
+    losses, weights, _ = simulate(arrays, params.confidence, key, scenarios, sampler, chunk)
+    top = static_top(sampler, scenarios, losses.shape[1], top)
+    return margin_from_weighted_losses(arrays, params, losses, weights, top, scenarios)
 
 
 margin_jit = eqx.filter_jit(margin_arrays)

@@ -7,7 +7,6 @@ import math
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ._arrays import BookArrays, book_arrays
@@ -18,12 +17,12 @@ from ._margin import (
     BINDING,
     MarginParams,
     MarginResult,
-    cluster_losses,
-    margin_from_losses,
+    margin_from_weighted_losses,
     margin_jit,
+    static_top,
 )
+from ._sampler import simulate
 from ._shortfall import tail_size
-from ._simulation import outcomes
 from ._stress import StressResult, stress_losses
 
 
@@ -131,6 +130,7 @@ def portfolio_margin(
     scenarios: int | None = None,
     seed: int | None = None,
     confidence: float | None = None,
+    sampler: str | None = None,
     dtype=None,
     key=None,
 ) -> MarginReport:
@@ -139,24 +139,27 @@ def portfolio_margin(
     **Arguments:**
 
     - `book`: a validated [`Book`][].
-    - `scenarios`, `seed`, `confidence`: override the book's ``[model]`` values.
+    - `scenarios`, `seed`, `confidence`, `sampler`: override the book's ``[model]``
+      values (`sampler`: ``"plain"`` or ``"importance"``).
     - `dtype`: float32 (default) or float64 (needs ``jax_enable_x64``).
     - `key`: a PRNG key to use instead of ``jax.random.key(seed)`` (another
       stream, or another PRNG implementation).
 
     **Returns:** a [`MarginReport`][]. Raises [`BookError`][] for bad overrides.
     """
-    book = _with_overrides(book, scenarios, seed, confidence)
+    book = _with_overrides(book, scenarios, seed, confidence, sampler)
     s = book.settings
     arrays, layout, params = margin_inputs(book, dtype=dtype)
     key = jax.random.key(s.seed) if key is None else key
-    result = margin_jit(arrays, params, key, s.scenarios, tail_size(s.scenarios, s.confidence))
+    result = margin_jit(arrays, params, key, s.scenarios, tail_size(s.scenarios, s.confidence),
+                        s.sampler)
     return _report(book, layout, result)
 
 
-def _with_overrides(book: Book, scenarios, seed, confidence) -> Book:
+def _with_overrides(book: Book, scenarios, seed, confidence, sampler=None) -> Book:
     changes = {k: v for k, v in
-               (("scenarios", scenarios), ("seed", seed), ("confidence", confidence))
+               (("scenarios", scenarios), ("seed", seed), ("confidence", confidence),
+                ("sampler", sampler))
                if v is not None}
     return book.with_settings(**changes) if changes else book
 
@@ -167,19 +170,31 @@ def margin_with_losses(
     scenarios: int | None = None,
     seed: int | None = None,
     confidence: float | None = None,
+    sampler: str | None = None,
     dtype=None,
     key=None,
-) -> tuple[MarginReport, np.ndarray]:
+    with_weights: bool = False,
+):
     """[`portfolio_margin`][] and the whole book's simulated loss in each scenario
     (dollars), from one simulation (for loss histograms: VaR and ES of the
-    report are those of these losses)."""
-    book = _with_overrides(book, scenarios, seed, confidence)
+    report are those of these losses).
+
+    Under importance sampling the scenarios are not equally likely: pass
+    ``with_weights=True`` to get ``(report, losses, weights)``, each scenario's
+    likelihood ratio (its probability is weight / scenarios).
+    """
+    book = _with_overrides(book, scenarios, seed, confidence, sampler)
     s = book.settings
     arrays, layout, params = margin_inputs(book, dtype=dtype)
     key = jax.random.key(s.seed) if key is None else key
-    result, losses = _margin_losses_jit(arrays, params, key, s.scenarios,
-                                        tail_size(s.scenarios, s.confidence))
-    return _report(book, layout, result), np.asarray(losses, np.float64)
+    result, losses, weights = _margin_losses_jit(arrays, params, key, s.scenarios,
+                                                 tail_size(s.scenarios, s.confidence),
+                                                 s.sampler)
+    report = _report(book, layout, result)
+    losses = np.asarray(losses, np.float64)
+    if with_weights:
+        return report, losses, np.asarray(weights, np.float64)
+    return report, losses
 
 
 def _report(book: Book, layout, result: MarginResult) -> MarginReport:
@@ -223,22 +238,20 @@ def _report(book: Book, layout, result: MarginResult) -> MarginReport:
     )
 
 
-def _margin_and_losses(arrays: BookArrays, params: MarginParams, key, scenarios: int, top: int):
-    per_cluster = cluster_losses(arrays, outcomes(key, arrays, scenarios))
-    return margin_from_losses(arrays, params, per_cluster, top), per_cluster.sum(axis=1)
-
-
-def _total_losses(arrays: BookArrays, key, scenarios: int):
-    return jnp.sum(cluster_losses(arrays, outcomes(key, arrays, scenarios)), axis=1)
+def _margin_and_losses(arrays: BookArrays, params: MarginParams, key, scenarios: int, top: int,
+                       sampler: str):
+    losses, weights, _ = simulate(arrays, params.confidence, key, scenarios, sampler)
+    result = margin_from_weighted_losses(arrays, params, losses, weights,
+                                         static_top(sampler, scenarios, losses.shape[1], top),
+                                         scenarios)
+    return result, losses[-1, :scenarios], weights[:scenarios]
 
 
 _margin_losses_jit = eqx.filter_jit(_margin_and_losses)
-_losses_jit = eqx.filter_jit(_total_losses)
 
 
 def book_losses(book: Book, *, dtype=None) -> np.ndarray:
     """The simulated loss of the whole book in each scenario (dollars), from the
-    same draws as [`portfolio_margin`][] with the book's settings."""
-    arrays, _, _ = margin_inputs(book, dtype=dtype)
-    s = book.settings
-    return np.asarray(_losses_jit(arrays, jax.random.key(s.seed), s.scenarios), np.float64)
+    same draws as [`portfolio_margin`][] with the book's settings (plain sampler:
+    equally likely scenarios; see [`margin_with_losses`][] for the weights)."""
+    return margin_with_losses(book, dtype=dtype)[1]

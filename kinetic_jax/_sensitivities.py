@@ -40,14 +40,23 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._arrays import BookArrays
 from ._book import Book
+from ._conditional import aggregates, jump_surrogate, mark_surrogate, tail_surrogate
 from ._errors import BookError
-from ._margin import BINDING, MarginParams, MarginResult, cluster_losses, margin_from_statistics
+from ._margin import (
+    BINDING,
+    MarginParams,
+    MarginResult,
+    cluster_losses,
+    margin_from_statistics,
+    static_top,
+)
 from ._portfolio import margin_inputs
-from ._shortfall import tail_size, tail_statistics
+from ._sampler import simulate
+from ._shortfall import tail_size, tail_statistics, weighted_tail, weighted_tail_statistics
 from ._simulation import HIGHEST, contract_outcomes, draw_noise, latents_from_noise
 
 DEFAULT_TEMPERATURE = 0.05
-ESTIMATORS = ("hybrid", "smooth", "straight_through", "hard")
+ESTIMATORS = ("conditional", "hybrid", "smooth", "straight_through", "hard")
 _SINGLE = ("smooth", "straight_through", "hard")
 
 
@@ -132,10 +141,13 @@ def _figures(result: MarginResult) -> Float[Array, " F"]:
 
 class SensitivityResult(eqx.Module):
     """Hard figures and the Jacobian of (margin, base, floor, cluster ES...) in
-    the variables: each leaf of `jacobian` has a leading axis of length 3 + K."""
+    the variables: each leaf of `jacobian` has a leading axis of length 3 + K.
+    `standard_error` (conditional estimator only, else None) is the Monte-Carlo
+    standard error of each entry, from the spread over scenario batches."""
 
     result: MarginResult
     jacobian: MarginVars
+    standard_error: MarginVars | None = None
 
 
 def _jacobian(arrays, params, key, scenarios, top, temperature, estimator):
@@ -152,6 +164,46 @@ def _jacobian(arrays, params, key, scenarios, top, temperature, estimator):
     return result, jac
 
 
+def _conditional_jacobian(arrays, params, key, scenarios, top, sampler="plain"):
+    """The conditional estimator (kinetic_jax._conditional): jumps for prices,
+    rho and loadings; the tail mean for quantities and marks. Returns the hard
+    result, the per-batch Jacobians' mean and their standard error."""
+    conf = params.confidence
+    losses, weights, proposal = simulate(arrays, conf, key, scenarios, sampler)
+    top = static_top(sampler, scenarios, losses.shape[1], top)
+    tail, mass, order = weighted_tail(losses, weights, conf, top)
+    es, se, var, take = weighted_tail_statistics(tail, mass, conf, scenarios)
+    rows = jnp.arange(losses.shape[0])[:, None]
+    take_full = jnp.zeros_like(weights, shape=losses.shape).at[rows, order].set(take)
+    agg = aggregates(arrays, key, scenarios, proposal, var, take_full, conf)
+    agg = lax.stop_gradient(agg)
+    es, se, var = lax.stop_gradient((es, se, var))
+    result = margin_from_statistics(arrays, params, es, se, var)
+    sg = lax.stop_gradient
+
+    batches = agg.s0.shape[0]
+    # Each batch's share of the scenarios (the last chunk may hold padding).
+    share = jnp.clip(scenarios - jnp.arange(batches) * (agg_chunk := -(-scenarios // batches)),
+                     0, agg_chunk) / scenarios
+
+    def figures(v, b):
+        a = v.into(arrays)
+        jump = jump_surrogate(a, agg)[b] / share[b]
+        lin = tail_surrogate(a, agg)[b]
+        mark = mark_surrogate(a)
+        es_b = es + (jump - sg(jump)) + (lin - sg(lin)) + (mark - sg(mark))
+        return _figures(margin_from_statistics(a, params, es_b, se, var))
+
+    jac = jax.vmap(lambda b: jax.jacrev(figures)(MarginVars.of(arrays), b))(
+        jnp.arange(batches))
+    # Batch means, weighted by each batch's share of the scenarios.
+    mean = jax.tree.map(lambda x: jnp.tensordot(share, x, axes=1), jac)
+    err = jax.tree.map(
+        lambda x, m: jnp.sqrt(jnp.tensordot(share, (x - m) ** 2, axes=1) / (batches - 1)),
+        jac, mean)
+    return result, mean, err
+
+
 def sensitivity_arrays(
     arrays: BookArrays,
     params: MarginParams,
@@ -159,7 +211,7 @@ def sensitivity_arrays(
     scenarios: int,
     top: int,
     temperature: Float[Array, ""],
-    estimator: str = "hybrid",
+    estimator: str = "conditional",
 ) -> SensitivityResult:
     """Figures and their Jacobian: one forward pass per estimator involved, then
     one reverse pass per reported figure (lax.map over the cotangents, so memory
@@ -169,6 +221,14 @@ def sensitivity_arrays(
     if estimator in ("hard", "straight_through"):
         result, jac = _jacobian(arrays, params, key, scenarios, top, temperature, estimator)
         return SensitivityResult(result, jac)
+    if estimator == "conditional":
+        # Quantities from the hard margin (exact on the scenarios, the MC-error
+        # add-on's standard error included); the rest from the conditional
+        # estimator, with batch standard errors for every entry.
+        result, hard = _jacobian(arrays, params, key, scenarios, top, temperature, "hard")
+        _, jac, err = _conditional_jacobian(arrays, params, key, scenarios, top)
+        jac = eqx.tree_at(lambda j: j.quantity, jac, hard.quantity)
+        return SensitivityResult(result, jac, err)
     result, hard = _jacobian(arrays, params, key, scenarios, top, temperature, "hard")
     _, smooth = _jacobian(arrays, params, key, scenarios, top, temperature, "smooth")
     if estimator == "hybrid":
@@ -193,6 +253,9 @@ class SensitivityReport:
       homogeneous of degree 1 in quantities; the liquidity add-on breaks it).
     - `base` and `cluster_es`: the same derivatives for the base and for each
       cluster's ES.
+    - `rho_standard_error`, `loading_standard_error` (and ``d_quantity_se``,
+      ``d_price_se`` in each position): the Monte-Carlo standard error of each
+      derivative (conditional estimator; empty or absent for the others).
     """
 
     margin: float
@@ -209,6 +272,8 @@ class SensitivityReport:
     euler_residual: float
     base_sensitivities: dict
     cluster_es: dict[str, dict]
+    rho_standard_error: dict[str, float] = dataclasses.field(default_factory=dict)
+    loading_standard_error: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {
@@ -226,6 +291,8 @@ class SensitivityReport:
             "euler_residual": self.euler_residual,
             "base_sensitivities": self.base_sensitivities,
             "cluster_es": self.cluster_es,
+            "rho_standard_error": self.rho_standard_error,
+            "loading_standard_error": self.loading_standard_error,
         }
 
 
@@ -233,7 +300,7 @@ def sensitivities(
     book: Book,
     *,
     temperature: float = DEFAULT_TEMPERATURE,
-    estimator: str = "hybrid",
+    estimator: str = "conditional",
     scenarios: int | None = None,
     seed: int | None = None,
     dtype=None,
@@ -244,9 +311,10 @@ def sensitivities(
     **Arguments:**
 
     - `book`: a validated [`Book`][].
-    - `temperature`: smoothing temperature t > 0 in latent standard deviations.
-    - `estimator`: ``"hybrid"`` (default), ``"smooth"``, ``"straight_through"`` or
-      ``"hard"`` (module doc).
+    - `temperature`: smoothing temperature t > 0 in latent standard deviations
+      (smoothed estimators only).
+    - `estimator`: ``"conditional"`` (default), ``"hybrid"``, ``"smooth"``,
+      ``"straight_through"`` or ``"hard"`` (module doc).
     - `scenarios`, `seed`: override the book's settings.
     """
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
@@ -269,7 +337,9 @@ def sensitivities(
 def _report(book, layout, sens: SensitivityResult, temperature, estimator):
     res = jax.tree.map(lambda x: np.asarray(x, np.float64), sens.result)
     jac = jax.tree.map(lambda x: np.asarray(x, np.float64), sens.jacobian)
-    if not all(np.all(np.isfinite(x)) for x in jax.tree.leaves(jac)):
+    err = (None if sens.standard_error is None
+           else jax.tree.map(lambda x: np.asarray(x, np.float64), sens.standard_error))
+    if not all(np.all(np.isfinite(x)) for x in jax.tree.leaves((jac, err))):
         raise BookError("", "a sensitivity came out non-finite; please report this book")
     n = layout.n_contracts
     qty = book.net_quantities()
@@ -290,6 +360,9 @@ def _report(book, layout, sens: SensitivityResult, temperature, estimator):
         c = book.contracts[i]
         entry = {"quantity": qty[cid], "price": c.price,
                  "d_quantity": float(jac.quantity[0, i]), "d_price": float(jac.price[0, i])}
+        if err is not None:
+            entry["d_quantity_se"] = float(err.quantity[0, i])
+            entry["d_price_se"] = float(err.price[0, i])
         if qty[cid] != 0:
             entry["euler"] = qty[cid] * entry["d_quantity"]
             cluster_euler[c.cluster] += entry["euler"]
@@ -314,4 +387,9 @@ def _report(book, layout, sens: SensitivityResult, temperature, estimator):
         base_sensitivities=block(1),
         cluster_es={name: {"es": float(res.cluster_es[k]), **block(3 + k)}
                     for k, name in enumerate(clusters)},
+        rho_standard_error=({} if err is None else
+                            {name: float(err.rho[0, j]) for j, name in enumerate(nodes)}),
+        loading_standard_error=({} if err is None else
+                                {name: float(err.loading[0, j])
+                                 for j, name in enumerate(clusters)}),
     )

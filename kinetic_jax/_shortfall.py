@@ -27,7 +27,7 @@ import math
 import equinox as eqx
 import jax.numpy as jnp
 from jax import lax
-from jaxtyping import Array, Float
+from jaxtyping import Array, Float, Int
 
 
 def tail_size(scenarios: int, confidence: float) -> int:
@@ -95,3 +95,68 @@ def exact_expected_shortfall(values, probabilities, confidence: float) -> float:
     budget = 1 - confidence
     taken = np.minimum(p, np.maximum(budget - (np.cumsum(p) - p), 0.0))
     return float(np.sum(taken * v) / budget)
+
+
+def weighted_tail(
+    losses: Float[Array, "R N"],
+    weights: Float[Array, " N"],
+    confidence: Float[Array, ""],
+    top: int,
+) -> tuple[Float[Array, "R T"], Float[Array, "R T"], Int[Array, "R T"]]:
+    """The `top` largest losses of each row, their probability weights ``w / N``
+    and their scenario indices, in decreasing order of loss.
+
+    `weights` are likelihood ratios (1 for plain Monte Carlo, 0 for padding
+    scenarios, which must carry a loss of -inf so that they sort last).
+    """
+    n = losses.shape[-1]
+    if top >= n:
+        order = jnp.argsort(-losses, axis=-1)
+        tail = jnp.take_along_axis(losses, order, axis=-1)
+    else:
+        tail, order = lax.top_k(losses, top)
+    return tail, weights[order] / n, order
+
+
+def weighted_tail_statistics(
+    tail: Float[Array, "*batch T"],
+    mass: Float[Array, "*batch T"],
+    confidence: Float[Array, ""],
+    scenarios: int,
+) -> tuple[Float[Array, "*batch"], Float[Array, "*batch"], Float[Array, "*batch"],
+           Float[Array, "*batch T"]]:
+    """``(es, standard_error, var, take)`` of a weighted sample from its largest
+    losses `tail` (decreasing) and their probability masses `mass` (``w / N``).
+
+    The Acerbi–Tasche estimator of the weighted empirical distribution: each draw
+    holds probability mass w/N; the tail of mass 1 - alpha is taken from the top,
+    the boundary draw fractionally (`take` is the mass each kept draw contributes):
+
+        ES  = sum_j take_j L_(j) / (1 - alpha),  take_j = clip(1 - alpha - M_j, 0, m_j)
+
+    with M_j the mass above draw j; VaR is the first draw whose cumulated mass
+    exceeds 1 - alpha. With w = 1 this is exactly
+    [`tail_statistics`][]. The standard error is the delta-method (Chen) one of
+    the Rockafellar–Uryasev form, sqrt(Var[w (L - VaR)^+] / N) / (1 - alpha), which
+    for importance sampling is the weighted estimator's own standard error.
+    Raises (under jit, via `eqx.error_if`) when the kept rows hold less than
+    1 - alpha of probability mass.
+    """
+    budget = 1 - confidence
+    before = jnp.cumsum(mass, axis=-1) - mass
+    kept = jnp.sum(mass, axis=-1)
+    budget = eqx.error_if(budget, jnp.any(kept < budget * (1 - 1e-6)),
+                          "the kept tail holds less than 1 - confidence of probability "
+                          "mass: raise the static tail size `top`")
+    take = jnp.clip(budget - before, 0.0, mass)
+    es = jnp.sum(take * jnp.where(take > 0, tail, 0.0), axis=-1) / budget
+    # VaR: the first draw at which the cumulated mass reaches 1 - alpha.
+    m = jnp.argmax(before + mass > budget, axis=-1)
+    var = jnp.take_along_axis(tail, m[..., None], axis=-1)
+    excess = jnp.where(mass > 0, jnp.maximum(tail - var, 0.0), 0.0)
+    n = scenarios
+    h = excess * mass * n  # w (L - VaR)^+, zero outside the tail
+    m1 = jnp.sum(h, axis=-1) / n
+    m2 = jnp.sum(h * h, axis=-1) / n
+    se = _safe_sqrt((m2 - m1 * m1) / n) / (1 - confidence)
+    return es, se, var[..., 0], take

@@ -8,8 +8,9 @@
 Cuts come from probabilities (SPEC.md §2.2): ``above`` is (Phi^-1(1-p), inf),
 ``below`` is (-inf, Phi^-1(p)), an ``outcome`` is (Phi^-1(c_before),
 Phi^-1(c_before + p)) with c_before the probability of the outcomes listed
-before it on its event. Each event's noise is drawn from ``fold_in(key, event)``,
-so draws do not depend on how far the arrays are padded.
+before it on its event. Draws are keyed by (event name, scenario block) (see
+[`block_noise`][]), so they depend on neither padding, nor chunking, nor the
+order of the book.
 """
 
 from __future__ import annotations
@@ -80,19 +81,44 @@ class Noise(eqx.Module):
     events: Float[Array, "N E"]
 
 
-def draw_noise(key: PRNGKeyArray, arrays: BookArrays, scenarios: int) -> Noise:
-    """Draws z ~ N(0, I) for the factors and eta for each event; event e's noise
-    comes from ``fold_in(key_events, e)`` so it does not depend on padding."""
+BLOCK = 1024
+"""Scenarios per draw block. Draws are keyed by (stream, block), so a scenario's
+numbers depend on neither the padding of the arrays, nor the chunk size, nor how
+blocks are spread over devices."""
+
+
+def n_blocks(scenarios: int) -> int:
+    return -(-scenarios // BLOCK)
+
+
+def block_noise(key: PRNGKeyArray, block, n_factors: int, event_seed, dtype) -> Noise:
+    """The standard normals of scenario block `block` (BLOCK rows): factor noise
+    from ``fold_in(k_factors, block)``, the noise of the event with name hash
+    (h1, h2) from ``fold_in(fold_in(fold_in(k_events, h1), h2), block)``."""
     kf, ke = jax.random.split(key)
-    dtype = arrays.rho.dtype
-    z = jax.random.normal(kf, (scenarios, arrays.loading.shape[0]), DRAW_DTYPE).astype(dtype)
+    z = jax.random.normal(jax.random.fold_in(kf, block), (BLOCK, n_factors), DRAW_DTYPE)
 
-    def draw(e):
-        eta = jax.random.normal(jax.random.fold_in(ke, e), (scenarios,), DRAW_DTYPE)
-        return eta.astype(dtype)
+    def draw(seed):
+        k = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(ke, seed[0]), seed[1]),
+                               block)
+        return jax.random.normal(k, (BLOCK,), DRAW_DTYPE)
 
-    eta = jax.vmap(draw, out_axes=1)(jnp.arange(arrays.event_cluster.shape[0]))
-    return Noise(z, eta)
+    eta = jax.vmap(draw, out_axes=1)(event_seed)
+    return Noise(z.astype(dtype), eta.astype(dtype))
+
+
+def chunk_noise(key: PRNGKeyArray, arrays: BookArrays, first_block, blocks: int) -> Noise:
+    """The normals of `blocks` consecutive blocks from `first_block` (traced)."""
+    k = arrays.loading.shape[0]
+    noise = jax.vmap(lambda b: block_noise(key, b, k, arrays.event_seed, arrays.rho.dtype))(
+        first_block + jnp.arange(blocks))
+    return jax.tree.map(lambda x: x.reshape(blocks * BLOCK, x.shape[-1]), noise)
+
+
+def draw_noise(key: PRNGKeyArray, arrays: BookArrays, scenarios: int) -> Noise:
+    """The first `scenarios` draws of the block-keyed stream (see [`block_noise`][])."""
+    noise = chunk_noise(key, arrays, 0, n_blocks(scenarios))
+    return jax.tree.map(lambda x: x[:scenarios], noise)
 
 
 def latents_from_noise(noise: Noise, arrays: BookArrays) -> Float[Array, "N E"]:

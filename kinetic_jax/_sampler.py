@@ -1,0 +1,235 @@
+"""Scenario samplers, streamed in chunks: plain Monte Carlo and importance sampling.
+
+Every sampler draws the same block-keyed standard normals xi = (z, eta) (factor
+noise and event noise, see [`block_noise`][]) and turns them into scenarios in
+chunks of whole blocks (``lax.map``), so memory is O(chunk x contracts) whatever
+the scenario count, and results depend on neither the chunk size nor the padding.
+Each chunk yields only the scenario's loss per cluster and for the whole book
+((K + 1) numbers) and its likelihood-ratio weight.
+
+``"plain"``: xi as drawn, weight 1.
+
+``"importance"``: a defensive mixture of mean shifts of xi (Hesterberg 1995;
+Glasserman, Heidelberger & Shahabuddin 2000). A pilot run of
+[`PILOT_SCENARIOS`][] plain draws (its own stream) estimates, for the whole book
+and for each cluster, the mean of xi over the scenarios in that row's 1 - alpha
+loss tail (the cross-entropy mean shift; coordinates within ``THRESHOLD``
+standard errors of 0 are set to 0, and a cluster's shift touches only the
+factors and its own events). Scenario s belongs to component j by a fixed
+allocation of the positions within each block (fractions `MIXTURE`: unshifted,
+whole book, the clusters sharing the rest; stratified, so the balance-heuristic
+weight below is unbiased), is drawn as xi + mu_j, and carries the weight
+
+    w(xi) = phi(xi) / sum_j pi_j phi(xi - mu_j)
+          = 1 / sum_j pi_j exp(mu_j . xi - |mu_j|^2 / 2),
+
+which is bounded by 1 / pi_0 thanks to the unshifted component, so no tail can
+be made worse than plain Monte Carlo by more than that factor.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jax import lax, ops
+from jaxtyping import Array, Float, Int, PRNGKeyArray
+
+from ._arrays import PAD, PARLAY, BookArrays
+from ._book import SAMPLERS
+from ._simulation import (
+    BLOCK,
+    HIGHEST,
+    Noise,
+    chunk_noise,
+    contract_outcomes,
+    draw_noise,
+    latents_from_noise,
+    n_blocks,
+)
+
+PILOT_SCENARIOS = 16384
+PILOT_STREAM = 0x5A17
+THRESHOLD = 2.0
+# Mixture fractions: unshifted, whole book, and the clusters' share (split evenly).
+MIXTURE = (0.25, 0.25, 0.5)
+DEFAULT_CHUNK_ELEMENTS = 1 << 23  # outcome-matrix entries per chunk (32 MiB in float32)
+
+
+def check_sampler(sampler: str) -> str:
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler: {sampler!r} is not one of {SAMPLERS}")
+    return sampler
+
+
+def chunk_size(arrays: BookArrays, scenarios: int, chunk: int | None = None) -> int:
+    """Scenarios per streamed chunk: a whole number of blocks. By default as many
+    as keep the (chunk, contracts) outcome matrix near 2**23 entries, and never
+    more than the scenarios need."""
+    if chunk is None:
+        chunk = max(BLOCK, DEFAULT_CHUNK_ELEMENTS // arrays.quantity.shape[0])
+    if chunk < BLOCK or chunk % BLOCK:
+        raise ValueError(f"chunk: {chunk} is not a positive multiple of {BLOCK}")
+    return min(chunk, n_blocks(scenarios) * BLOCK)
+
+
+def padded_scenarios(arrays: BookArrays, scenarios: int, chunk: int | None = None) -> int:
+    """The scenario count rounded up to whole chunks (padding rows weigh 0)."""
+    c = chunk_size(arrays, scenarios, chunk)
+    return -(-scenarios // c) * c
+
+
+class Proposal(eqx.Module):
+    """An importance-sampling mixture of mean shifts of the normals xi = (z, eta):
+    component j shifts z by `factor_shift[j]` and eta by `event_shift[j]`; it
+    takes the scenarios whose position in their block, (s mod BLOCK + 1/2) / BLOCK,
+    falls in [edges[j - 1], edges[j])."""
+
+    factor_shift: Float[Array, "J K"]
+    event_shift: Float[Array, "J E"]
+    log_mix: Float[Array, " J"]
+    edges: Float[Array, " J"]
+
+    def component(self, index: Int[Array, " n"], scenarios: int) -> Int[Array, " n"]:
+        # Every block holds the mixture in the same proportions, so that any run of
+        # whole blocks (a chunk, a device's share) is an identically drawn batch.
+        u = ((index % BLOCK).astype(self.edges.dtype) + 0.5) / BLOCK
+        j = jnp.sum(u[:, None] >= self.edges[None, :], axis=1)
+        return jnp.minimum(j, self.edges.shape[0] - 1)
+
+    def shift(self, noise: Noise, index: Int[Array, " n"], scenarios: int
+              ) -> tuple[Noise, Float[Array, " n"]]:
+        """The shifted draws and their log likelihood ratio log w."""
+        j = self.component(index, scenarios)
+        z = noise.factors + self.factor_shift[j]
+        eta = noise.events + self.event_shift[j]
+        dot = (jnp.matmul(z, self.factor_shift.T, precision=HIGHEST)
+               + jnp.matmul(eta, self.event_shift.T, precision=HIGHEST))
+        half = 0.5 * (jnp.sum(self.factor_shift ** 2, axis=1)
+                      + jnp.sum(self.event_shift ** 2, axis=1))
+        log_w = -jax.nn.logsumexp(self.log_mix + dot - half, axis=1)
+        return Noise(z, eta), log_w
+
+
+def row_losses(arrays: BookArrays, yes: Float[Array, "n C"]) -> Float[Array, "n K+1"]:
+    """Each scenario's loss per cluster and (last column) for the whole book."""
+    k = arrays.loading.shape[0]
+    weights = jax.nn.one_hot(arrays.cluster, k, dtype=yes.dtype) * arrays.quantity[:, None]
+    weights = jnp.concatenate([weights, arrays.quantity[:, None]], axis=1)
+    return jnp.matmul(arrays.price[None, :] - yes, weights, precision=HIGHEST)
+
+
+def stream(
+    arrays: BookArrays,
+    key: PRNGKeyArray,
+    scenarios: int,
+    chunk: int | None,
+    proposal: Proposal | None,
+    fn,
+    per_scenario: bool = True,
+):
+    """Maps `fn(noise, index, log_w)` over the scenarios in chunks and stacks its
+    per-scenario outputs (leading axis: the padded scenario count), or with
+    ``per_scenario=False`` its per-chunk outputs (leading axis: the chunks)."""
+    size = chunk_size(arrays, scenarios, chunk)
+    blocks = size // BLOCK
+    count = -(-scenarios // size)
+
+    def one(c):
+        noise = chunk_noise(key, arrays, c * blocks, blocks)
+        index = c * size + jnp.arange(size)
+        if proposal is None:
+            log_w = jnp.zeros(size, noise.factors.dtype)
+        else:
+            noise, log_w = proposal.shift(noise, index, scenarios)
+        return fn(noise, index, log_w)
+
+    out = lax.map(one, jnp.arange(count))
+    if not per_scenario:
+        return out
+    return jax.tree.map(lambda x: x.reshape(count * size, *x.shape[2:]), out)
+
+
+def scenario_losses(
+    arrays: BookArrays,
+    key: PRNGKeyArray,
+    scenarios: int,
+    chunk: int | None = None,
+    proposal: Proposal | None = None,
+) -> tuple[Float[Array, "K+1 Np"], Float[Array, " Np"]]:
+    """Streamed losses per cluster and for the book (rows; padding scenarios carry
+    -inf) and each scenario's likelihood-ratio weight (0 for padding)."""
+
+    def fn(noise, index, log_w):
+        yes = contract_outcomes(latents_from_noise(noise, arrays), arrays)
+        valid = index < scenarios
+        losses = jnp.where(valid[:, None], row_losses(arrays, yes), -jnp.inf)
+        return losses, jnp.where(valid, jnp.exp(log_w), 0.0)
+
+    losses, weights = stream(arrays, key, scenarios, chunk, proposal, fn)
+    return losses.T, weights
+
+
+def real_events(arrays: BookArrays) -> Float[Array, " E"]:
+    """1.0 for event slots that some contract resolves off, 0.0 for padding."""
+    used = (arrays.kind != PAD) & (arrays.kind != PARLAY)
+    n_events = arrays.event_cluster.shape[0]
+    hit = ops.segment_sum(used.astype(arrays.rho.dtype), arrays.event, num_segments=n_events)
+    return jnp.minimum(hit, 1.0)
+
+
+def fit_proposal(
+    arrays: BookArrays,
+    confidence: Float[Array, ""],
+    key: PRNGKeyArray,
+    scenarios: int,
+    chunk: int | None = None,
+) -> Proposal:
+    """The defensive mixture of the module doc, from a pilot run on its own stream
+    ``fold_in(key, PILOT_STREAM)`` (so the main run's draws are untouched)."""
+    pilot = min(PILOT_SCENARIOS, n_blocks(scenarios) * BLOCK)
+    pkey = jax.random.fold_in(key, PILOT_STREAM)
+    losses, _ = scenario_losses(arrays, pkey, pilot, chunk)
+    losses = lax.stop_gradient(losses[:, :pilot])  # (K + 1, P)
+    noise = lax.stop_gradient(draw_noise(pkey, arrays, pilot))
+    k_tail = jnp.maximum(jnp.floor(pilot * (1 - confidence)), 1.0)
+    var = jnp.sort(losses, axis=1)[:, pilot - k_tail.astype(jnp.int32)]
+    # Scenarios at or above the row's pilot VaR, and with a loss that varies at all.
+    tail = (losses >= var[:, None]) & (jnp.max(losses, axis=1) > jnp.min(losses, axis=1))[:, None]
+    tail = tail.astype(losses.dtype)
+    count = jnp.maximum(jnp.sum(tail, axis=1, keepdims=True), 1.0)
+    mu_z = jnp.matmul(tail, noise.factors, precision=HIGHEST) / count
+    mu_e = jnp.matmul(tail, noise.events, precision=HIGHEST) / count
+    keep = THRESHOLD / jnp.sqrt(count)
+    k = arrays.loading.shape[0]
+    # A cluster's shift moves the factors and its own events; the book's all events.
+    own = jax.nn.one_hot(arrays.event_cluster, k, dtype=losses.dtype).T  # (K, E)
+    relevant = jnp.concatenate([own, jnp.ones((1, own.shape[1]), own.dtype)]) * real_events(
+        arrays)
+    mu_z = jnp.where(jnp.abs(mu_z) > keep, mu_z, 0.0)
+    mu_e = jnp.where(jnp.abs(mu_e) > keep, mu_e, 0.0) * relevant
+    # Components: unshifted, the whole book, then each cluster.
+    zero_z, zero_e = jnp.zeros((1, k), losses.dtype), jnp.zeros((1, own.shape[1]), losses.dtype)
+    factor_shift = jnp.concatenate([zero_z, mu_z[-1:], mu_z[:-1]])
+    event_shift = jnp.concatenate([zero_e, mu_e[-1:], mu_e[:-1]])
+    base, book, clusters = MIXTURE
+    mix = jnp.asarray([base, book] + [clusters / k] * k, losses.dtype)
+    return Proposal(factor_shift, event_shift, jnp.log(mix), jnp.cumsum(mix))
+
+
+def simulate(
+    arrays: BookArrays,
+    confidence: Float[Array, ""],
+    key: PRNGKeyArray,
+    scenarios: int,
+    sampler: str = "plain",
+    chunk: int | None = None,
+) -> tuple[Float[Array, "K+1 Np"], Float[Array, " Np"], Proposal | None]:
+    """Losses per row and weights under `sampler` (see module doc), with the
+    proposal used (None for plain sampling)."""
+    check_sampler(sampler)
+    proposal = None
+    if sampler == "importance":
+        proposal = fit_proposal(lax.stop_gradient(arrays), confidence, key, scenarios, chunk)
+    losses, weights = scenario_losses(arrays, key, scenarios, chunk, proposal)
+    return losses, weights, proposal
