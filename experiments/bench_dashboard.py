@@ -22,7 +22,17 @@ has blocked on the device). The machine's load average is printed too: on a
 shared 2-core machine, other work inflates every number alike, and the ratios
 are the figures to compare.
 
+With ``--probes`` it measures the hostile-client probes of issue 10 instead,
+each in a fresh process (wall time of the request, and the peak resident set
+of the process that serves it, VmHWM): the 10,000-outcome event at 128
+scenarios, the 5,000-strike ladder, a 13,000-strike ladder (just under the
+2 MiB body limit), deep nesting and a 5,000-digit integer — under the default
+limits (all answered 4xx), then a 2,000-contract event computed with the
+limits raised (the engine's own cost of a large event); and /api/health's
+latency while 40 margin requests (1,024 scenarios) hit the server at once.
+
 Run:  python experiments/bench_dashboard.py [--scenarios 131072] [--repeats 15]
+      python experiments/bench_dashboard.py --probes
 """
 
 from __future__ import annotations
@@ -90,6 +100,158 @@ def slider_books(book: dict, n: int) -> list[dict]:
     return out
 
 
+def peak_rss_mb() -> float:
+    """The peak resident set of this process (VmHWM), in MB."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def outcome_book(n: int, scenarios: int) -> dict:
+    contracts = [{"id": f"O{i}", "cluster": "Election", "type": "outcome", "event": "E",
+                  "outcome": f"o{i}", "price": 1.0 / (n + 1)} for i in range(n)]
+    return {"model": {"scenarios": scenarios}, "contracts": contracts,
+            "positions": [{"contract": c["id"], "quantity": 10 * (i % 7 - 3)}
+                          for i, c in enumerate(contracts)]}
+
+
+def ladder_book(n: int, scenarios: int) -> dict:
+    contracts = [{"id": f"L{i}", "cluster": "BTC", "type": "above", "event": "E",
+                  "threshold": 1000 + i, "price": 0.99 - 0.98 * i / n} for i in range(n)]
+    return {"model": {"scenarios": scenarios}, "contracts": contracts,
+            "positions": [{"contract": c["id"], "quantity": 5} for c in contracts]}
+
+
+def events_book(events: int, n: int, scenarios: int) -> dict:
+    """`events` outcome events of `n` outcomes each."""
+    books = [outcome_book(n, scenarios) for _ in range(events)]
+    contracts, positions = [], []
+    for e, b in enumerate(books):
+        for c in b["contracts"]:
+            contracts.append({**c, "id": f"E{e}-{c['id']}", "event": f"E{e}"})
+        positions += [{**p, "contract": f"E{e}-{p['contract']}"} for p in b["positions"]]
+    return {"model": {"scenarios": scenarios}, "contracts": contracts, "positions": positions}
+
+
+PROBES = {
+    "outcomes-10000@128": lambda: json.dumps(outcome_book(10_000, 128)),
+    "outcomes-10000@131072": lambda: json.dumps(outcome_book(10_000, 131072)),
+    "ladder-5000@131072": lambda: json.dumps(ladder_book(5_000, 131072)),
+    "ladder-13000@1024 (2 MiB)": lambda: json.dumps(ladder_book(13_000, 1024)),
+    "nested-json-100000": lambda: "[" * 100_000 + "]" * 100_000,
+    "quantity-5000-digits": lambda: json.dumps(ladder_book(3, 1024)).replace(
+        '"quantity": 5', '"quantity": ' + "9" * 5000, 1),
+    "quantity-1e39": lambda: json.dumps(ladder_book(3, 1024)).replace(
+        '"quantity": 5', '"quantity": 1e39', 1),
+    # The largest book the default limits admit at 32,768 scenarios: 4 events x 500.
+    "allowed: 4x500 outcomes@32768": lambda: json.dumps(events_book(4, 500, 32768)),
+    # Over the default limits; served with them raised: the engine's cost.
+    "raised: outcomes-2000@1024": lambda: json.dumps(outcome_book(2_000, 1024)),
+    "raised: ladder-2000@1024": lambda: json.dumps(ladder_book(2_000, 1024)),
+}
+
+
+def run_probe(name: str) -> dict:
+    """One probe against a fresh server in this process: status, seconds, peak RSS."""
+    from kinetic_jax.dashboard import Limits
+
+    body = PROBES[name]()
+    limits = None
+    if name.startswith("raised"):
+        limits = Limits(max_contracts=20_000, max_contracts_per_event=20_000,
+                        max_positions=20_000)
+    with tempfile.TemporaryDirectory() as tmp:
+        app = create_app(None, Path(tmp) / "state.json", limits=limits)
+        port = free_port()
+        with Server(app, port), httpx.Client(base_url=f"http://127.0.0.1:{port}",
+                                             timeout=600) as client:
+            before = peak_rss_mb()
+            t = time.perf_counter()
+            r = client.post("/api/margin", params={"sensitivities": False}, content=body,
+                            headers={"Content-Type": "application/json"})
+            elapsed = time.perf_counter() - t
+            t = time.perf_counter()  # the same request again: compiled programs reused
+            client.post("/api/margin", params={"sensitivities": False}, content=body,
+                        headers={"Content-Type": "application/json"})
+            again = time.perf_counter() - t
+            alive = client.get("/api/health").status_code == 200
+    err = r.json().get("error", {}) if r.status_code >= 400 else {}
+    return {"probe": name, "status": r.status_code, "seconds": round(elapsed, 3),
+            "seconds_again": round(again, 3),
+            "body_bytes": len(body), "peak_rss_mb_before": round(before),
+            "peak_rss_mb": round(peak_rss_mb()), "alive": alive,
+            "field": err.get("field"), "detail": (err.get("detail") or "")[:90]}
+
+
+def health_under_load(concurrent: int = 40) -> dict:
+    """/api/health latency while `concurrent` margin requests arrive at once."""
+    import asyncio
+
+    book = kj.book_to_dict(kj.load_book(REFERENCE))
+    book["model"]["scenarios"] = 1024
+    body = json.dumps(book)
+    with tempfile.TemporaryDirectory() as tmp:
+        app = create_app(None, Path(tmp) / "state.json")
+        port = free_port()
+        with Server(app, port):
+            async def load():
+                url = f"http://127.0.0.1:{port}"
+                async with httpx.AsyncClient(base_url=url, timeout=600,
+                                             limits=httpx.Limits(max_connections=64)) as c:
+                    await c.post("/api/margin?sensitivities=false", content=body,  # compile
+                                 headers={"Content-Type": "application/json"})
+                    tasks = [asyncio.create_task(c.post(
+                        "/api/margin?sensitivities=false", content=body,
+                        headers={"Content-Type": "application/json"}))
+                        for _ in range(concurrent)]
+                    lat = []
+                    while not all(t.done() for t in tasks):
+                        t0 = time.perf_counter()
+                        await c.get("/api/health")
+                        lat.append(time.perf_counter() - t0)
+                        await asyncio.sleep(0.05)
+                    codes = [t.result().status_code for t in tasks]
+                    return lat, codes
+
+            lat, codes = asyncio.run(load())
+    return {"concurrent": concurrent, "health_max_s": round(max(lat), 4),
+            "health_median_s": round(statistics.median(lat), 4), "health_samples": len(lat),
+            "ok": codes.count(200), "busy_503": codes.count(503)}
+
+
+def probes_main(as_json: bool) -> int:
+    import subprocess
+
+    rows = []
+    for name in PROBES:
+        out = subprocess.run([sys.executable, __file__, "--probe", name], capture_output=True,
+                             text=True, timeout=900)
+        if out.returncode != 0:
+            rows.append({"probe": name, "error": out.stderr.strip().splitlines()[-1:]})
+            continue
+        rows.append(json.loads(out.stdout))
+    load = health_under_load()
+    if as_json:
+        print(json.dumps({"probes": rows, "health_under_load": load}, indent=2))
+        return 0
+    print(f"kinetic_jax dashboard probes ({os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f})")
+    for r in rows:
+        if "error" in r:
+            print(f"  {r['probe']:30s} failed: {r['error']}")
+            continue
+        print(f"  {r['probe']:30s} {r['status']}  {r['seconds']:7.3f} s "
+              f"(again {r['seconds_again']:6.3f} s)  "
+              f"peak RSS {r['peak_rss_mb']:5d} MB (server up: {r['peak_rss_mb_before']} MB)  "
+              f"{r['body_bytes']:>9,} B  {r['field'] or ''}")
+    print(f"  /api/health under {load['concurrent']} concurrent margins: max "
+          f"{load['health_max_s']:.3f} s, median {load['health_median_s']:.3f} s over "
+          f"{load['health_samples']} calls; {load['ok']} answered 200, "
+          f"{load['busy_503']} got 503")
+    return 0
+
+
 def median_ms(samples: list[float]) -> float:
     return 1e3 * statistics.median(samples)
 
@@ -99,7 +261,14 @@ def main(argv=None) -> int:
     ap.add_argument("--scenarios", type=int, default=131072)
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument("--probes", action="store_true", help="the hostile-client probes")
+    ap.add_argument("--probe", help=argparse.SUPPRESS)  # one probe, in this process
     args = ap.parse_args(argv)
+    if args.probe:
+        print(json.dumps(run_probe(args.probe)))
+        return 0
+    if args.probes:
+        return probes_main(args.json)
 
     book = kj.book_to_dict(kj.load_book(REFERENCE))
     book["model"]["scenarios"] = args.scenarios
