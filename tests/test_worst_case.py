@@ -216,9 +216,10 @@ _CUTS = st.one_of(st.floats(0.01, 0.99), st.sampled_from([0.3, 0.3 + 1e-10, 0.7,
                 max_size=12),
        st.lists(st.floats(0.01, 0.99), min_size=1, max_size=8), st.booleans())
 def test_event_regions_equal_the_pairwise_definition(ladder, outcomes, full):
-    """Ladders (above and below mixed, near-equal cuts merged) and outcome events (summing below 1, or to 1 within
-    the no-remainder slack): the regions found from the sorted cuts are
-    exactly the distinct midpoint patterns, each once."""
+    """Ladders (above and below mixed, near-equal cuts merged) and outcome
+    events (summing below 1, or to 1 within the no-remainder slack): the
+    regions found from the sorted cuts are exactly the distinct midpoint
+    patterns, each once."""
     # Thresholds in the order of the cuts (a nested ladder; ties and near-ties merge).
     ordered = sorted(ladder, key=lambda t: t[1])
     contracts = [(above(f"L{i}", "E", float(i), 1.0 - u) if kind == "above"
