@@ -136,3 +136,6 @@ from ._stress import stress_factors as stress_factors  # noqa: E402
 from ._stress import stress_losses as stress_losses  # noqa: E402
 from ._stress import stress_matrix as stress_matrix  # noqa: E402
 from ._synthetic import random_book as random_book  # noqa: E402
+from ._whatif import MarginSession as MarginSession  # noqa: E402
+from ._whatif import WhatIfReport as WhatIfReport  # noqa: E402
+from ._whatif import margin_session as margin_session  # noqa: E402

@@ -1,0 +1,440 @@
+"""Pre-trade what-if: the margin of a book after some trades, without simulating again.
+
+A [`MarginSession`][] simulates the book once and keeps on the device what a
+change of quantities needs:
+
+    yes       (C, N)      the outcome matrix, uint8 (contract slots x scenarios)
+    losses    (K + 1, N)  each scenario's loss per cluster and for the book
+    weights   (N,)        likelihood ratios (1 for plain sampling, 0 on padding)
+
+Outcomes do not depend on quantities, so trades dq on slots T change the losses by
+
+    losses[c(t)] += dq_t (p_t - yes[t]),   losses[book] += sum_t dq_t (p_t - yes[t])
+
+(a gather of |T| rows of the outcome matrix, O(|T| N)), after which the margin
+is the core's own [`margin_from_weighted_losses`][]: ES and standard errors per
+cluster and for the book, floor, add-ons, the exact worst-case cap from the
+book's outcome table. Trades are passed as a padded vector of slots and
+quantity changes (a power-of-two bucket of at least 8), so a what-if of 1 to 8
+trades on the same book never recompiles; committing trades ([`MarginSession.apply`][])
+recomputes the losses from the outcome matrix (no drift) with the same shapes.
+
+Contracts new to the book. Draws are keyed by event name (see
+[`block_noise`][]), so a contract on a new event gets exactly the draws a full
+call on the new book would give it: the session rebuilds the book's arrays
+(host work: the worst-case table and the stress matrix are rebuilt, and a
+larger padding bucket recompiles), redraws only the latents of the events the
+new contracts sit on (existing or new) with the same key, recomputes the
+outcome rows of every contract on those events and of every parlay with a leg
+there, and keeps every other row. The result equals
+[`portfolio_margin`][] of the new book with the same seed.
+
+Samplers. With the plain sampler (the default) every figure equals
+[`portfolio_margin`][] of the traded book with the same seed, to float32
+rounding of the loss updates. With ``sampler = "importance"`` the session keeps
+the proposal fitted to the book it was opened on (a valid likelihood-ratio
+estimator for any traded book, with honest standard errors) rather than
+refitting it per what-if, so its figures equal a full call only for the
+untraded book; they agree with a full call on the traded book to within their
+standard errors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, Int, PRNGKeyArray, UInt8
+
+from ._arrays import BookArrays, BookLayout, book_arrays, bucket
+from ._book import MAX_AMOUNT, Book, Contract, check_number
+from ._errors import BookError
+from ._margin import MarginParams, MarginResult, margin_from_weighted_losses, static_top
+from ._portfolio import ClusterReport, MarginReport, _report, _with_overrides
+from ._sampler import (
+    Proposal,
+    check_sampler,
+    chunk_size,
+    fit_proposal,
+    padded_scenarios,
+    row_losses,
+    stream,
+)
+from ._shortfall import tail_size
+from ._simulation import HIGHEST, atom_cuts, contract_outcomes, latents_from_noise
+
+MIN_TRADES = 8  # trade vectors are padded to a power of two >= this
+
+
+class SessionState(eqx.Module):
+    """What a what-if needs from the simulation (see module doc)."""
+
+    yes: UInt8[Array, "C Np"]
+    losses: Float[Array, "K+1 Np"]
+    weights: Float[Array, " Np"]
+
+
+# ---- jitted pieces -----------------------------------------------------------------
+def _outcome_step(arrays: BookArrays, scenarios: int):
+    def fn(noise, index, log_w):
+        yes = contract_outcomes(latents_from_noise(noise, arrays), arrays)
+        valid = index < scenarios
+        losses = jnp.where(valid[:, None], row_losses(arrays, yes), -jnp.inf)
+        return yes.astype(jnp.uint8), losses, jnp.where(valid, jnp.exp(log_w), 0.0)
+
+    return fn
+
+
+@eqx.filter_jit
+def _simulate(arrays: BookArrays, confidence, key: PRNGKeyArray, scenarios: int,
+              sampler: str, chunk: int | None) -> tuple[SessionState, Proposal | None]:
+    proposal = None
+    if sampler == "importance":
+        proposal = fit_proposal(arrays, confidence, key, scenarios, chunk)
+    yes, losses, weights = stream(arrays, key, scenarios, chunk, proposal,
+                                  _outcome_step(arrays, scenarios))
+    return SessionState(yes.T, losses.T, weights), proposal
+
+
+def _delta_losses(yes, arrays: BookArrays, index, delta) -> Float[Array, "K+1 Np"]:
+    """The change of every row loss when slot index[t] trades delta[t]."""
+    cols = yes[index].astype(arrays.price.dtype)  # (T, Np)
+    per = delta[:, None] * (arrays.price[index][:, None] - cols)
+    k = arrays.loading.shape[0]
+    onehot = jax.nn.one_hot(arrays.cluster[index], k, dtype=per.dtype)  # (T, K)
+    by_cluster = jnp.matmul(onehot.T, per, precision=HIGHEST)
+    return jnp.concatenate([by_cluster, jnp.sum(per, axis=0, keepdims=True)], axis=0)
+
+
+@eqx.filter_jit
+def _what_if(state: SessionState, arrays: BookArrays, params: MarginParams,
+             quantity: Float[Array, " C"], index: Int[Array, " T"], delta: Float[Array, " T"],
+             top: int, scenarios: int) -> MarginResult:
+    """The margin of `arrays` with quantities `quantity` = the session's + `delta`
+    on slots `index` (padding: the null slot with delta 0)."""
+    losses = state.losses + _delta_losses(state.yes, arrays, index, delta)
+    traded = eqx.tree_at(lambda a: a.quantity, arrays, quantity)
+    return margin_from_weighted_losses(traded, params, losses, state.weights, top, scenarios)
+
+
+@eqx.filter_jit
+def _recompute_losses(state: SessionState, arrays: BookArrays) -> SessionState:
+    """Row losses of `arrays`' quantities from the outcome matrix (padding at -inf)."""
+    valid = state.weights > 0
+    yes = state.yes.T.astype(arrays.price.dtype)
+    losses = jnp.where(valid[:, None], row_losses(arrays, yes), -jnp.inf)
+    return SessionState(state.yes, losses.T, state.weights)
+
+
+@eqx.filter_jit
+def _event_latents(view: BookArrays, key: PRNGKeyArray, scenarios: int, chunk: int,
+                   proposal: Proposal | None) -> Float[Array, "Np Et"]:
+    """Latents of the events of `view` (a book whose events are the touched ones)."""
+    return stream(view, key, scenarios, chunk, proposal,
+                  lambda noise, index, log_w: latents_from_noise(noise, view))
+
+
+# ---- reports -------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class WhatIfReport(MarginReport):
+    """The [`MarginReport`][] of the book after `trades`, with the change it makes.
+
+    - `incremental`: margin after - margin before (dollars; negative: the trades
+      free margin).
+    - `margin_before`, `binding_before`, `clusters_before`: the session's book
+      before the trades.
+    - `trades`: contract id -> quantity traded (added to the position).
+    """
+
+    incremental: float = 0.0
+    margin_before: float = 0.0
+    binding_before: str = ""
+    clusters_before: tuple[ClusterReport, ...] = ()
+    trades: tuple[tuple[str, float], ...] = ()
+
+    def cluster_changes(self) -> list[dict]:
+        """Per cluster: gross and ES before and after, and the change of ES."""
+        before = {c.name: c for c in self.clusters_before}
+        out = []
+        for c in self.clusters:
+            b = before.get(c.name)
+            gross_b, es_b = (b.gross, b.es) if b is not None else (0.0, 0.0)
+            out.append({"name": c.name, "gross_before": gross_b, "gross_after": c.gross,
+                        "es_before": es_b, "es_after": c.es, "es_change": c.es - es_b})
+        return out
+
+    def to_dict(self) -> dict:
+        out = super().to_dict()
+        out["what_if"] = {
+            "trades": dict(self.trades),
+            "margin_before": self.margin_before,
+            "margin_after": self.margin,
+            "incremental": self.incremental,
+            "binding_before": self.binding_before,
+            "binding_after": self.binding,
+            "clusters": self.cluster_changes(),
+        }
+        return out
+
+
+# ---- the session -----------------------------------------------------------------------
+class MarginSession:
+    """A book simulated once, for pre-trade what-ifs (see module doc).
+
+    Open one with [`margin_session`][]. `book` and `report` are the current
+    (committed) book and its margin report.
+    """
+
+    def __init__(self, book: Book, *, dtype=None, key: PRNGKeyArray | None = None):
+        s = book.settings
+        check_sampler(s.sampler)
+        self._dtype = dtype
+        self._key = jax.random.key(s.seed) if key is None else key
+        self._top = tail_size(s.scenarios, s.confidence)
+        self._params: MarginParams | None = None
+        self._proposal: Proposal | None = None
+        self._open(book)
+
+    # The book, its arrays and the simulation stay consistent: only _open, _extend
+    # and apply change them.
+    def _open(self, book: Book) -> None:
+        arrays, layout = book_arrays(book, self._dtype)
+        s = book.settings
+        self._params = MarginParams.from_settings(s, arrays.price.dtype)
+        state, self._proposal = _simulate(arrays, self._params.confidence, self._key,
+                                          s.scenarios, s.sampler, None)
+        self._set(book, arrays, layout, state)
+
+    def _set(self, book: Book, arrays: BookArrays, layout: BookLayout,
+             state: SessionState) -> None:
+        self.book, self._arrays, self._layout, self._state = book, arrays, layout, state
+        self._slot = {cid: i for i, cid in enumerate(layout.contract_ids)}
+        self._quantity = np.asarray(arrays.quantity, np.float64)
+        self.report = self._margin(book, arrays, layout, state, self._quantity,
+                                   np.zeros(0, np.int64), np.zeros(0))
+
+    @property
+    def margin(self) -> float:
+        return self.report.margin
+
+    @property
+    def sampler(self) -> str:
+        return self.book.settings.sampler
+
+    def _margin(self, book, arrays, layout, state, quantity, index, delta) -> MarginReport:
+        s = book.settings
+        width = bucket(len(index), MIN_TRADES)
+        null = arrays.quantity.shape[0] - 1  # a padding slot: quantity 0, any outcome
+        idx = np.full(width, null, np.int32)
+        dq = np.zeros(width)
+        idx[: len(index)], dq[: len(index)] = index, delta
+        f = arrays.price.dtype
+        top = static_top(s.sampler, s.scenarios, state.weights.shape[0], self._top)
+        result = _what_if(state, arrays, self._params, jnp.asarray(quantity, f),
+                          jnp.asarray(idx), jnp.asarray(dq, f), top, s.scenarios)
+        return _report(book, layout, result)
+
+    # ---- trades --------------------------------------------------------------------
+    def _parse(self, trades) -> tuple[dict[str, float], list[Contract]]:
+        """Net quantity per contract id, and the contracts new to the book."""
+        if not isinstance(trades, Mapping):
+            raise BookError("trades", f"{type(trades).__name__} is not a mapping of "
+                                      f"contract id (or kj.Contract) to quantity")
+        net: dict[str, float] = {}
+        new: dict[str, Contract] = {}
+        for key, qty in trades.items():
+            if isinstance(key, Contract):
+                cid = key.id
+                if cid in self._slot:
+                    if self.book.contract(cid) != key:
+                        raise BookError(f"trades[{cid!r}]", "a contract of that id is in the "
+                                        "book with another definition")
+                elif cid in new and new[cid] != key:
+                    raise BookError(f"trades[{cid!r}]", "two different definitions given")
+                else:
+                    new[cid] = key
+            elif isinstance(key, str):
+                cid = key
+                if cid not in self._slot and cid not in new:
+                    raise BookError(f"trades[{cid!r}]",
+                                    "unknown contract; to trade a contract new to the book, "
+                                    "give its definition (a kj.Contract) as the key")
+            else:
+                raise BookError("trades", f"key {key!r} is neither a contract id nor a "
+                                          f"kj.Contract")
+            q = check_number(f"trades[{cid!r}]", qty, low=-MAX_AMOUNT, high=MAX_AMOUNT)
+            net[cid] = net.get(cid, 0.0) + q
+        return net, list(new.values())
+
+    def _traded(self, book: Book, trades: dict[str, float]) -> Book:
+        qty = book.net_quantities()
+        for cid, q in trades.items():
+            qty[cid] = qty.get(cid, 0.0) + q
+        return book.with_positions(qty)
+
+    def what_if(self, trades) -> WhatIfReport:
+        """The margin report of the book after `trades` (added to the positions),
+        with `incremental` = margin after - margin before. Nothing is committed.
+
+        **Arguments:**
+
+        - `trades`: mapping of contract id to signed quantity traded. A contract
+          in the book but not held may be traded; a contract new to the book is
+          given by its definition, a [`Contract`][], as the key (see module doc).
+
+        **Returns:** a [`WhatIfReport`][]. Raises [`BookError`][] naming the
+        trade for an unknown contract, a non-numeric or out-of-range quantity,
+        or a traded book that does not validate.
+        """
+        return self._evaluate(trades)[0]
+
+    def apply(self, trades) -> WhatIfReport:
+        """Commits `trades` (see [`what_if`][]); the session's book becomes the
+        traded book. Returns the same report as ``what_if(trades)``."""
+        report, book, arrays, layout, state, quantity = self._evaluate(trades)
+        arrays = eqx.tree_at(lambda a: a.quantity, arrays,
+                             jnp.asarray(quantity, arrays.price.dtype))
+        self._set(book, arrays, layout, _recompute_losses(state, arrays))
+        return report
+
+    def _evaluate(self, trades):
+        net, new = self._parse(trades)
+        book, arrays, layout, state = self.book, self._arrays, self._layout, self._state
+        if new:
+            book, arrays, layout, state = self._extend(new)
+        try:
+            traded = self._traded(book, net)
+        except BookError as e:
+            raise BookError(f"trades ({e.field})", e.detail) from None
+        slot = {cid: i for i, cid in enumerate(layout.contract_ids)}
+        held = book.net_quantities()
+        index = np.array([slot[cid] for cid in net], np.int64)
+        quantity = np.zeros(arrays.quantity.shape[0])
+        after = traded.net_quantities()
+        for i, cid in enumerate(layout.contract_ids):
+            quantity[i] = after[cid]
+        # Losses in `state` are those of `book`'s quantities: trade the difference.
+        delta = np.array([after[cid] - held[cid] for cid in net], np.float64)
+        report = self._margin(traded, arrays, layout, state, quantity, index, delta)
+        what = WhatIfReport(
+            **{f.name: getattr(report, f.name) for f in dataclasses.fields(MarginReport)},
+            incremental=report.margin - self.report.margin,
+            margin_before=self.report.margin,
+            binding_before=self.report.binding,
+            clusters_before=self.report.clusters,
+            trades=tuple(net.items()),
+        )
+        return what, traded, arrays, layout, state, quantity
+
+    # ---- contracts new to the book -----------------------------------------------------
+    def _extend(self, new: list[Contract]):
+        """The session's book with `new` contracts appended (not held), its arrays
+        and its simulation state (see module doc)."""
+        try:
+            book = dataclasses.replace(self.book, contracts=self.book.contracts + tuple(new))
+        except BookError as e:
+            raise BookError(f"trades ({e.field})", e.detail) from None
+        s = book.settings
+        arrays, layout = book_arrays(book, self._dtype)
+        old = self.book.contracts
+        n_old = len(old)
+        ids = {c.id: i for i, c in enumerate(book.contracts)}
+        touched_events = {c.event_key for c in new if c.type != "parlay"}
+        events = list(layout.event_names)
+        ev_index = {e: k for k, e in enumerate(events)}
+        slots = [i for i, c in enumerate(book.contracts)
+                 if c.type != "parlay" and c.event_key in touched_events]
+        parlays = [i for i, c in enumerate(book.contracts) if c.type == "parlay" and (
+            i >= n_old or any(book.contracts[ids[leg]].event_key in touched_events
+                              for leg in c.legs))]
+        chunk = chunk_size(arrays, s.scenarios)
+        n_padded = padded_scenarios(arrays, s.scenarios, chunk)
+        state = _repad(self._state, s.scenarios, n_padded)
+        cpad = arrays.quantity.shape[0]
+        yes = state.yes
+        if cpad > yes.shape[0]:  # new padding slots are always YES, as in the core
+            yes = jnp.concatenate(
+                [yes, jnp.ones((cpad - yes.shape[0], yes.shape[1]), yes.dtype)], axis=0)
+        if slots:
+            touched = sorted(ev_index[e] for e in touched_events)
+            latents = self._latents(arrays, touched, s.scenarios, chunk)  # (Np, Et)
+            position = {e: t for t, e in enumerate(touched)}
+            lo, hi = (np.asarray(x) for x in atom_cuts(arrays))
+            rows = []
+            for i in slots:
+                x = latents[:, position[ev_index[book.contracts[i].event_key]]]
+                rows.append(((x > lo[i]) & (x <= hi[i])).astype(jnp.uint8))
+            yes = yes.at[jnp.asarray(slots)].set(jnp.stack(rows))
+        if parlays:
+            rows = []
+            for i in parlays:
+                legs = [ids[leg] for leg in book.contracts[i].legs]
+                rows.append(jnp.min(yes[jnp.asarray(legs)], axis=0))
+            yes = yes.at[jnp.asarray(parlays)].set(jnp.stack(rows))
+        state = SessionState(yes, state.losses, state.weights)
+        quantity = np.zeros(cpad)
+        qty = book.net_quantities()
+        for i, cid in enumerate(layout.contract_ids):
+            quantity[i] = qty[cid]
+        arrays = eqx.tree_at(lambda a: a.quantity, arrays,
+                             jnp.asarray(quantity, arrays.price.dtype))
+        state = _recompute_losses(state, arrays)
+        return book, arrays, layout, state
+
+    def _latents(self, arrays: BookArrays, touched: list[int], scenarios: int, chunk: int):
+        """Latents (Np, len(touched)) of the events `touched` (indices in `arrays`),
+        from the same key and draws as a full simulation of the book."""
+        width = bucket(len(touched), 1)
+        pick = np.full(width, touched[0], np.int64)
+        pick[: len(touched)] = touched
+        view = eqx.tree_at(lambda a: (a.event_seed, a.event_cluster), arrays,
+                           (arrays.event_seed[pick], arrays.event_cluster[pick]))
+        proposal = None
+        if self._proposal is not None:
+            shift = np.zeros((self._proposal.event_shift.shape[0], width))
+            known = np.asarray(self._proposal.event_shift)
+            for t, e in enumerate(pick):
+                if e < known.shape[1] and e < len(self._layout.event_names):
+                    shift[:, t] = known[:, e]
+            proposal = eqx.tree_at(lambda p: p.event_shift, self._proposal,
+                                   jnp.asarray(shift, known.dtype))
+        return _event_latents(view, self._key, scenarios, chunk, proposal)[:, : len(touched)]
+
+
+def _repad(state: SessionState, scenarios: int, n_padded: int) -> SessionState:
+    """The state with `n_padded` scenario columns (padding: YES, -inf, weight 0)."""
+    if state.weights.shape[0] == n_padded:
+        return state
+    extra = n_padded - scenarios
+    cut = lambda x: x[..., :scenarios]  # noqa: E731
+    pad = lambda x, v: jnp.concatenate(  # noqa: E731
+        [cut(x), jnp.full((*x.shape[:-1], extra), v, x.dtype)], axis=-1)
+    return SessionState(pad(state.yes, 1), pad(state.losses, -jnp.inf), pad(state.weights, 0))
+
+
+def margin_session(
+    book: Book,
+    *,
+    scenarios: int | None = None,
+    seed: int | None = None,
+    confidence: float | None = None,
+    sampler: str | None = None,
+    dtype=None,
+    key: PRNGKeyArray | None = None,
+) -> MarginSession:
+    """Simulates `book` once and returns a [`MarginSession`][] for what-ifs.
+
+    **Arguments:** as [`portfolio_margin`][]: `scenarios`, `seed`, `confidence`,
+    `sampler` override the book's ``[model]`` values; `dtype`; `key` instead of
+    ``jax.random.key(seed)``.
+
+    **Returns:** the session; ``session.report`` is the book's margin report
+    (equal to [`portfolio_margin`][] with the same settings).
+    """
+    return MarginSession(_with_overrides(book, scenarios, seed, confidence, sampler),
+                         dtype=dtype, key=key)
+
