@@ -23,6 +23,7 @@ from ._book_file import (
 from ._book_file import (
     parse_book as parse_book,
 )
+from ._cache import enable_compilation_cache as enable_compilation_cache
 from ._errors import BookError as BookError
 from ._hierarchy import (
     Cluster as Cluster,

@@ -221,6 +221,9 @@ COMMANDS = {"margin": _margin, "sensitivities": _sensitivities, "hedge": _hedge,
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from ._cache import enable_compilation_cache
+
+    enable_compilation_cache()  # compile once per machine ($KINETIC_JAX_CACHE_DIR=off: never)
     try:
         return COMMANDS[args.command](args)
     except BookError as e:

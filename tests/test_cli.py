@@ -24,8 +24,9 @@ import jax
 import pytest
 import tomli_w
 
+import kinetic_jax._cache as kj_cache
 import kinetic_jax._portfolio as portfolio_module
-from kinetic_jax import correlation_of, default_hierarchy
+from kinetic_jax import correlation_of, default_hierarchy, enable_compilation_cache
 from kinetic_jax._cli import main
 from kinetic_jax._format import money
 
@@ -475,3 +476,135 @@ def test_command_json_matches_in_process(books, reports):
                 "capital_released", "standard_error"):
         assert r[key] == pytest.approx(expected[key], rel=1e-6), key
     assert (r["binding"], r["scenarios"], r["seed"]) == ("floor", N, 5)
+
+
+# ---- the persistent compilation cache (kinetic_jax.enable_compilation_cache) ----------------
+
+CACHE_VARS = ("KINETIC_JAX_CACHE_DIR", "XDG_CACHE_HOME", "JAX_COMPILATION_CACHE_DIR",
+              "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")
+
+# Runs the CLI in a child interpreter and counts JAX's persistent-cache events:
+# compile requests, hits, and programs JAX will not store because they call back
+# into Python (host callbacks, e.g. an `eqx.error_if` check).
+COUNTING_CLI = """
+import logging, sys, jax.monitoring
+from kinetic_jax._cli import main
+events = {"requests": 0, "hits": 0, "callbacks": 0}
+def listen(event, **kwargs):
+    if event == "/jax/compilation_cache/compile_requests_use_cache":
+        events["requests"] += 1
+    elif event == "/jax/compilation_cache/cache_hits":
+        events["hits"] += 1
+class Uncacheable(logging.Handler):
+    def emit(self, record):
+        if "because it uses host callbacks" in record.getMessage():
+            events["callbacks"] += 1
+compiler_log = logging.getLogger("jax._src.compiler")
+compiler_log.setLevel(logging.DEBUG)
+compiler_log.addHandler(Uncacheable())
+jax.monitoring.register_event_listener(listen)
+rc = main(sys.argv[1:])
+print(" ".join(f"{k}={v}" for k, v in events.items()), file=sys.stderr)
+sys.exit(rc)
+"""
+
+
+def _cache_env(tmp_path: Path, **env: str) -> dict[str, str]:
+    """The environment of a CLI child: no cache setting inherited from the test
+    session (its JAX_* variables included); HOME inside tmp_path."""
+    out = {k: v for k, v in os.environ.items() if k not in (*CACHE_VARS, "KINETIC_JAX_DEBUG")}
+    out["HOME"] = str(tmp_path / "home")
+    out["JAX_PLATFORMS"] = out.get("JAX_PLATFORMS", "cpu")
+    out.update(env)
+    return out
+
+
+def _files(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+def test_second_run_loads_its_programs_from_the_cache(books, tmp_path):
+    """First run: no cache variable, so the cache goes to $XDG_CACHE_HOME/kinetic_jax/jax
+    and is filled. Second run, pointed there by KINETIC_JAX_CACHE_DIR: every
+    compile request is a persistent-cache hit except the programs JAX refuses to
+    store (those with host callbacks), nothing new is written, and the report is
+    the same."""
+    xdg = tmp_path / "xdg"
+    first = subprocess.run([*_command(), "margin", books["floor"], "--json"],
+                           capture_output=True, text=True, timeout=120,
+                           env=_cache_env(tmp_path, XDG_CACHE_HOME=str(xdg)))
+    assert (first.returncode, first.stderr) == (0, "")
+    cache = xdg / "kinetic_jax" / "jax"
+    written = _files(cache)
+    assert any(name.endswith("-cache") for name in written), written
+    assert not (tmp_path / "home").exists()  # XDG_CACHE_HOME wins over ~/.cache
+
+    second = subprocess.run(
+        [sys.executable, "-c", COUNTING_CLI, "margin", books["floor"], "--json"],
+        capture_output=True, text=True, timeout=120,
+        env=_cache_env(tmp_path, KINETIC_JAX_CACHE_DIR=str(cache)))
+    assert second.returncode == 0, second.stderr
+    counts = dict(part.split("=") for part in second.stderr.strip().splitlines()[-1].split())
+    requests, hits, callbacks = (int(counts[k]) for k in ("requests", "hits", "callbacks"))
+    assert hits > 0 and hits + callbacks == requests, second.stderr
+    assert _files(cache) == written
+    assert json.loads(second.stdout) == json.loads(first.stdout)
+
+
+def test_cache_switched_off_writes_nothing(books, tmp_path):
+    """KINETIC_JAX_CACHE_DIR=off: no file anywhere under HOME or XDG_CACHE_HOME
+    (both inside tmp_path), no warning, and the report is the in-process one."""
+    proc = subprocess.run([*_command(), "margin", books["floor"], "--json"],
+                          capture_output=True, text=True, timeout=120,
+                          env=_cache_env(tmp_path, KINETIC_JAX_CACHE_DIR="off",
+                                         XDG_CACHE_HOME=str(tmp_path / "xdg")))
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert json.loads(proc.stdout)["scenarios"] == N
+    assert _files(tmp_path) == set()
+
+
+@pytest.mark.parametrize("value", ["off", "OFF", " off ", "0", ""])
+def test_cache_off_values(monkeypatch, value):
+    monkeypatch.setenv("KINETIC_JAX_CACHE_DIR", value)
+    assert kj_cache.default_cache_dir() is None
+    assert kj_cache.enable_compilation_cache() is None
+
+
+def test_cache_location_precedence(monkeypatch, tmp_path):
+    """KINETIC_JAX_CACHE_DIR, else an absolute XDG_CACHE_HOME, else ~/.cache."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("KINETIC_JAX_CACHE_DIR", str(tmp_path / "mine"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert kj_cache.default_cache_dir() == tmp_path / "mine"
+    monkeypatch.delenv("KINETIC_JAX_CACHE_DIR")
+    assert kj_cache.default_cache_dir() == tmp_path / "xdg" / "kinetic_jax" / "jax"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/xdg")  # ignored, as the XDG rules say
+    assert kj_cache.default_cache_dir() == tmp_path / "home" / ".cache" / "kinetic_jax" / "jax"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert kj_cache.default_cache_dir() == tmp_path / "home" / ".cache" / "kinetic_jax" / "jax"
+
+
+def test_unusable_cache_directory_only_warns(tmp_path, capsys):
+    """A cache path below a regular file cannot be created: the cache stays as it
+    was (this session's), one warning line names the path, no exception."""
+    before = jax.config.jax_compilation_cache_dir
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert enable_compilation_cache(blocker / "cache") is None
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith(f"kinetic-jax: warning: compilation cache off: cannot use "
+                          f"'{blocker / 'cache'}'")
+    assert jax.config.jax_compilation_cache_dir == before
+
+
+def test_command_with_an_unusable_cache_still_answers(books, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    proc = subprocess.run([*_command(), "margin", books["worst_case"], "--json"],
+                          capture_output=True, text=True, timeout=120,
+                          env=_cache_env(tmp_path, KINETIC_JAX_CACHE_DIR=str(blocker / "c")))
+    assert proc.returncode == 0
+    assert json.loads(proc.stdout)["binding"] == "worst_case"
+    assert proc.stderr.startswith("kinetic-jax: warning: compilation cache off")
+    assert "Traceback" not in proc.stderr

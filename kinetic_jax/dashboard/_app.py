@@ -825,6 +825,7 @@ def run(book_path=None, state_path=None, *, host: str = "127.0.0.1", port: int =
     """Starts the dashboard with uvicorn (blocking) and prints its URL."""
     import uvicorn
 
+    kj.enable_compilation_cache()  # warm-up and recomputes reuse earlier runs' compiles
     app = create_app(book_path, state_path, warmup=True, host=host)
     display = f"[{host}]" if ":" in host else host
     url = f"http://{display}:{port}/"
