@@ -88,6 +88,21 @@ def _event_side_loss(arrays: BookArrays, lo, hi, cut, left: bool) -> Float[Array
     return lax.map(row, jnp.arange(cut.shape[0]), batch_size=256)
 
 
+def aggregate_chunk(arrays: BookArrays, scenarios: int) -> tuple[int, int]:
+    """``(chunk, sub)``: scenarios per streamed chunk of the aggregation pass, and
+    the equal sub-batches each chunk splits into so that there are at least
+    `MIN_BATCHES` batches for the standard errors (when the scenarios allow)."""
+    n_slots, width = arrays.touch_parlay.shape
+    per = max(1, n_slots * width * arrays.legs.shape[1])
+    limit = min(_ELEMENTS // per, -(-scenarios // MIN_BATCHES))
+    chunk = chunk_size(arrays, scenarios, max(BLOCK, limit // BLOCK * BLOCK))
+    count = -(-scenarios // chunk)
+    sub = 1
+    while sub * count < MIN_BATCHES and sub < 16:
+        sub *= 2
+    return chunk, sub
+
+
 def aggregates(
     arrays: BookArrays,
     key,
@@ -127,10 +142,8 @@ def aggregates(
     cl_j = fixed.event_cluster[ev_j]  # cluster of each cut's event
     a_j = fixed.loading[cl_j]
     s_j = jnp.sqrt(1 - a_j * a_j)
-    per = max(1, n_slots * legs.shape[1] * legs.shape[2])
-    # Chunks double as the batches of the standard error: at least MIN_BATCHES.
-    limit = min(_ELEMENTS // per, -(-scenarios // MIN_BATCHES))
-    chunk = chunk_size(fixed, scenarios, max(BLOCK, limit // BLOCK * BLOCK))
+    chunk, sub = aggregate_chunk(fixed, scenarios)
+    count = -(-scenarios // chunk)
 
     def fn(noise, index, log_w):
         x = latents_from_noise(noise, fixed)
@@ -156,13 +169,16 @@ def aggregates(
         coef = coef / (scenarios * (1 - confidence))  # (n, C, R)
         t = jnp.where((index < scenarios)[:, None],
                       take[:, jnp.minimum(index, take.shape[1] - 1)].T, 0.0)
-        s0 = jnp.sum(coef, axis=0)
-        s1 = jnp.einsum("njr,nk->jrk", coef, noise.factors, precision=HIGHEST)
-        tau = jnp.sum(t, axis=0)
-        y = jnp.einsum("nr,nc->rc", t, yes, precision=HIGHEST)
+        split = lambda v: v.reshape(sub, v.shape[0] // sub, *v.shape[1:])  # noqa: E731
+        coef, t, z, yes = split(coef), split(t), split(noise.factors), split(yes)
+        s0 = jnp.sum(coef, axis=1)
+        s1 = jnp.einsum("bnjr,bnk->bjrk", coef, z, precision=HIGHEST)
+        tau = jnp.sum(t, axis=1)
+        y = jnp.einsum("bnr,bnc->brc", t, yes, precision=HIGHEST)
         return s0, s1, tau, y
 
-    return Aggregates(*stream(fixed, key, scenarios, chunk, proposal, fn, per_scenario=False))
+    out = stream(fixed, key, scenarios, chunk, proposal, fn, per_scenario=False)
+    return Aggregates(*(v.reshape(count * sub, *v.shape[2:]) for v in out))
 
 
 def jump_surrogate(arrays: BookArrays, agg: Aggregates) -> Float[Array, "B R"]:

@@ -202,7 +202,7 @@ def margin_from_weighted_losses(
 ) -> MarginResult:
     """The margin from streamed row losses (each cluster's, then the book's; padding
     scenarios at -inf) and likelihood-ratio weights (weighted Acerbi–Tasche ES)."""
-    tail, mass, _ = weighted_tail(losses, weights, params.confidence, top)
+    tail, mass, _ = weighted_tail(losses, weights, top, scenarios)
     es, se, var, _ = weighted_tail_statistics(tail, mass, params.confidence, scenarios)
     return margin_from_statistics(arrays, params, es, se, var)
 

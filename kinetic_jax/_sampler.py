@@ -103,8 +103,10 @@ class Proposal(eqx.Module):
         j = self.component(index, scenarios)
         z = noise.factors + self.factor_shift[j]
         eta = noise.events + self.event_shift[j]
-        dot = (jnp.matmul(z, self.factor_shift.T, precision=HIGHEST)
-               + jnp.matmul(eta, self.event_shift.T, precision=HIGHEST))
+        # Row-wise products and sums (not a matmul, whose blocking may depend on the
+        # number of rows): each scenario's weight is the same in any chunk.
+        dot = (jnp.sum(z[:, None, :] * self.factor_shift[None], axis=-1)
+               + jnp.sum(eta[:, None, :] * self.event_shift[None], axis=-1))
         half = 0.5 * (jnp.sum(self.factor_shift ** 2, axis=1)
                       + jnp.sum(self.event_shift ** 2, axis=1))
         log_w = -jax.nn.logsumexp(self.log_mix + dot - half, axis=1)

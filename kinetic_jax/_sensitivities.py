@@ -40,7 +40,15 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._arrays import BookArrays
 from ._book import Book
-from ._conditional import aggregates, jump_surrogate, mark_surrogate, tail_surrogate
+from ._conditional import (
+    aggregate_chunk as agg_chunk,
+)
+from ._conditional import (
+    aggregates,
+    jump_surrogate,
+    mark_surrogate,
+    tail_surrogate,
+)
 from ._errors import BookError
 from ._margin import (
     BINDING,
@@ -51,7 +59,7 @@ from ._margin import (
     static_top,
 )
 from ._portfolio import margin_inputs
-from ._sampler import simulate
+from ._sampler import padded_scenarios, simulate
 from ._shortfall import tail_size, tail_statistics, weighted_tail, weighted_tail_statistics
 from ._simulation import HIGHEST, contract_outcomes, draw_noise, latents_from_noise
 
@@ -171,7 +179,7 @@ def _conditional_jacobian(arrays, params, key, scenarios, top, sampler="plain"):
     conf = params.confidence
     losses, weights, proposal = simulate(arrays, conf, key, scenarios, sampler)
     top = static_top(sampler, scenarios, losses.shape[1], top)
-    tail, mass, order = weighted_tail(losses, weights, conf, top)
+    tail, mass, order = weighted_tail(losses, weights, top, scenarios)
     es, se, var, take = weighted_tail_statistics(tail, mass, conf, scenarios)
     rows = jnp.arange(losses.shape[0])[:, None]
     take_full = jnp.zeros_like(weights, shape=losses.shape).at[rows, order].set(take)
@@ -182,9 +190,9 @@ def _conditional_jacobian(arrays, params, key, scenarios, top, sampler="plain"):
     sg = lax.stop_gradient
 
     batches = agg.s0.shape[0]
-    # Each batch's share of the scenarios (the last chunk may hold padding).
-    share = jnp.clip(scenarios - jnp.arange(batches) * (agg_chunk := -(-scenarios // batches)),
-                     0, agg_chunk) / scenarios
+    # Each batch's share of the real scenarios (the last ones may hold padding).
+    size = padded_scenarios(arrays, scenarios, agg_chunk(arrays, scenarios)[0]) // batches
+    share = jnp.clip(scenarios - jnp.arange(batches) * size, 0, size) / scenarios
 
     def figures(v, b):
         a = v.into(arrays)

@@ -98,16 +98,17 @@ def exact_expected_shortfall(values, probabilities, confidence: float) -> float:
 
 
 def weighted_tail(
-    losses: Float[Array, "R N"],
-    weights: Float[Array, " N"],
-    confidence: Float[Array, ""],
+    losses: Float[Array, "R Np"],
+    weights: Float[Array, " Np"],
     top: int,
+    scenarios: int,
 ) -> tuple[Float[Array, "R T"], Float[Array, "R T"], Int[Array, "R T"]]:
-    """The `top` largest losses of each row, their probability weights ``w / N``
-    and their scenario indices, in decreasing order of loss.
+    """The `top` largest losses of each row, their probability masses ``w / N``
+    (N = `scenarios`, the real draws) and their scenario indices, in decreasing
+    order of loss.
 
     `weights` are likelihood ratios (1 for plain Monte Carlo, 0 for padding
-    scenarios, which must carry a loss of -inf so that they sort last).
+    scenarios beyond N, which must carry a loss of -inf so that they sort last).
     """
     n = losses.shape[-1]
     if top >= n:
@@ -115,7 +116,7 @@ def weighted_tail(
         tail = jnp.take_along_axis(losses, order, axis=-1)
     else:
         tail, order = lax.top_k(losses, top)
-    return tail, weights[order] / n, order
+    return tail, weights[order] / scenarios, order
 
 
 def weighted_tail_statistics(

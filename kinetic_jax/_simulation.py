@@ -58,13 +58,18 @@ def atom_cuts(arrays: BookArrays) -> tuple[Float[Array, " C"], Float[Array, " C"
     is_outcome = arrays.kind == OUTCOME
     pm = jnp.where(is_outcome, p, 0.0)
     s = pm[arrays.outcome_order]
-    excl = jnp.cumsum(s) - s
-    before_sorted = excl - excl[arrays.outcome_start]
-    before = jnp.zeros_like(p).at[arrays.outcome_order].set(before_sorted)
+    # Inclusive sums, and the previous element's inclusive sum: an outcome's lower
+    # edge is then bit-for-bit the upper edge of the outcome listed before it.
+    incl = jnp.cumsum(s)
+    prev = jnp.concatenate([jnp.zeros_like(incl[:1]), incl[:-1]])
+    start = prev[arrays.outcome_start]
+    lo_sorted, hi_sorted = prev - start, incl - start
+    before = jnp.zeros_like(p).at[arrays.outcome_order].set(lo_sorted)
+    upto = jnp.zeros_like(p).at[arrays.outcome_order].set(hi_sorted)
     n_events = arrays.event_cluster.shape[0]
     total = ops.segment_sum(pm, arrays.event, num_segments=n_events)[arrays.event]
     # The last outcome of an event whose probabilities sum to 1 reaches u = 1 exactly.
-    out_hi = jnp.where(arrays.outcome_last & (total >= 1 - OUTCOME_FULL), 1.0, before + pm)
+    out_hi = jnp.where(arrays.outcome_last & (total >= 1 - OUTCOME_FULL), 1.0, upto)
     zero, one = jnp.zeros_like(p), jnp.ones_like(p)
     lo_u = jnp.select([arrays.kind == ABOVE, arrays.kind == BELOW, is_outcome],
                       [1 - p, zero, before], zero)

@@ -56,3 +56,30 @@ def random_book(
         for c, h in zip(contracts, held) if h
     )
     return Book(tuple(contracts), positions, default_hierarchy(), settings or Settings())
+
+
+def ladder_book(
+    n_events: int = 1000,
+    strikes: int = 10,
+    *,
+    seed: int = 0,
+    size: float = 1000.0,
+    settings: Settings | None = None,
+) -> Book:
+    """A large book of strike ladders: `n_events` events spread over the five
+    risk clusters, each with `strikes` nested ``above`` contracts, every contract
+    held with a random signed quantity of order `size` (streaming and memory
+    benchmarks)."""
+    rng = np.random.default_rng(seed)
+    contracts, positions = [], []
+    for e in range(n_events):
+        cluster = _RISK[e % len(_RISK)]
+        event = f"{cluster}-L{e}"
+        probs = np.sort(rng.uniform(0.03, 0.97, strikes))[::-1]
+        for k, p in enumerate(probs):
+            cid = f"{event}-K{k}"
+            contracts.append(Contract(cid, cluster, "above", float(round(p, 4)), event=event,
+                                      threshold=float(k)))
+            positions.append(Position(cid, float(np.round(rng.choice([-1, 1])
+                                                          * rng.uniform(0.2, 1.0) * size))))
+    return Book(tuple(contracts), tuple(positions), default_hierarchy(), settings or Settings())
