@@ -38,6 +38,7 @@ import numpy as np
 from jax import lax
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from ._allocation import allocate
 from ._arrays import BookArrays
 from ._book import Book
 from ._conditional import (
@@ -259,6 +260,11 @@ class SensitivityReport:
     - `clusters`: Euler allocation of the margin to clusters (dollars).
     - `euler_residual`: margin - sum of Euler allocations (0 where the margin is
       homogeneous of degree 1 in quantities; the liquidity add-on breaks it).
+    - ``allocation`` in each position: its share of the margin by the rule of
+      kinetic_jax._allocation (Euler allocation of max(base, floor), each add-on
+      to the positions that cause it, the worst outcome's loss when the cap
+      binds), with its ``allocation_parts``; `allocation_total` is their sum,
+      the margin.
     - `base` and `cluster_es`: the same derivatives for the base and for each
       cluster's ES.
     - `rho_standard_error`, `loading_standard_error` (and ``d_quantity_se``,
@@ -282,6 +288,7 @@ class SensitivityReport:
     cluster_es: dict[str, dict]
     rho_standard_error: dict[str, float] = dataclasses.field(default_factory=dict)
     loading_standard_error: dict[str, float] = dataclasses.field(default_factory=dict)
+    allocation_total: float = 0.0
 
     def to_dict(self) -> dict:
         return {
@@ -301,6 +308,7 @@ class SensitivityReport:
             "cluster_es": self.cluster_es,
             "rho_standard_error": self.rho_standard_error,
             "loading_standard_error": self.loading_standard_error,
+            "allocation_total": self.allocation_total,
         }
 
 
@@ -377,6 +385,12 @@ def _report(book, layout, sens: SensitivityResult, temperature, estimator):
             positions[cid] = entry
         else:
             candidates[cid] = entry
+    alloc = allocate(book, layout.table, res, jac.quantity[1], jac.quantity[2])
+    for i, cid in enumerate(ids[:n]):
+        if cid in positions:
+            positions[cid]["allocation"] = float(alloc["allocation"][i])
+            positions[cid]["allocation_parts"] = {
+                part: float(v[i]) for part, v in alloc.items() if part != "allocation"}
     euler_total = sum(p["euler"] for p in positions.values())
     margin = float(res.margin)
     return SensitivityReport(
@@ -392,6 +406,7 @@ def _report(book, layout, sens: SensitivityResult, temperature, estimator):
         clusters=cluster_euler,
         euler_total=euler_total,
         euler_residual=margin - euler_total,
+        allocation_total=float(np.sum(alloc["allocation"])),
         base_sensitivities=block(1),
         cluster_es={name: {"es": float(res.cluster_es[k]), **block(3 + k)}
                     for k, name in enumerate(clusters)},
