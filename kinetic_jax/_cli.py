@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     hedge.add_argument("--steps", type=int, default=1000, help="optimiser iterations")
     hedge.add_argument("--lot", type=float, default=1.0,
                        help="trade in whole lots of this many contracts (default 1)")
+    _what_if_parser(sub)
     _dashboard_parser(sub)
     return parser
 
@@ -115,15 +116,17 @@ def _sensitivities(args) -> int:
           f"{report.estimator}, temperature {report.temperature:g}")
     print("\nPositions, largest Euler contribution first")
     print(f"  {'contract':<22}{'quantity':>11}{'price':>7}{'dM/dq':>10}{'dM/dp':>12}"
-          f"{'Euler $':>12}")
+          f"{'Euler $':>12}{'Alloc $':>12}")
     ranked = sorted(report.positions.items(), key=lambda kv: -abs(kv[1]["euler"]))
     for cid, p in ranked[: args.top]:
         print(f"  {cid:<22}{p['quantity']:>11,.0f}{p['price']:>7.2f}{p['d_quantity']:>10.4f}"
-              f"{p['d_price']:>12,.1f}{p['euler']:>12,.2f}")
+              f"{p['d_price']:>12,.1f}{p['euler']:>12,.2f}{p['allocation']:>12,.2f}")
     if len(ranked) > args.top:
         print(f"  ... {len(ranked) - args.top} more (--top N, or --json)")
     print(f"  {'sum of Euler allocations':<50}{report.euler_total:>12,.2f}")
     print(f"  {'residual (margin - sum; add-ons/cap)':<50}{report.euler_residual:>12,.2f}")
+    print(f"  {'sum of allocations (Alloc $: adds up to the margin)':<62}"
+          f"{report.allocation_total:>12,.2f}")
     print("\nClusters (Euler allocation)")
     for name, v in sorted(report.clusters.items(), key=lambda kv: -abs(kv[1])):
         print(f"  {name:<22}{v:>12,.2f}")
@@ -171,6 +174,66 @@ def _hedge(args) -> int:
     return 0
 
 
+# ---- what-if (kinetic_jax._whatif) ----------------------------------------------------
+def _what_if_parser(sub) -> None:
+    w = sub.add_parser("what-if", help="margin of the book after trades (pre-trade check)",
+                       description="Margins BOOK once, then the book after the trades "
+                                   "(added to its positions) on the same scenarios: margin "
+                                   "before and after, the incremental margin, the binding "
+                                   "component and the change per cluster.")
+    _common(w)
+    w.add_argument("--trade", action="append", required=True, metavar="ID=QTY",
+                   help="signed quantity of a contract of the book to trade (repeatable; "
+                        "one contract given twice trades the sum)")
+
+
+def _parse_trades(book, raw: list[str]) -> dict[str, float]:
+    import math
+
+    ids = set(book.contract_ids)
+    trades: dict[str, float] = {}
+    for item in raw:
+        cid, sep, qty = item.rpartition("=")
+        field = f"--trade {item}"
+        if not sep or not cid:
+            raise BookError(field, "expected ID=QTY (a contract id of the book, a signed "
+                                   "quantity)")
+        if cid not in ids:
+            raise BookError(field, f"unknown contract {cid!r}")
+        try:
+            q = float(qty)
+        except ValueError:
+            raise BookError(field, f"{qty!r} is not a number") from None
+        if not math.isfinite(q):
+            raise BookError(field, f"{qty!r} is not finite")
+        trades[cid] = trades.get(cid, 0.0) + q
+    return trades
+
+
+def _what_if(args) -> int:
+    from ._whatif import margin_session
+
+    book = _load(args)
+    trades = _parse_trades(book, args.trade)
+    report = margin_session(book).what_if(trades)
+    summary = report.summary()
+    if args.json:
+        print(json.dumps({**summary, "report": report.to_dict()}, indent=2))
+        return 0
+    print(f"kinetic-jax what-if: {args.book}")
+    print("  trades: " + ", ".join(f"{cid} {q:+,g}" for cid, q in trades.items()))
+    print(f"\n  {'':<22}{'before':>14}{'after':>14}{'change':>14}")
+    print(f"  {'margin':<22}{report.margin_before:>14,.2f}{report.margin:>14,.2f}"
+          f"{report.incremental:>+14,.2f}")
+    print(f"  {'binding':<22}{report.binding_before:>14}{report.binding:>14}")
+    print("\n  Clusters: stressed loss (ES)")
+    for c in summary["clusters"]:
+        if c["es_before"] or c["es_after"]:
+            print(f"  {c['name']:<22}{c['es_before']:>14,.2f}{c['es_after']:>14,.2f}"
+                  f"{c['es_change']:>+14,.2f}")
+    return 0
+
+
 # ---- dashboard (kinetic_jax/dashboard; needs the `dashboard` extra) -------------
 def _dashboard_parser(sub) -> None:
     d = sub.add_parser("dashboard", help="interactive margin dashboard and JSON margin service",
@@ -215,7 +278,7 @@ def _dashboard(args) -> int:
 
 
 COMMANDS = {"margin": _margin, "sensitivities": _sensitivities, "hedge": _hedge,
-            "dashboard": _dashboard}
+            "what-if": _what_if, "dashboard": _dashboard}
 
 
 def main(argv: list[str] | None = None) -> int:

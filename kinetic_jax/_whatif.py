@@ -167,9 +167,10 @@ class WhatIfReport(MarginReport):
                         "es_before": es_b, "es_after": c.es, "es_change": c.es - es_b})
         return out
 
-    def to_dict(self) -> dict:
-        out = super().to_dict()
-        out["what_if"] = {
+    def summary(self) -> dict:
+        """The change: trades, margin before and after, incremental, binding
+        before and after, and per cluster (see [`cluster_changes`][])."""
+        return {
             "trades": dict(self.trades),
             "margin_before": self.margin_before,
             "margin_after": self.margin,
@@ -178,7 +179,11 @@ class WhatIfReport(MarginReport):
             "binding_after": self.binding,
             "clusters": self.cluster_changes(),
         }
-        return out
+
+    def to_dict(self) -> dict:
+        """The traded book's margin report (SPEC.md §4) with ``what_if``: the
+        [`summary`][]."""
+        return {**super().to_dict(), "what_if": self.summary()}
 
 
 # ---- the session -----------------------------------------------------------------------
