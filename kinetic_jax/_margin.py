@@ -19,12 +19,19 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.sharding import Mesh
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from ._arrays import BookArrays
 from ._hierarchy import correlation_matrix
-from ._sampler import simulate
-from ._shortfall import expected_shortfall, weighted_tail, weighted_tail_statistics
+from ._sampler import check_sampler, fit_proposal, padded_scenarios, simulate
+from ._sharding import gathered_tail, replicated_map
+from ._shortfall import (
+    bisected_tail_statistics,
+    expected_shortfall,
+    weighted_tail,
+    weighted_tail_statistics,
+)
 from ._simulation import HIGHEST
 from ._stress import scenario_losses
 from ._worst_case import table_worst_case
@@ -202,8 +209,11 @@ def margin_from_weighted_losses(
 ) -> MarginResult:
     """The margin from streamed row losses (each cluster's, then the book's; padding
     scenarios at -inf) and likelihood-ratio weights (weighted Acerbi–Tasche ES)."""
-    tail, mass, _ = weighted_tail(losses, weights, top, scenarios)
-    es, se, var, _ = weighted_tail_statistics(tail, mass, params.confidence, scenarios)
+    if top >= losses.shape[1]:  # every draw may be in the tail: no sort (see there)
+        es, se, var, _ = bisected_tail_statistics(losses, weights, params.confidence, scenarios)
+    else:
+        tail, mass, _ = weighted_tail(losses, weights, top, scenarios)
+        es, se, var, _ = weighted_tail_statistics(tail, mass, params.confidence, scenarios)
     return margin_from_statistics(arrays, params, es, se, var)
 
 
@@ -221,17 +231,41 @@ def margin_arrays(
     top: int,
     sampler: str = "plain",
     chunk: int | None = None,
+    mesh: Mesh | None = None,
 ) -> MarginResult:
     """Simulates `scenarios` joint outcomes with `key` and margins the book.
-    Pure and jit-able (`scenarios`, `top`, `sampler` and `chunk` static); see
-    [`portfolio_margin`][] for the host-level entry point.
+    Pure and jit-able (`scenarios`, `top`, `sampler`, `chunk` and `mesh` static);
+    see [`portfolio_margin`][] for the host-level entry point.
 
     Scenarios are streamed in chunks of `chunk` (default: see
-    [`chunk_size`][]); the result does not depend on it.
+    [`chunk_size`][]); the result does not depend on it. With a `mesh` of several
+    devices ([`scenario_mesh`][]) the chunks are spread over its devices and only
+    tail candidates are gathered (see ``_sharding.py``); the figures are
+    bit-identical to one device. The result is then replicated on the mesh.
     """
+    if mesh is not None and mesh.size > 1:
+        return _sharded_margin(arrays, params, key, scenarios, top, sampler, chunk, mesh)
     losses, weights, _ = simulate(arrays, params.confidence, key, scenarios, sampler, chunk)
     top = static_top(sampler, scenarios, losses.shape[1], top)
     return margin_from_weighted_losses(arrays, params, losses, weights, top, scenarios)
+
+
+def _sharded_margin(arrays, params, key, scenarios, top, sampler, chunk, mesh):
+    check_sampler(sampler)
+
+    def body(arrays, params, key):
+        proposal = None
+        if sampler == "importance":
+            proposal = fit_proposal(lax.stop_gradient(arrays), params.confidence, key,
+                                    scenarios, chunk)
+        one_device_top = static_top(sampler, scenarios,
+                                    padded_scenarios(arrays, scenarios, chunk), top)
+        tail, mass = gathered_tail(arrays, key, scenarios, one_device_top, chunk, proposal,
+                                   mesh.size)
+        es, se, var, _ = weighted_tail_statistics(tail, mass, params.confidence, scenarios)
+        return margin_from_statistics(arrays, params, es, se, var)
+
+    return replicated_map(body, mesh, arrays, params, key)
 
 
 margin_jit = eqx.filter_jit(margin_arrays)

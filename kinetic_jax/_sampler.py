@@ -10,8 +10,8 @@ Each chunk yields only the scenario's loss per cluster and for the whole book
 ``"plain"``: xi as drawn, weight 1.
 
 ``"importance"``: a defensive mixture of mean shifts of xi (Hesterberg 1995;
-Glasserman, Heidelberger & Shahabuddin 2000). A pilot run of
-[`PILOT_SCENARIOS`][] plain draws (its own stream) estimates, for the whole book
+Glasserman, Heidelberger & Shahabuddin 2000). A pilot run of plain draws (its
+own stream; an eighth of the run, 4,096 to 16,384 draws) estimates, for the whole book
 and for each cluster, the mean of xi over the scenarios in that row's 1 - alpha
 loss tail (the cross-entropy mean shift; coordinates within ``THRESHOLD``
 standard errors of 0 are set to 0, and a cluster's shift touches only the
@@ -37,6 +37,7 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from ._arrays import PAD, PARLAY, BookArrays
 from ._book import SAMPLERS
+from ._shortfall import bisected_tail_statistics
 from ._simulation import (
     BLOCK,
     HIGHEST,
@@ -134,8 +135,25 @@ def stream(
     per-scenario outputs (leading axis: the padded scenario count), or with
     ``per_scenario=False`` its per-chunk outputs (leading axis: the chunks)."""
     size = chunk_size(arrays, scenarios, chunk)
-    blocks = size // BLOCK
     count = -(-scenarios // size)
+    return stream_chunks(arrays, key, scenarios, size, jnp.arange(count), proposal, fn,
+                         per_scenario)
+
+
+def stream_chunks(
+    arrays: BookArrays,
+    key: PRNGKeyArray,
+    scenarios: int,
+    size: int,
+    chunks: Int[Array, " n"],
+    proposal: Proposal | None,
+    fn,
+    per_scenario: bool = True,
+):
+    """[`stream`][] over the chunks numbered `chunks` only (chunk c holds scenarios
+    c * size to (c + 1) * size - 1, `size` a multiple of BLOCK): what one device
+    runs when the chunks are spread over several (see ``_sharding.py``)."""
+    blocks = size // BLOCK
 
     def one(c):
         noise = chunk_noise(key, arrays, c * blocks, blocks)
@@ -146,9 +164,10 @@ def stream(
             noise, log_w = proposal.shift(noise, index, scenarios)
         return fn(noise, index, log_w)
 
-    out = lax.map(one, jnp.arange(count))
+    out = lax.map(one, chunks)
     if not per_scenario:
         return out
+    count = chunks.shape[0]
     return jax.tree.map(lambda x: x.reshape(count * size, *x.shape[2:]), out)
 
 
@@ -162,14 +181,21 @@ def scenario_losses(
     """Streamed losses per cluster and for the book (rows; padding scenarios carry
     -inf) and each scenario's likelihood-ratio weight (0 for padding)."""
 
+    losses, weights = stream(arrays, key, scenarios, chunk, proposal, loss_rows(arrays, scenarios))
+    return losses.T, weights
+
+
+def loss_rows(arrays: BookArrays, scenarios: int):
+    """The per-chunk function of [`scenario_losses`][]: each scenario's row losses
+    ((K + 1) per scenario; -inf beyond `scenarios`) and its weight (0 there)."""
+
     def fn(noise, index, log_w):
         yes = contract_outcomes(latents_from_noise(noise, arrays), arrays)
         valid = index < scenarios
         losses = jnp.where(valid[:, None], row_losses(arrays, yes), -jnp.inf)
         return losses, jnp.where(valid, jnp.exp(log_w), 0.0)
 
-    losses, weights = stream(arrays, key, scenarios, chunk, proposal, fn)
-    return losses.T, weights
+    return fn
 
 
 def real_events(arrays: BookArrays) -> Float[Array, " E"]:
@@ -178,6 +204,13 @@ def real_events(arrays: BookArrays) -> Float[Array, " E"]:
     n_events = arrays.event_cluster.shape[0]
     hit = ops.segment_sum(used.astype(arrays.rho.dtype), arrays.event, num_segments=n_events)
     return jnp.minimum(hit, 1.0)
+
+
+def pilot_scenarios(scenarios: int) -> int:
+    """Pilot draws: an eighth of the run, at least 4,096 and at most
+    `PILOT_SCENARIOS`, in whole blocks (never more than the run's own blocks)."""
+    want = min(PILOT_SCENARIOS, max(4096, scenarios // 8))
+    return min(n_blocks(want) * BLOCK, n_blocks(scenarios) * BLOCK)
 
 
 def fit_proposal(
@@ -189,13 +222,13 @@ def fit_proposal(
 ) -> Proposal:
     """The defensive mixture of the module doc, from a pilot run on its own stream
     ``fold_in(key, PILOT_STREAM)`` (so the main run's draws are untouched)."""
-    pilot = min(PILOT_SCENARIOS, n_blocks(scenarios) * BLOCK)
+    pilot = pilot_scenarios(scenarios)
     pkey = jax.random.fold_in(key, PILOT_STREAM)
     losses, _ = scenario_losses(arrays, pkey, pilot, chunk)
     losses = lax.stop_gradient(losses[:, :pilot])  # (K + 1, P)
     noise = lax.stop_gradient(draw_noise(pkey, arrays, pilot))
-    k_tail = jnp.maximum(jnp.floor(pilot * (1 - confidence)), 1.0)
-    var = jnp.sort(losses, axis=1)[:, pilot - k_tail.astype(jnp.int32)]
+    _, _, var, _ = bisected_tail_statistics(losses, jnp.ones(pilot, losses.dtype), confidence,
+                                            pilot)
     # Scenarios at or above the row's pilot VaR, and with a loss that varies at all.
     tail = (losses >= var[:, None]) & (jnp.max(losses, axis=1) > jnp.min(losses, axis=1))[:, None]
     tail = tail.astype(losses.dtype)

@@ -13,7 +13,12 @@ from scipy.stats import multivariate_normal, norm
 
 import kinetic_jax as kj
 from kinetic_jax._sampler import fit_proposal, scenario_losses
-from kinetic_jax._shortfall import tail_statistics, weighted_tail, weighted_tail_statistics
+from kinetic_jax._shortfall import (
+    bisected_tail_statistics,
+    tail_statistics,
+    weighted_tail,
+    weighted_tail_statistics,
+)
 
 SAMPLERS = ("plain", "importance")
 
@@ -66,6 +71,23 @@ def test_weighted_estimator_is_the_exact_es_of_a_weighted_sample():
     es, _, _, _ = weighted_tail_statistics(t, mass, jnp.float32(0.95), 400)
     assert float(es[0]) == pytest.approx(kj.exact_expected_shortfall(values, w / 400, 0.95),
                                          rel=1e-5)
+
+
+def test_sort_free_estimator_equals_the_sorted_one_with_ties_and_padding():
+    rng = np.random.default_rng(1)
+    losses = np.round(rng.normal(size=(3, 2048)) * 4) * 25  # many ties
+    losses[:, -48:] = -np.inf  # padding draws
+    w = rng.uniform(0.1, 2.0, 2048)
+    w[-48:] = 0.0
+    losses, w = jnp.asarray(losses, jnp.float32), jnp.asarray(w, jnp.float32)
+    for alpha in (0.99, 0.9):
+        t, mass, order = weighted_tail(losses, w, 2048, 2000)
+        es0, se0, var0, take0 = weighted_tail_statistics(t, mass, jnp.float32(alpha), 2000)
+        es1, se1, var1, take1 = bisected_tail_statistics(losses, w, jnp.float32(alpha), 2000)
+        np.testing.assert_allclose(es1, es0, rtol=1e-5)
+        np.testing.assert_allclose(se1, se0, rtol=1e-4)
+        np.testing.assert_array_equal(var1, var0)
+        np.testing.assert_allclose(take1.sum(axis=1), 1 - alpha, rtol=1e-4)
 
 
 def test_a_tail_too_short_for_the_weights_is_an_error():
