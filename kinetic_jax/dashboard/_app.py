@@ -61,6 +61,7 @@ import kinetic_jax as kj
 from kinetic_jax import Book, BookError
 
 from . import _service as service
+from . import _whatif as what_if_service
 from ._schema import BOOK_EXAMPLE, book_schema, config, error_responses, json_body
 from ._state import REFERENCE, Source, State, StateStore, clean_ui, default_state_path, sha256
 
@@ -714,6 +715,49 @@ def create_app(
         never holds up a margin."""
         return await compute(request, ("sensitivities",), engine.sens_pool,
                              lambda book: {"sensitivities": service.sensitivities(book)})
+
+    sessions = what_if_service.Sessions()
+    what_if_body = json_body(
+        {"title": "WhatIf", "type": "object", "required": ["book", "trades"],
+         "additionalProperties": False,
+         "properties": {
+             "book": schema,
+             "trades": {"type": "array", "maxItems": limits.max_positions, "items": {
+                 "type": "object", "additionalProperties": False,
+                 "required": ["contract", "quantity"],
+                 "properties": {"contract": {"type": "string"},
+                                "quantity": {"type": "number",
+                                             "description": "signed quantity traded, added "
+                                                            "to the position"}}}},
+             "new_contracts": {**schema["properties"]["contracts"],
+                               "description": "contracts new to the book (same keys as "
+                                              "book.contracts), tradable in `trades`"}}},
+        {"book": BOOK_EXAMPLE, "trades": [
+            {"contract": BOOK_EXAMPLE["positions"][0]["contract"], "quantity": 100}]},
+        "a book and trades on it")
+
+    @app.post("/api/what-if", tags=["service"], openapi_extra=what_if_body,
+              responses=error_responses(*busy))
+    async def what_if(request: Request):
+        """Pre-trade what-if (``kinetic_jax.margin_session``): `what_if` (margin
+        before and after, `incremental`, binding before and after, ES per cluster
+        before and after), the traded book's `report` and `waterfall`, `timing`.
+        The book's simulation is kept (an LRU of 4 books), so what-ifs on the same
+        book do not simulate again; the figures equal /api/margin of the traded
+        book."""
+        try:
+            with engine.admit("engine"):
+                page = request.headers.get("x-kinetic-page", "")[:64]
+                key = f"{page}:{request.url.path}" if page else None
+                ticket = engine.ticket(key)
+                raw = await request.body()
+                book, trades = await engine.parse(what_if_service.parse_what_if_body, raw,
+                                                  limits)
+                engine.check_current(key, ticket)
+                return await engine.run(engine.margin_pool, ("what-if",), book,
+                                        sessions.response, trades, key=key, ticket=ticket)
+        except Exception as e:  # noqa: BLE001 - never let a traceback reach a user
+            return failure(e)
 
     @app.post("/api/validate", tags=["service"], openapi_extra=book_body,
               responses=error_responses(400, 413, 415, 422, 503))

@@ -163,7 +163,8 @@ export function renderSensitivities() {
   const shown = items.slice(0, 24).reverse();
   const dollars = metric !== "d_quantity";
   const more = items.length > shown.length ? ` (top ${shown.length} of ${items.length} by size)` : "";
-  hint.textContent = `margin ${money(s.margin)} · Euler sum ${money(s.euler_total)}${more} · orange raises, green lowers the margin` +
+  const sum = metric === "allocation" ? `allocation sum ${money(s.allocation_total)}` : `Euler sum ${money(s.euler_total)}`;
+  hint.textContent = `margin ${money(s.margin)} · ${sum}${more} · orange raises, green lowers the margin` +
     (S.sensMs ? ` · ${Math.round(S.sensMs)} ms` : "");
   return plot("sensitivities", [{
     type: "bar", orientation: "h", y: shown.map((x) => plotText(x[0])), x: shown.map((x) => x[1]),

@@ -9,6 +9,7 @@ import {
   setConfig, showBanner,
 } from "./state.js";
 import { addRow, renderPositions, renderPositionsErrorsOnly } from "./table.js";
+import { markApplied } from "./whatif.js";
 
 const DEBOUNCE_MS = 300;
 const BINS = 60;
@@ -77,6 +78,7 @@ async function compute() {
     S.result = r.data;
     S.resultGen = gen;
     S.lastBook = book;
+    markApplied();
     // The histogram comes with the report: one simulation, one request.
     S.hist = r.data.histogram; S.histGen = gen;
     renderTree();

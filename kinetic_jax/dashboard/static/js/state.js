@@ -135,7 +135,7 @@ export function checkAll() {
   return n;
 }
 
-function rowContract(r) {
+export function rowContract(r) {
   const c = { id: String(r.id).trim(), cluster: r.cluster, type: r.type, price: parseNum(r.price) };
   const keys = keysOf(r.type);
   if (keys.includes("event") && String(r.event).trim()) c.event = String(r.event).trim();

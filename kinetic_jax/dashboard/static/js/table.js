@@ -3,6 +3,7 @@ import {
   $, CONFIG, S, checkAll, clusterNames, el, hideBanner, hooks, keysOf, locateServerError, money,
   parseNum, showBanner,
 } from "./state.js";
+import { previewRow } from "./whatif.js";
 
 function grossOf(r) {
   const p = parseNum(r.price), q = parseNum(r.quantity === "" ? "0" : r.quantity);
@@ -22,7 +23,7 @@ function renderChips() {
 
 function cellInput(r, key, { cls = "", disabled = false, placeholder = "" } = {}) {
   const input = el("input", { class: cls, value: r[key] ?? "", disabled, placeholder, "data-key": key, spellcheck: "false" });
-  input.addEventListener("input", () => { r[key] = input.value; onRowEdit(r, input); });
+  input.addEventListener("input", () => { r[key] = input.value; onRowEdit(r, input); previewRow(r); });
   return input;
 }
 function cellSelect(r, key, options) {
