@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 
-import equinox as eqx
 import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array, Float, Int
@@ -69,8 +68,10 @@ def tail_statistics(
     k = n * (1 - confidence)
     # The kept tail must reach the boundary draw L_(floor(k)); otherwise ES and VaR
     # would silently drop losses (a confidence below the one `top` was sized for).
-    k = eqx.error_if(k, k >= top, "confidence too low for the static tail size `top`: "
-                     "recompute it with tail_size(scenarios, confidence)")
+    # Checked without a host callback (programs with callbacks are never written
+    # to the persistent compilation cache): the figures become NaN, which the
+    # host layer reports as an engine error.
+    k = jnp.where(k >= top, jnp.nan, k)
     j = jnp.arange(top, dtype=tail.dtype)
     w = jnp.clip(k - j, 0.0, 1.0)
     es = jnp.sum(w * tail, axis=-1) / k
@@ -140,15 +141,15 @@ def weighted_tail_statistics(
     [`tail_statistics`][]. The standard error is the delta-method (Chen) one of
     the Rockafellar–Uryasev form, sqrt(Var[w (L - VaR)^+] / N) / (1 - alpha), which
     for importance sampling is the weighted estimator's own standard error.
-    Raises (under jit, via `eqx.error_if`) when the kept rows hold less than
-    1 - alpha of probability mass.
+    A row whose kept draws hold less than 1 - alpha of probability mass comes
+    out NaN (raise `top`).
     """
     budget = 1 - confidence
     before = jnp.cumsum(mass, axis=-1) - mass
     kept = jnp.sum(mass, axis=-1)
-    budget = eqx.error_if(budget, jnp.any(kept < budget * (1 - 1e-6)),
-                          "the kept tail holds less than 1 - confidence of probability "
-                          "mass: raise the static tail size `top`")
+    # Too short a kept tail poisons the row with NaN (no host callback: see
+    # tail_statistics); the host layer reports it as an engine error.
+    budget = jnp.where(kept < budget * (1 - 1e-6), jnp.nan, budget)
     take = jnp.clip(budget - before, 0.0, mass)
     es = jnp.sum(take * jnp.where(take > 0, tail, 0.0), axis=-1) / budget
     # VaR: the first draw at which the cumulated mass reaches 1 - alpha.
