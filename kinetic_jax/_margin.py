@@ -24,8 +24,8 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from ._arrays import BookArrays
 from ._hierarchy import correlation_matrix
-from ._sampler import check_sampler, fit_proposal, padded_scenarios, simulate
-from ._sharding import gathered_tail, replicated_map
+from ._sampler import check_sampler, fit_proposal, simulate
+from ._sharding import gathered_losses, gathered_tail, replicated_map
 from ._shortfall import (
     bisected_tail_statistics,
     expected_shortfall,
@@ -175,7 +175,7 @@ def margin_from_statistics(
     full = jnp.sum(gross_c)
     released = jnp.where(full > 0, 1 - margin / jnp.where(full > 0, full, 1.0), 0.0)
     corr = correlation_matrix(arrays.rho, arrays.lca)
-    agg_sq = cluster_es @ corr @ cluster_es
+    agg_sq = jnp.dot(jnp.dot(cluster_es, corr, precision=HIGHEST), cluster_es, precision=HIGHEST)
     aggregate = jnp.where(agg_sq > 0, jnp.sqrt(jnp.where(agg_sq > 0, agg_sq, 1.0)), 0.0)
     cluster_gross = jax.ops.segment_sum(gross_c, arrays.cluster, num_segments=k)
     return MarginResult(
@@ -240,8 +240,11 @@ def margin_arrays(
     Scenarios are streamed in chunks of `chunk` (default: see
     [`chunk_size`][]); the result does not depend on it. With a `mesh` of several
     devices ([`scenario_mesh`][]) the chunks are spread over its devices and only
-    tail candidates are gathered (see ``_sharding.py``); the figures are
-    bit-identical to one device. The result is then replicated on the mesh.
+    tail candidates are gathered (see ``_sharding.py``): the tail is exactly the
+    one-device tail, and the figures agree with one device to float32 rounding
+    (XLA may round the standard errors' sums differently in a program compiled
+    for several devices; [`portfolio_margin`][] computes them on one device and
+    is bit-identical). The result is replicated on the mesh.
     """
     if mesh is not None and mesh.size > 1:
         return _sharded_margin(arrays, params, key, scenarios, top, sampler, chunk, mesh)
@@ -251,21 +254,51 @@ def margin_arrays(
 
 
 def _sharded_margin(arrays, params, key, scenarios, top, sampler, chunk, mesh):
+    rows, weights = sharded_rows(arrays, params, key, scenarios, top, sampler, chunk, mesh)
+    return margin_from_rows(arrays, params, rows, weights, scenarios, sampler)
+
+
+def sharded_rows(
+    arrays: BookArrays,
+    params: MarginParams,
+    key: PRNGKeyArray,
+    scenarios: int,
+    top: int,
+    sampler: str,
+    chunk: int | None,
+    mesh: Mesh,
+) -> tuple[Float[Array, "K+1 T"], Float[Array, "*rows T"]]:
+    """The scenarios spread over `mesh` (see ``_sharding.py``), gathered into
+    what the figures need, replicated on the mesh: plain sampling, each row's
+    `top` largest losses and their masses (see [`weighted_tail`][]); importance
+    sampling, the loss rows and weights (see [`scenario_losses`][])."""
     check_sampler(sampler)
 
     def body(arrays, params, key):
-        proposal = None
-        if sampler == "importance":
-            proposal = fit_proposal(lax.stop_gradient(arrays), params.confidence, key,
-                                    scenarios, chunk)
-        one_device_top = static_top(sampler, scenarios,
-                                    padded_scenarios(arrays, scenarios, chunk), top)
-        tail, mass = gathered_tail(arrays, key, scenarios, one_device_top, chunk, proposal,
-                                   mesh.size)
-        es, se, var, _ = weighted_tail_statistics(tail, mass, params.confidence, scenarios)
-        return margin_from_statistics(arrays, params, es, se, var)
+        if sampler == "plain":
+            return gathered_tail(arrays, key, scenarios, top, chunk, mesh.size)
+        proposal = fit_proposal(lax.stop_gradient(arrays), params.confidence, key,
+                                scenarios, chunk)
+        return gathered_losses(arrays, key, scenarios, chunk, proposal, mesh.size)
 
     return replicated_map(body, mesh, arrays, params, key)
 
 
+def margin_from_rows(
+    arrays: BookArrays,
+    params: MarginParams,
+    rows: Float[Array, "K+1 T"],
+    weights: Float[Array, "*rows T"],
+    scenarios: int,
+    sampler: str,
+) -> MarginResult:
+    """The margin from [`sharded_rows`][]'s output, as one device computes it."""
+    if sampler == "plain":
+        es, se, var, _ = weighted_tail_statistics(rows, weights, params.confidence, scenarios)
+        return margin_from_statistics(arrays, params, es, se, var)
+    return margin_from_weighted_losses(arrays, params, rows, weights, rows.shape[1], scenarios)
+
+
 margin_jit = eqx.filter_jit(margin_arrays)
+sharded_rows_jit = eqx.filter_jit(sharded_rows)
+rows_margin_jit = eqx.filter_jit(margin_from_rows)

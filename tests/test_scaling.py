@@ -1,0 +1,236 @@
+"""Many devices, many processes, matmul precision (issue 8 items 3-5).
+
+Device counts are set per subprocess with ``JAX_NUM_CPU_DEVICES`` (JAX reads it
+when its CPU backend starts), as a user would; the 2-process job runs two
+``kinetic-jax margin`` processes on 127.0.0.1 that form one JAX multi-controller
+computation. Plain-sampler figures must be bit-identical to one device.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.extend
+import numpy as np
+import pytest
+
+import kinetic_jax as kj
+from kinetic_jax._cli import main
+from kinetic_jax._sharding import device_chunks, scenario_mesh
+
+ROOT = Path(__file__).resolve().parents[1]
+BOOK = str(ROOT / "examples" / "reference_book.toml")
+# 5,000 draws: not a whole number of blocks (padding), and split unevenly over 2
+# and 4 devices (4 devices: one of them holds only padding).
+SCENARIOS = "5000"
+DEADLINE = 240  # seconds for any subprocess
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("KINETIC_JAX_") or k == "KINETIC_JAX_CACHE_DIR"}
+    env.pop("JAX_NUM_CPU_DEVICES", None)
+    env["JAX_PLATFORMS"] = "cpu"
+    env.update(extra)
+    return env
+
+
+def _margin_json(devices: int) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-m", "kinetic_jax._cli", "margin", BOOK, "--json",
+         "--scenarios", SCENARIOS],
+        env=_env(JAX_NUM_CPU_DEVICES=str(devices)), capture_output=True, text=True,
+        timeout=DEADLINE, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def _one_device() -> dict:
+    book = kj.load_book(BOOK)
+    # Through JSON, as the CLI prints it (floats round-trip exactly).
+    return json.loads(json.dumps(kj.portfolio_margin(book, scenarios=int(SCENARIOS)).to_dict()))
+
+
+def _without_devices(report: dict) -> dict:
+    return {k: v for k, v in report.items() if k != "devices"}
+
+
+def test_margin_json_is_bit_identical_on_1_2_and_4_devices():
+    single = _one_device()
+    assert single["devices"] == 1
+    for devices in (2, 4):
+        report = _margin_json(devices)
+        assert report["devices"] == devices
+        assert _without_devices(report) == _without_devices(single), devices
+
+
+_IN_TWO_DEVICES = """
+import json, sys
+import jax, numpy as np
+import kinetic_jax as kj
+book = kj.load_book(sys.argv[1])
+out = {}
+for sampler in ("plain", "importance"):
+    one = kj.portfolio_margin(book, scenarios=4096, sampler=sampler, devices=1)
+    two = kj.portfolio_margin(book, scenarios=4096, sampler=sampler, devices=2)
+    out[sampler] = [one.to_dict(), two.to_dict()]
+# The jit-able core on a mesh: one SPMD program, replicated result.
+arrays, _, params = kj.margin_inputs(book)
+key = jax.random.key(0)
+run = jax.jit(lambda a, p, k, m=None: kj.margin_arrays(a, p, k, 4096, 64, "plain", None, m),
+              static_argnums=3)
+single, mesh = run(arrays, params, key), run(arrays, params, key, kj.scenario_mesh(2))
+out["core"] = [float(single.margin), float(mesh.margin), float(single.base_se),
+               float(mesh.base_se), [len(mesh.margin.sharding.device_set)]]
+print(json.dumps(out))
+"""
+
+
+def _close(a, b, rtol):
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k], rtol) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_close(x, y, rtol) for x, y in zip(a, b))
+    if isinstance(a, float):
+        return abs(a - b) <= rtol * max(abs(a), abs(b))
+    return a == b
+
+
+def test_importance_sampler_and_the_core_on_two_devices():
+    """Importance sampling spread over 2 devices (full loss rows gathered) agrees
+    with one device to float32 rounding (relative 1e-6); so does the jit-able
+    `margin_arrays` with a mesh, whose result is replicated on both devices."""
+    out = subprocess.run([sys.executable, "-c", _IN_TWO_DEVICES, BOOK],
+                         env=_env(JAX_NUM_CPU_DEVICES="2"), capture_output=True, text=True,
+                         timeout=DEADLINE, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    one, two = result["plain"]
+    assert (one["devices"], two["devices"]) == (1, 2)
+    assert _without_devices(one) == _without_devices(two)  # plain: bit for bit
+    one, two = result["importance"]
+    assert two["devices"] == 2
+    assert _close(_without_devices(one), _without_devices(two), 1e-6)
+    single_margin, mesh_margin, single_se, mesh_se, [placed] = result["core"]
+    assert mesh_margin == pytest.approx(single_margin, rel=1e-6)
+    assert mesh_se == pytest.approx(single_se, rel=1e-6)
+    assert placed == 2
+
+
+def test_chunks_are_dealt_out_whole_and_cover_every_scenario():
+    arrays, _, _ = kj.margin_inputs(kj.load_book(BOOK))
+    for scenarios, devices, chunk in ((5000, 2, None), (5000, 4, None), (4096, 3, None),
+                                      (300_000, 4, None), (8192, 2, 1024), (8192, 4, 4096)):
+        size, per = device_chunks(arrays, scenarios, chunk, devices)
+        assert size % 1024 == 0
+        assert devices * per * size >= scenarios  # every scenario is simulated
+        assert (devices * per - 1) * size < scenarios + devices * size  # padding < a chunk each
+        if chunk is not None:
+            assert size == min(chunk, -(-scenarios // 1024) * 1024)
+
+
+def test_scenario_mesh_names_a_bad_device_count():
+    n = len(jax.devices())
+    assert scenario_mesh().size == n
+    assert scenario_mesh(1).size == 1
+    with pytest.raises(ValueError, match=rf"devices: 0 is outside \[1, {n}\]"):
+        scenario_mesh(0)
+    with pytest.raises(ValueError, match=rf"devices: {n + 1} is outside"):
+        scenario_mesh(n + 1)
+    with pytest.raises(ValueError, match="empty sequence"):
+        scenario_mesh([])
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_give_the_single_process_figures_with_two_devices():
+    port = _free_port()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "kinetic_jax._cli", "margin", BOOK, "--json",
+             "--scenarios", SCENARIOS, "--coordinator", f"127.0.0.1:{port}",
+             "--num-processes", "2", "--process-id", str(i), "--init-timeout", "60",
+             "--heartbeat-timeout", "10"],
+            env=_env(JAX_NUM_CPU_DEVICES="1"), stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        for i in range(2)
+    ]
+    outputs = []
+    try:
+        for p in procs:
+            out, err = p.communicate(timeout=DEADLINE)
+            assert p.returncode == 0, err
+            outputs.append(json.loads(out))  # stdout is one JSON object (Gloo's lines go
+            #                                  to stderr)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert outputs[0] == outputs[1]  # every process prints the same figures
+    assert outputs[0]["devices"] == 2
+    assert _without_devices(outputs[0]) == _without_devices(_one_device())
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--num-processes", "2"], "--coordinator, --process-id: missing"),
+    (["--coordinator", "127.0.0.1:1234", "--num-processes", "2", "--process-id", "2"],
+     r"--process-id: 2 is outside \[0, 1\]"),
+    (["--coordinator", "localhost", "--num-processes", "2", "--process-id", "0"],
+     "--coordinator: 'localhost' is not HOST:PORT"),
+    (["--coordinator", "h:1", "--num-processes", "0", "--process-id", "0"],
+     "--num-processes: 0 is not a positive count"),
+    (["--init-timeout", "0"], "--init-timeout: 0 is not a positive number of seconds"),
+])
+def test_bad_distributed_flags_exit_2_naming_the_flag(argv, message, capsys):
+    assert main(["margin", BOOK, *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kinetic-jax: error: ")
+    assert re.search(message, err), err
+
+
+def test_a_bad_environment_variable_is_named(monkeypatch, capsys):
+    monkeypatch.setenv("KINETIC_JAX_NUM_PROCESSES", "two")
+    assert main(["margin", BOOK]) == 2
+    assert "KINETIC_JAX_NUM_PROCESSES (--num-processes): 'two' is not an integer" in (
+        capsys.readouterr().err)
+
+
+def _dot_precisions(jaxpr) -> list:
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            found.append(eqn.params["precision"])
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            found.extend(_dot_precisions(sub))
+    return found
+
+
+@pytest.mark.parametrize("sampler", ["plain", "importance"])
+def test_every_loss_matmul_asks_for_highest_precision(sampler):
+    """Every dot_general that margin_arrays traces carries precision HIGHEST
+    explicitly (so TF32/bf16 passes on GPUs and TPUs never apply), even under a
+    lower default matmul precision."""
+    book = kj.load_book(BOOK)
+    arrays, _, params = kj.margin_inputs(book)
+    highest = jax.lax.Precision.HIGHEST
+    with jax.default_matmul_precision("bfloat16"):
+        closed = jax.make_jaxpr(
+            lambda a, p, k: kj.margin_arrays(a, p, k, 4096, 64, sampler))(
+            arrays, params, jax.random.key(0))
+    precisions = _dot_precisions(closed.jaxpr)
+    assert len(precisions) >= 2  # losses and factors at least
+    for precision in precisions:
+        assert precision is not None
+        assert tuple(np.atleast_1d(precision)) in ((highest, highest), (highest,)), precision
