@@ -131,6 +131,7 @@ from ._sensitivities import (
 from ._sensitivities import (
     sensitivity_arrays as sensitivity_arrays,
 )
+from ._sharding import scenario_mesh as scenario_mesh  # noqa: E402
 from ._stress import StressResult as StressResult  # noqa: E402
 from ._stress import scenario_losses as scenario_losses  # noqa: E402
 from ._stress import stress_factors as stress_factors  # noqa: E402

@@ -26,6 +26,64 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="switch an add-on off (repeatable)")
 
 
+def distributed_options(p: argparse.ArgumentParser) -> None:
+    """The multi-process flags shared by margin, sweep and batch (docs/scaling.md):
+    one job as one JAX multi-controller computation over every process's devices.
+    Call [`start_distributed`][] with the parsed arguments before computing."""
+    g = p.add_argument_group("many hosts (docs/scaling.md)")
+    g.add_argument("--coordinator", metavar="HOST:PORT",
+                   help="address of process 0 for a multi-process job ('auto': let "
+                        "jax.distributed.initialize() detect SLURM or a TPU slice); also "
+                        "$KINETIC_JAX_COORDINATOR")
+    g.add_argument("--num-processes", type=int, metavar="N",
+                   help="processes in the job (also $KINETIC_JAX_NUM_PROCESSES)")
+    g.add_argument("--process-id", type=int, metavar="I",
+                   help="this process's index in [0, N) (also $KINETIC_JAX_PROCESS_ID)")
+    g.add_argument("--init-timeout", type=int, default=None, metavar="S",
+                   help="seconds to wait for every process to join (JAX's default: 300)")
+    g.add_argument("--heartbeat-timeout", type=int, default=None, metavar="S",
+                   help="seconds without a heartbeat before a lost process aborts the job "
+                        "(JAX's default: 100)")
+
+
+def start_distributed(args) -> bool:
+    """Starts the multi-process runtime when the flags or environment ask for it
+    (a no-op otherwise, and for commands without the flags). Raises BookError
+    naming a bad flag."""
+    from ._sharding import initialize
+
+    if not hasattr(args, "coordinator"):
+        return False
+    for flag in ("init_timeout", "heartbeat_timeout"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise BookError(f"--{flag.replace('_', '-')}", f"{value} is not a positive number "
+                                                            f"of seconds")
+    try:
+        started = initialize(args.coordinator, args.num_processes, args.process_id,
+                             initialization_timeout=args.init_timeout,
+                             heartbeat_timeout=args.heartbeat_timeout)
+    except ValueError as e:
+        raise BookError("", str(e)) from None
+    if started:
+        # The collectives library (Gloo on CPU) writes progress lines to file
+        # descriptor 1: send native writes to stderr and keep Python's stdout on the
+        # real one, so that --json output stays one JSON object.
+        sys.stdout.flush()
+        real = os.dup(1)
+        os.dup2(2, 1)
+        sys.stdout = os.fdopen(real, "w", buffering=1)
+    return started
+
+
+def writes_files() -> bool:
+    """Whether this process writes output files: in a multi-process job only
+    process 0 does (every process prints the same figures)."""
+    import jax
+
+    return jax.process_index() == 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kinetic-jax",
@@ -35,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("margin", help="margin report of a book")
     _common(m)
     m.add_argument("--float64", action="store_true", help="compute in float64")
+    distributed_options(m)
     sens = sub.add_parser("sensitivities", help="dM/dq, dM/dp, dM/drho, dM/dloading, Euler "
                                                 "allocation")
     _common(sens)
@@ -288,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
 
     enable_compilation_cache()  # compile once per machine ($KINETIC_JAX_CACHE_DIR=off: never)
     try:
+        start_distributed(args)
         return COMMANDS[args.command](args)
     except BookError as e:
         print(f"kinetic-jax: error: {e}", file=sys.stderr)
