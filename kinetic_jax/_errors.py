@@ -15,3 +15,10 @@ class BookError(ValueError):
         self.field = field
         self.detail = message
         super().__init__(f"{field}: {message}" if field else message)
+
+
+class EngineError(RuntimeError):
+    """The engine failed on input that passed validation (a non-finite figure, a
+    diverged optimiser): a fault of the engine, not of the book. The command line
+    exits 1 for it (2 is kept for input errors) and the service answers 500 with
+    a JSON message."""

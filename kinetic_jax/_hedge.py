@@ -42,7 +42,7 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from ._arrays import BookArrays, bucket
 from ._book import Book
-from ._errors import BookError
+from ._errors import BookError, EngineError
 from ._margin import MarginParams, MarginResult, cluster_losses, margin_from_losses
 from ._portfolio import margin_inputs, portfolio_margin
 from ._shortfall import expected_shortfall, tail_size
@@ -269,7 +269,7 @@ def optimise_hedge(
     best_x, trace = _solve(problem, top, steps, objective)
     x_cont = np.asarray(best_x, np.float64)
     if not np.all(np.isfinite(x_cont)):
-        raise BookError("", "the optimiser diverged; please report this book")
+        raise EngineError("the optimiser diverged; please report this book")
     _, at_cont = _objective_jit(best_x, problem, top, objective)
     trace = np.asarray(trace, np.float64)
     # Converged: the best objective improved by less than 1e-4 (relative) over

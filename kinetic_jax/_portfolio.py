@@ -11,7 +11,7 @@ import numpy as np
 
 from ._arrays import BookArrays, book_arrays
 from ._book import Book
-from ._errors import BookError
+from ._errors import BookError, EngineError
 from ._margin import (
     ADDONS,
     BINDING,
@@ -222,7 +222,7 @@ def _report(book: Book, layout, result: MarginResult) -> MarginReport:
     r = jax.tree.map(lambda x: np.asarray(x, dtype=np.float64), result)
     values = [r.margin, r.base, r.floor, r.worst_case_loss, *r.cluster_es]
     if not all(math.isfinite(float(v)) for v in values):
-        raise BookError("", "the engine produced a non-finite figure; please report this book")
+        raise EngineError("the engine produced a non-finite figure; please report this book")
     s = book.settings
     qty = book.net_quantities()
     held = {name: 0 for name in layout.cluster_names}

@@ -50,7 +50,7 @@ from ._conditional import (
     mark_surrogate,
     tail_surrogate,
 )
-from ._errors import BookError
+from ._errors import BookError, EngineError
 from ._margin import (
     BINDING,
     MarginParams,
@@ -356,7 +356,7 @@ def _report(book, layout, sens: SensitivityResult, temperature, estimator):
     err = (None if sens.standard_error is None
            else jax.tree.map(lambda x: np.asarray(x, np.float64), sens.standard_error))
     if not all(np.all(np.isfinite(x)) for x in jax.tree.leaves((jac, err))):
-        raise BookError("", "a sensitivity came out non-finite; please report this book")
+        raise EngineError("a sensitivity came out non-finite; please report this book")
     n = layout.n_contracts
     qty = book.net_quantities()
     ids = layout.contract_ids

@@ -149,7 +149,7 @@ def weighted_tail_statistics(
     kept = jnp.sum(mass, axis=-1)
     # Too short a kept tail poisons the row with NaN (no host callback: see
     # tail_statistics); the host layer reports it as an engine error.
-    budget = jnp.where(kept < budget * (1 - 1e-6), jnp.nan, budget)
+    short = kept < budget * (1 - 1e-6)
     take = jnp.clip(budget - before, 0.0, mass)
     es = jnp.sum(take * jnp.where(take > 0, tail, 0.0), axis=-1) / budget
     # VaR: the first draw at which the cumulated mass reaches 1 - alpha.
@@ -161,7 +161,7 @@ def weighted_tail_statistics(
     m1 = jnp.sum(h, axis=-1) / n
     m2 = jnp.sum(h * h, axis=-1) / n
     se = _safe_sqrt((m2 - m1 * m1) / n) / (1 - confidence)
-    return es, se, var[..., 0], take
+    return jnp.where(short, jnp.nan, es), jnp.where(short, jnp.nan, se), var[..., 0], take
 
 
 def bisected_tail_statistics(
