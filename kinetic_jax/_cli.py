@@ -12,6 +12,8 @@ import json
 import os
 import sys
 
+from ._cli_grid import COMMANDS as GRID_COMMANDS
+from ._cli_grid import add_parsers as grid_parsers
 from ._errors import BookError
 
 
@@ -117,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     hedge.add_argument("--lot", type=float, default=1.0,
                        help="trade in whole lots of this many contracts (default 1)")
     _what_if_parser(sub)
+    grid_parsers(sub, distributed_options)  # sweep, batch
     _dashboard_parser(sub)
     return parser
 
@@ -338,6 +341,7 @@ def _dashboard(args) -> int:
 
 COMMANDS = {"margin": _margin, "sensitivities": _sensitivities, "hedge": _hedge,
             "what-if": _what_if, "dashboard": _dashboard}
+COMMANDS.update(GRID_COMMANDS)  # sweep, batch (kinetic_jax._cli_grid)
 
 
 def main(argv: list[str] | None = None) -> int:

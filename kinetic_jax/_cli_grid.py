@@ -1,0 +1,144 @@
+"""The ``kinetic-jax sweep`` and ``kinetic-jax batch`` commands (SPEC.md §5.3).
+
+Exit statuses as every command: 0 on success, 2 on an input error; ``batch``
+exits 1 when some accounts failed (each listed with its error) and 2 when the
+inputs as a whole are unusable. Only process 0 of a multi-process job writes
+files (``--out``, ``--plot``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+TABLE_ROWS = 40
+
+
+def add_parsers(sub, distributed_options) -> None:
+    sw = sub.add_parser("sweep", help="margin over a grid of rho, loading, confidence, "
+                                      "quantity and price values (common random numbers)")
+    sw.add_argument("book", help="book file (.toml or .json)")
+    sw.add_argument("--vary", action="append", required=True, metavar="NAME=START:STOP:COUNT",
+                    help="an axis (repeatable; the grid is their product): NAME is "
+                         "rho.<node>, loading.<cluster>, confidence, quantity.<contract> or "
+                         "price.<contract>; COUNT values from START to STOP, both included")
+    sw.add_argument("--scenarios", type=int, help="Monte-Carlo draws (default: the book's)")
+    sw.add_argument("--seed", type=int, help="PRNG seed (default: the book's)")
+    sw.add_argument("--sensitivities", action="store_true",
+                    help="also each point's derivative of the margin along each axis")
+    sw.add_argument("--json", action="store_true", help="print one JSON object")
+    sw.add_argument("--out", metavar="FILE", help="write the grid to FILE.csv or FILE.npz")
+    sw.add_argument("--plot", metavar="FILE.png",
+                    help="line (one axis) or heat map (two axes) of the margin with the "
+                         "binding regions (needs matplotlib: the 'plot' extra)")
+    distributed_options(sw)
+    b = sub.add_parser("batch", help="margin many accounts on one shared simulation")
+    b.add_argument("book", help="book file: contracts, hierarchy and model (its positions "
+                                "are ignored)")
+    b.add_argument("accounts", help="CSV with the header account,contract,quantity (rows "
+                                    "netted per account and contract)")
+    b.add_argument("--scenarios", type=int, help="Monte-Carlo draws (default: the book's)")
+    b.add_argument("--seed", type=int, help="PRNG seed (default: the book's)")
+    b.add_argument("--json", action="store_true", help="print one JSON object")
+    b.add_argument("--out", metavar="FILE.csv", help="write one CSV row per account")
+    distributed_options(b)
+
+
+def _progress(args) -> bool:
+    return not args.json and sys.stdout.isatty() and sys.stderr.isatty()
+
+
+def _writer() -> bool:
+    import jax
+
+    return jax.process_index() == 0
+
+
+def sweep_command(args) -> int:
+    from ._book_file import load_book
+    from ._errors import BookError
+    from ._sweep import parse_axis, plot_sweep, sweep
+
+    axes = [parse_axis(spec) for spec in args.vary]
+    if args.out and not args.out.endswith((".csv", ".npz")):
+        raise BookError("--out", f"{args.out!r}: the file name must end in .csv or .npz")
+    if args.plot and len(axes) > 2:
+        raise BookError("--plot", f"a plot needs one or two axes, got {len(axes)}")
+    book = load_book(args.book)
+    result = sweep(book, axes, scenarios=args.scenarios, seed=args.seed,
+                   sensitivities=args.sensitivities, progress=_progress(args))
+    if _writer():
+        if args.out:
+            result.save(args.out)
+        if args.plot:
+            plot_sweep(result, args.plot)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    names = [a.name for a in result.axes]
+    grid = " x ".join(f"{a.name} [{len(a.values)}]" for a in result.axes)
+    print(f"kinetic-jax sweep: {args.book}  ({grid}; {result.scenarios:,} scenarios, seed "
+          f"{result.seed}, common random numbers)")
+    n_valid = int(result.valid.sum())
+    print(f"{result.valid.size:,} points: {n_valid:,} valid, {result.valid.size - n_valid:,} "
+          f"invalid")
+    if n_valid:
+        m = result.margin[result.valid]
+        counts = {b: int((result.binding == b).sum()) for b in ("base", "floor", "worst_case")}
+        print(f"margin ${m.min():,.2f} .. ${m.max():,.2f}; binding: "
+              + ", ".join(f"{b} {c:,}" for b, c in counts.items() if c))
+    sens = result.sensitivities or {}
+    w = [max(12, len(n) + 2) for n in names]
+    header = "".join(f"{n:>{k}}" for n, k in zip(names, w))
+    header += f"{'margin':>14}{'± s.e.':>10}{'binding':>12}"
+    header += "".join(f"{'dM/d ' + n:>22}" for n in sens)
+    print("\n" + header)
+    rows = result.rows()
+    for row in rows[:TABLE_ROWS]:
+        line = "".join(f"{row[n]:>{k}.6g}" for n, k in zip(names, w))
+        if row["valid"]:
+            line += f"{row['margin']:>14,.2f}{row['standard_error']:>10,.2f}{row['binding']:>12}"
+            line += "".join(f"{row['d_' + n]:>22,.4g}" if row["d_" + n] is not None
+                            else f"{'-':>22}" for n in sens)
+        else:
+            line += f"  invalid: {row['reason']}"
+        print(line)
+    if len(rows) > TABLE_ROWS:
+        print(f"... {len(rows) - TABLE_ROWS:,} more points (--json, or --out FILE.csv)")
+    return 0
+
+
+def batch_command(args) -> int:
+    from ._batch import margin_accounts, read_accounts
+    from ._book_file import load_book
+
+    book = load_book(args.book)
+    accounts, errors = read_accounts(args.accounts)
+    result = margin_accounts(book, accounts, scenarios=args.scenarios, seed=args.seed,
+                             errors=errors, progress=_progress(args))
+    if args.out and _writer():
+        result.save(args.out)
+    failed = result.failed
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(f"kinetic-jax batch: {args.book} x {args.accounts}  ({len(result.accounts):,} "
+              f"accounts, {result.scenarios:,} scenarios, seed {result.seed}, one shared "
+              f"simulation)")
+        print(f"\n  {'account':<20}{'margin':>14}{'full coll.':>14}{'worst case':>14}"
+              f"{'released':>10}{'binding':>12}")
+        for a in result.accounts[:TABLE_ROWS]:
+            if a.error is not None:
+                print(f"  {a.account:<20}  error: {a.error}")
+            else:
+                print(f"  {a.account:<20}{a.margin:>14,.2f}{a.full_collateral:>14,.2f}"
+                      f"{a.worst_case_loss:>14,.2f}{a.capital_released:>10.1%}{a.binding:>12}")
+        if len(result.accounts) > TABLE_ROWS:
+            print(f"  ... {len(result.accounts) - TABLE_ROWS:,} more (--json, or --out "
+                  f"FILE.csv)")
+    for a in failed:
+        print(f"kinetic-jax: error: account {a.account!r}: {a.error}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+COMMANDS = {"sweep": sweep_command, "batch": batch_command}

@@ -1,0 +1,147 @@
+"""Account batches (SPEC.md §5.3, kinetic_jax/_batch.py): every account's figures
+equal the margin call of the book holding exactly its positions (same seed and
+scenarios, float32 rounding), bad rows fail only their account, the CSV reader's
+whole-file errors, and the ``kinetic-jax batch`` command's outputs and exit
+statuses. Scenario counts are small (4,096): the equality holds at any count.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import kinetic_jax as kj
+from kinetic_jax import BookError
+from kinetic_jax._cli import main
+
+REFERENCE = Path(__file__).resolve().parents[1] / "examples" / "reference_book.toml"
+N = 4096
+RTOL = 2e-6
+
+
+@pytest.fixture(scope="module")
+def book() -> kj.Book:
+    return kj.load_book(REFERENCE)
+
+
+def synthetic_accounts(book: kj.Book, n: int, seed: int = 0) -> dict[str, dict[str, float]]:
+    rng = np.random.default_rng(seed)
+    ids = book.contract_ids
+    out = {"whole-book": book.net_quantities(), "empty": {}}
+    for a in range(n):
+        pick = rng.choice(len(ids), int(rng.integers(1, 15)), replace=False)
+        out[f"acct-{a}"] = {ids[i]: float(rng.integers(-3000, 3000)) for i in pick}
+    return out
+
+
+def test_each_account_is_the_margin_call_of_its_positions(book):
+    """One shared simulation, and yet each account's figures are those of
+    kj.portfolio_margin on the book holding that account's positions (several
+    account blocks, a partial last block)."""
+    accounts = synthetic_accounts(book, 9)
+    result = kj.margin_accounts(book, accounts, scenarios=N, account_block=4)
+    assert [a.account for a in result.accounts] == list(accounts)
+    assert not result.failed
+    for a in result.accounts:
+        report = kj.portfolio_margin(book.with_positions(accounts[a.account]), scenarios=N)
+        for k in ("margin", "base", "floor", "full_collateral", "worst_case_loss",
+                  "capital_released", "standard_error"):
+            assert getattr(a, k) == pytest.approx(getattr(report, k), rel=RTOL, abs=1e-3), (
+                a.account, k)
+        assert a.binding == report.binding
+    empty = result.accounts[1]
+    assert (empty.margin, empty.full_collateral, empty.capital_released) == (0.0, 0.0, 0.0)
+
+
+def test_rows_are_netted_and_bad_rows_fail_their_account_only(book, tmp_path):
+    path = tmp_path / "accounts.csv"
+    path.write_text("account,contract,quantity\n"
+                    "alice,BTC-100K-DEC,1000\n"
+                    "bob,NOPE,5\n"
+                    "alice,BTC-100K-DEC,-400\n"
+                    "carol,ETH-5K-DEC,ten\n"
+                    "\n"
+                    "alice,ETH-5K-DEC,-200\n"
+                    "dave,ETH-5K-DEC,1e300\n"
+                    "erin,ETH-5K-DEC,nan\n"
+                    "frank,ETH-5K-DEC\n")
+    accounts, errors = kj.read_accounts(str(path))
+    assert accounts["alice"] == {"BTC-100K-DEC": 600.0, "ETH-5K-DEC": -200.0}
+    assert errors["carol"] == f"{path} line 5: quantity: 'ten' is not a number"
+    assert errors["dave"].startswith(f"{path} line 8: quantity: 1e+300 is outside")
+    assert errors["erin"] == f"{path} line 9: quantity: nan is not finite"
+    assert errors["frank"].startswith(f"{path} line 10: expected 3 fields")
+    result = kj.margin_accounts(book, accounts, scenarios=N, errors=errors)
+    by = {a.account: a for a in result.accounts}
+    assert by["bob"].error == "contract: unknown contract 'NOPE'" and by["bob"].margin is None
+    assert {a.account for a in result.failed} == {"bob", "carol", "dave", "erin", "frank"}
+    report = kj.portfolio_margin(book.with_positions(accounts["alice"]), scenarios=N)
+    assert by["alice"].margin == pytest.approx(report.margin, rel=RTOL)
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("", "the header must be account,contract,quantity, got nothing"),
+    ("name,contract,qty\nalice,BTC-100K-DEC,1\n", "got name,contract,qty"),
+])
+def test_unusable_files(tmp_path, text, needle):
+    path = tmp_path / "a.csv"
+    path.write_text(text)
+    with pytest.raises(BookError, match=needle):
+        kj.read_accounts(str(path))
+    with pytest.raises(BookError, match="cannot read the accounts file"):
+        kj.read_accounts(str(tmp_path / "missing.csv"))
+
+
+def run(*argv):
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        try:
+            rc = main(list(argv))
+        except SystemExit as e:
+            rc = e.code
+    return rc, out.getvalue(), err.getvalue()
+
+
+def test_cli_batch(book, tmp_path):
+    path = tmp_path / "accounts.csv"
+    path.write_text("account,contract,quantity\nalice,BTC-100K-DEC,1000\n"
+                    "alice,ETH-5K-DEC,-700\nbob,SPX-5500-BELOW-DEC,250\n")
+    rc, out, err = run("batch", str(REFERENCE), str(path), "--scenarios", str(N), "--json",
+                       "--out", str(tmp_path / "out.csv"))
+    assert (rc, err) == (0, "")
+    data = json.loads(out)
+    assert (data["scenarios"], data["seed"], data["devices"]) == (N, 0, 1)
+    assert [a["account"] for a in data["accounts"]] == ["alice", "bob"]
+    keys = {"account", "margin", "base", "floor", "full_collateral", "worst_case_loss",
+            "binding", "capital_released", "standard_error"}
+    assert set(data["accounts"][0]) == keys
+    alice = kj.portfolio_margin(book.with_positions({"BTC-100K-DEC": 1000, "ETH-5K-DEC": -700}),
+                                scenarios=N)
+    assert data["accounts"][0]["margin"] == pytest.approx(alice.margin, rel=RTOL)
+    with open(tmp_path / "out.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["account"] for r in rows] == ["alice", "bob"]
+    assert float(rows[0]["margin"]) == pytest.approx(alice.margin, rel=1e-6)
+
+    path.write_text("account,contract,quantity\nalice,BTC-100K-DEC,1000\nbob,NOPE,1\n")
+    rc, out, err = run("batch", str(REFERENCE), str(path), "--scenarios", str(N), "--json")
+    assert rc == 1
+    data = json.loads(out)
+    assert data["accounts"][1] == {"account": "bob", "margin": None, "base": None,
+                                   "floor": None, "full_collateral": None,
+                                   "worst_case_loss": None, "binding": None,
+                                   "capital_released": None, "standard_error": None,
+                                   "error": "contract: unknown contract 'NOPE'"}
+    assert "account 'bob': contract: unknown contract 'NOPE'" in err
+
+    path.write_text("who,what\n")
+    rc, out, err = run("batch", str(REFERENCE), str(path))
+    assert rc == 2 and "the header must be account,contract,quantity" in err
+    rc, out, err = run("batch", str(REFERENCE), str(tmp_path / "missing.csv"))
+    assert rc == 2 and "cannot read the accounts file" in err
