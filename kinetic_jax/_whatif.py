@@ -48,12 +48,13 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, Int, PRNGKeyArray, UInt8
+from jax import lax
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, UInt8
 
 from ._arrays import BookArrays, BookLayout, book_arrays, bucket
 from ._book import MAX_AMOUNT, Book, Contract, check_number
 from ._errors import BookError
-from ._margin import MarginParams, MarginResult, margin_from_weighted_losses, static_top
+from ._margin import MarginParams, MarginResult, margin_from_statistics, static_top
 from ._portfolio import ClusterReport, MarginReport, _report, _with_overrides
 from ._sampler import (
     Proposal,
@@ -64,7 +65,12 @@ from ._sampler import (
     row_losses,
     stream,
 )
-from ._shortfall import tail_size
+from ._shortfall import (
+    bisected_tail_statistics,
+    tail_size,
+    weighted_tail,
+    weighted_tail_statistics,
+)
 from ._simulation import HIGHEST, atom_cuts, contract_outcomes, latents_from_noise
 
 MIN_TRADES = 8  # trade vectors are padded to a power of two >= this
@@ -100,25 +106,64 @@ def _simulate(arrays: BookArrays, confidence, key: PRNGKeyArray, scenarios: int,
     return SessionState(yes.T, losses.T, weights), proposal
 
 
-def _delta_losses(yes, arrays: BookArrays, index, delta) -> Float[Array, "K+1 Np"]:
-    """The change of every row loss when slot index[t] trades delta[t]."""
-    cols = yes[index].astype(arrays.price.dtype)  # (T, Np)
-    per = delta[:, None] * (arrays.price[index][:, None] - cols)
-    k = arrays.loading.shape[0]
-    onehot = jax.nn.one_hot(arrays.cluster[index], k, dtype=per.dtype)  # (T, K)
-    by_cluster = jnp.matmul(onehot.T, per, precision=HIGHEST)
-    return jnp.concatenate([by_cluster, jnp.sum(per, axis=0, keepdims=True)], axis=0)
+class RowStatistics(eqx.Module):
+    """ES, standard error and VaR of each loss row (each cluster's, then the
+    book's), as [`margin_from_statistics`][] takes them."""
+
+    es: Float[Array, " K+1"]
+    se: Float[Array, " K+1"]
+    var: Float[Array, " K+1"]
+
+    @classmethod
+    def of(cls, result: MarginResult) -> RowStatistics:
+        cat = lambda c, b: jnp.concatenate([c, b[None]])  # noqa: E731
+        return cls(cat(result.cluster_es, result.base), cat(result.cluster_se, result.base_se),
+                   cat(result.cluster_var, result.var))
+
+
+def _row_statistics(losses, weights, confidence, top: int, scenarios: int):
+    """(es, se, var) of loss rows, exactly as [`margin_from_weighted_losses`][]
+    computes them (top-k tail, or the bisected tail when every draw may be in it)."""
+    if top >= losses.shape[-1]:
+        es, se, var, _ = bisected_tail_statistics(losses, weights, confidence, scenarios)
+    else:
+        tail, mass, _ = weighted_tail(losses, weights, top, scenarios)
+        es, se, var, _ = weighted_tail_statistics(tail, mass, confidence, scenarios)
+    return es, se, var
 
 
 @eqx.filter_jit
-def _what_if(state: SessionState, arrays: BookArrays, params: MarginParams,
-             quantity: Float[Array, " C"], index: Int[Array, " T"], delta: Float[Array, " T"],
-             top: int, scenarios: int) -> MarginResult:
+def _what_if(state: SessionState, stats: RowStatistics, arrays: BookArrays,
+             params: MarginParams, quantity: Float[Array, " C"], index: Int[Array, " T"],
+             delta: Float[Array, " T"], refresh: Bool[Array, ""], top: int,
+             scenarios: int) -> MarginResult:
     """The margin of `arrays` with quantities `quantity` = the session's + `delta`
-    on slots `index` (padding: the null slot with delta 0)."""
-    losses = state.losses + _delta_losses(state.yes, arrays, index, delta)
+    on slots `index` (padding: the null slot with delta 0).
+
+    Only the loss rows a trade moves (its cluster's and the book's) are
+    recomputed, one row at a time (``lax.map`` over the rows, ``lax.cond`` on
+    whether a trade touches the row); the others keep the session's `stats`.
+    `refresh` recomputes every row (the session's own figures)."""
+    k = arrays.loading.shape[0]
+    cols = state.yes[index].astype(arrays.price.dtype)  # (T, Np)
+    per = delta[:, None] * (arrays.price[index][:, None] - cols)
+    # (T, K + 1): the rows trade t moves, its cluster's and the book's.
+    rows = jnp.concatenate([jax.nn.one_hot(arrays.cluster[index], k, dtype=per.dtype),
+                            jnp.ones((index.shape[0], 1), per.dtype)], axis=1)
+    touched = (jnp.any((rows > 0) & (delta != 0)[:, None], axis=0)) | refresh
+
+    def row(r):
+        def fresh():
+            loss = state.losses[r] + jnp.matmul(rows[:, r], per, precision=HIGHEST)
+            es, se, var = _row_statistics(loss[None], state.weights, params.confidence, top,
+                                          scenarios)
+            return es[0], se[0], var[0]
+
+        return lax.cond(touched[r], fresh, lambda: (stats.es[r], stats.se[r], stats.var[r]))
+
+    es, se, var = lax.map(row, jnp.arange(k + 1))
     traded = eqx.tree_at(lambda a: a.quantity, arrays, quantity)
-    return margin_from_weighted_losses(traded, params, losses, state.weights, top, scenarios)
+    return margin_from_statistics(traded, params, es, se, var)
 
 
 @eqx.filter_jit
@@ -219,8 +264,9 @@ class MarginSession:
         self.book, self._arrays, self._layout, self._state = book, arrays, layout, state
         self._slot = {cid: i for i, cid in enumerate(layout.contract_ids)}
         self._quantity = np.asarray(arrays.quantity, np.float64)
-        self.report = self._margin(book, arrays, layout, state, self._quantity,
-                                   np.zeros(0, np.int64), np.zeros(0))
+        self.report, result = self._margin(book, arrays, layout, state, None, self._quantity,
+                                           np.zeros(0, np.int64), np.zeros(0))
+        self._stats = RowStatistics.of(result)
 
     @property
     def margin(self) -> float:
@@ -230,7 +276,10 @@ class MarginSession:
     def sampler(self) -> str:
         return self.book.settings.sampler
 
-    def _margin(self, book, arrays, layout, state, quantity, index, delta) -> MarginReport:
+    def _margin(self, book, arrays, layout, state, stats, quantity, index, delta
+                ) -> tuple[MarginReport, MarginResult]:
+        """The report after trading `delta` on slots `index`; `stats` are the row
+        statistics of `state` before the trades (None: recompute every row)."""
         s = book.settings
         width = bucket(len(index), MIN_TRADES)
         null = arrays.quantity.shape[0] - 1  # a padding slot: quantity 0, any outcome
@@ -239,9 +288,14 @@ class MarginSession:
         idx[: len(index)], dq[: len(index)] = index, delta
         f = arrays.price.dtype
         top = static_top(s.sampler, s.scenarios, state.weights.shape[0], self._top)
-        result = _what_if(state, arrays, self._params, jnp.asarray(quantity, f),
-                          jnp.asarray(idx), jnp.asarray(dq, f), top, s.scenarios)
-        return _report(book, layout, result)
+        refresh = stats is None
+        if refresh:
+            zero = jnp.zeros(arrays.loading.shape[0] + 1, f)
+            stats = RowStatistics(zero, zero, zero)
+        result = _what_if(state, stats, arrays, self._params, jnp.asarray(quantity, f),
+                          jnp.asarray(idx), jnp.asarray(dq, f), jnp.asarray(refresh), top,
+                          s.scenarios)
+        return _report(book, layout, result), result
 
     # ---- trades --------------------------------------------------------------------
     def _parse(self, trades) -> tuple[dict[str, float], list[Contract]]:
@@ -324,7 +378,9 @@ class MarginSession:
             quantity[i] = after[cid]
         # Losses in `state` are those of `book`'s quantities: trade the difference.
         delta = np.array([after[cid] - held[cid] for cid in net], np.float64)
-        report = self._margin(traded, arrays, layout, state, quantity, index, delta)
+        # A book extended by new contracts has no row statistics yet: all rows.
+        stats = None if new else self._stats
+        report, _ = self._margin(traded, arrays, layout, state, stats, quantity, index, delta)
         what = WhatIfReport(
             **{f.name: getattr(report, f.name) for f in dataclasses.fields(MarginReport)},
             incremental=report.margin - self.report.margin,
