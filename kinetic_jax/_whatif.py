@@ -11,10 +11,11 @@ Outcomes do not depend on quantities, so trades dq on slots T change the losses 
 
     losses[c(t)] += dq_t (p_t - yes[t]),   losses[book] += sum_t dq_t (p_t - yes[t])
 
-(a gather of |T| rows of the outcome matrix, O(|T| N)), after which the margin
-is the core's own [`margin_from_weighted_losses`][]: ES and standard errors per
-cluster and for the book, floor, add-ons, the exact worst-case cap from the
-book's outcome table. Trades are passed as a padded vector of slots and
+(a gather of |T| rows of the outcome matrix, O(|T| N)). Only the rows a trade
+moves are re-estimated (ES, standard error and VaR, exactly as
+[`margin_from_weighted_losses`][] computes them); the other rows keep the
+session's figures. Then [`margin_from_statistics`][] gives the floor, the
+add-ons, and the exact worst-case cap from the book's outcome table. Trades are passed as a padded vector of slots and
 quantity changes (a power-of-two bucket of at least 8), so a what-if of 1 to 8
 trades on the same book never recompiles; committing trades ([`MarginSession.apply`][])
 recomputes the losses from the outcome matrix (no drift) with the same shapes.
