@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
@@ -23,6 +24,17 @@ from ._worst_case import OutcomeTable, build_outcome_table
 
 PAD, ABOVE, BELOW, OUTCOME, PARLAY = 0, 1, 2, 3, 4
 _KIND = {"above": ABOVE, "binary": ABOVE, "below": BELOW, "outcome": OUTCOME, "parlay": PARLAY}
+
+
+def row_membership(arrays: BookArrays, cluster=None) -> Float[Array, "C K+1"]:
+    """1.0 where a contract slot's loss counts in a loss row: its cluster's row
+    (one-hot over the K clusters), and the last row, the whole book. `cluster`
+    overrides ``arrays.cluster`` (e.g. a gathered subset of slots)."""
+    cluster = arrays.cluster if cluster is None else cluster
+    k = arrays.loading.shape[0]
+    dtype = arrays.price.dtype
+    onehot = jax.nn.one_hot(cluster, k, dtype=dtype)
+    return jnp.concatenate([onehot, jnp.ones((*cluster.shape, 1), dtype)], axis=-1)
 
 
 def event_hash(name: str) -> tuple[int, int]:

@@ -39,7 +39,7 @@ from jax import lax
 from jax.scipy.stats import norm
 from jaxtyping import Array, Float
 
-from ._arrays import ABOVE, BELOW, OUTCOME, PARLAY, BookArrays
+from ._arrays import ABOVE, BELOW, OUTCOME, PARLAY, BookArrays, row_membership
 from ._hierarchy import correlation_matrix
 from ._sampler import Proposal, chunk_size, row_losses, stream
 from ._simulation import BLOCK, HIGHEST, atom_cuts, contract_outcomes, latents_from_noise
@@ -116,11 +116,10 @@ def aggregates(
     fixed = lax.stop_gradient(arrays)
     lo, hi = atom_cuts(fixed)
     cut, valid = boundary_cuts(fixed)
-    k = fixed.loading.shape[0]
     n_slots = fixed.kind.shape[0]
     n_events = fixed.event_cluster.shape[0]
     dtype = fixed.price.dtype
-    one = lambda c: jax.nn.one_hot(c, k + 1, dtype=dtype).at[..., k].set(1.0)  # noqa: E731
+    one = lambda c: row_membership(fixed, c)  # noqa: E731
     # Non-parlay contracts on the cut's event: their loss moves in the event's
     # cluster row and the book row.
     non_parlay = (fixed.kind != PARLAY).astype(dtype)
@@ -199,10 +198,7 @@ def tail_surrogate(arrays: BookArrays, agg: Aggregates) -> Float[Array, "B R"]:
     estimate of the tail mean of the row loss with outcomes held fixed (its
     gradient in quantities is E[p_i - YES_i | tail]). Prices enter with a stopped
     gradient: their mark effect, q_i exactly, is added without noise by the caller."""
-    k = arrays.loading.shape[0]
-    member = jnp.concatenate([jax.nn.one_hot(arrays.cluster, k, dtype=arrays.price.dtype),
-                              jnp.ones((arrays.price.shape[0], 1), arrays.price.dtype)], axis=1)
-    qm = arrays.quantity[:, None] * member  # (C, R)
+    qm = arrays.quantity[:, None] * row_membership(arrays)  # (C, R)
     tau = agg.tau[..., None]
     mean_yes = jnp.where(tau > 0, agg.yes / jnp.where(tau > 0, tau, 1.0),
                          jnp.sum(agg.yes, 0) / jnp.maximum(jnp.sum(agg.tau, 0), 1e-30)[:, None])
@@ -214,7 +210,5 @@ def tail_surrogate(arrays: BookArrays, agg: Aggregates) -> Float[Array, "B R"]:
 def mark_surrogate(arrays: BookArrays) -> Float[Array, " R"]:
     """sum_i [i in r] q_i p_i: the marks' (exact) share of d ES_r / d p_i = q_i, as
     the whole tail holds mass 1 - alpha."""
-    k = arrays.loading.shape[0]
-    member = jnp.concatenate([jax.nn.one_hot(arrays.cluster, k, dtype=arrays.price.dtype),
-                              jnp.ones((arrays.price.shape[0], 1), arrays.price.dtype)], axis=1)
-    return jnp.einsum("c,cr->r", arrays.price * lax.stop_gradient(arrays.quantity), member)
+    return jnp.einsum("c,cr->r", arrays.price * lax.stop_gradient(arrays.quantity),
+                      row_membership(arrays))

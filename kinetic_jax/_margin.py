@@ -22,7 +22,7 @@ from jax import lax
 from jax.sharding import Mesh
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from ._arrays import BookArrays
+from ._arrays import BookArrays, row_membership
 from ._hierarchy import correlation_matrix
 from ._sampler import check_sampler, fit_proposal, simulate
 from ._sharding import gathered_losses, gathered_tail, replicated_map
@@ -108,8 +108,7 @@ def cluster_losses(
 ) -> Float[Array, "N K"]:
     """Loss of each cluster in each scenario: sum over its contracts of q (p - YES)."""
     q = arrays.quantity if quantity is None else quantity
-    k = arrays.loading.shape[0]
-    weights = jax.nn.one_hot(arrays.cluster, k, dtype=yes.dtype) * q[:, None]
+    weights = row_membership(arrays)[:, :-1] * q[:, None]
     return jnp.matmul(arrays.price[None, :] - yes, weights, precision=HIGHEST)
 
 

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 from jax import lax, ops
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from ._arrays import PAD, PARLAY, BookArrays
+from ._arrays import PAD, PARLAY, BookArrays, row_membership
 from ._book import SAMPLERS
 from ._shortfall import bisected_tail_statistics
 from ._simulation import (
@@ -116,9 +116,7 @@ class Proposal(eqx.Module):
 
 def row_losses(arrays: BookArrays, yes: Float[Array, "n C"]) -> Float[Array, "n K+1"]:
     """Each scenario's loss per cluster and (last column) for the whole book."""
-    k = arrays.loading.shape[0]
-    weights = jax.nn.one_hot(arrays.cluster, k, dtype=yes.dtype) * arrays.quantity[:, None]
-    weights = jnp.concatenate([weights, arrays.quantity[:, None]], axis=1)
+    weights = row_membership(arrays) * arrays.quantity[:, None]
     return jnp.matmul(arrays.price[None, :] - yes, weights, precision=HIGHEST)
 
 

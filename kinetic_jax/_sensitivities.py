@@ -39,7 +39,7 @@ from jax import lax
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._allocation import allocate
-from ._arrays import BookArrays
+from ._arrays import BookArrays, row_membership
 from ._book import Book
 from ._conditional import (
     aggregate_chunk as agg_chunk,
@@ -132,9 +132,7 @@ def differentiable_margin(
     else:
         smooth = contract_outcomes(latents, arrays, temperature)
         yes_rows = contract_outcomes(latents, arrays) + (smooth - lax.stop_gradient(smooth))
-    k = arrays.loading.shape[0]
-    weights = jax.nn.one_hot(arrays.cluster, k, dtype=yes.dtype) * arrays.quantity[:, None]
-    weights = jnp.concatenate([weights, arrays.quantity[:, None]], axis=1)  # (C, K + 1)
+    weights = row_membership(arrays) * arrays.quantity[:, None]  # (C, K + 1)
     yes_rows = yes_rows.reshape(columns, top, -1)
     recomputed = jnp.einsum("ktc,ck->kt", arrays.price - yes_rows, weights, precision=HIGHEST)
     tail = lax.stop_gradient(tail) + (recomputed - lax.stop_gradient(recomputed))
