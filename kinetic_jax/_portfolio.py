@@ -11,7 +11,7 @@ import numpy as np
 
 from ._arrays import BookArrays, book_arrays
 from ._book import Book
-from ._errors import BookError, EngineError
+from ._errors import EngineError
 from ._margin import (
     ADDONS,
     BINDING,

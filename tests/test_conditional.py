@@ -7,7 +7,6 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from helpers import above, binary, exact_es, make_book, outcome, parlay
 from scipy.stats import multivariate_normal, norm
 
