@@ -15,10 +15,12 @@ Outcomes do not depend on quantities, so trades dq on slots T change the losses 
 moves are re-estimated (ES, standard error and VaR, exactly as
 [`margin_from_weighted_losses`][] computes them); the other rows keep the
 session's figures. Then [`margin_from_statistics`][] gives the floor, the
-add-ons, and the exact worst-case cap from the book's outcome table. Trades are passed as a padded vector of slots and
-quantity changes (a power-of-two bucket of at least 8), so a what-if of 1 to 8
-trades on the same book never recompiles; committing trades ([`MarginSession.apply`][])
-recomputes the losses from the outcome matrix (no drift) with the same shapes.
+add-ons, and the exact worst-case cap from the book's outcome table.
+
+Trades are passed as a padded vector of slots and quantity changes (a
+power-of-two bucket of at least 8), so a what-if of 1 to 8 trades on the same
+book never recompiles. Committing trades ([`MarginSession.apply`][]) recomputes
+the losses from the outcome matrix (no drift) with the same shapes.
 
 Contracts new to the book. Draws are keyed by event name (see
 [`block_noise`][]), so a contract on a new event gets exactly the draws a full
