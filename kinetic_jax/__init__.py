@@ -98,6 +98,10 @@ try:
     __version__ = importlib.metadata.version("kinetic-jax")
 except importlib.metadata.PackageNotFoundError:  # pragma: no cover - source checkout
     __version__ = "0+unknown"
+from ._batch import AccountMargin as AccountMargin  # noqa: E402
+from ._batch import BatchResult as BatchResult  # noqa: E402
+from ._batch import margin_accounts as margin_accounts  # noqa: E402
+from ._batch import read_accounts as read_accounts  # noqa: E402
 from ._hedge import (  # noqa: E402
     HedgeProblem as HedgeProblem,
 )
@@ -137,15 +141,11 @@ from ._stress import scenario_losses as scenario_losses  # noqa: E402
 from ._stress import stress_factors as stress_factors  # noqa: E402
 from ._stress import stress_losses as stress_losses  # noqa: E402
 from ._stress import stress_matrix as stress_matrix  # noqa: E402
-from ._synthetic import random_book as random_book  # noqa: E402
 from ._sweep import Axis as Axis  # noqa: E402
 from ._sweep import SweepResult as SweepResult  # noqa: E402
 from ._sweep import plot_sweep as plot_sweep  # noqa: E402
 from ._sweep import sweep as sweep  # noqa: E402
+from ._synthetic import random_book as random_book  # noqa: E402
 from ._whatif import MarginSession as MarginSession  # noqa: E402
 from ._whatif import WhatIfReport as WhatIfReport  # noqa: E402
 from ._whatif import margin_session as margin_session  # noqa: E402
-from ._batch import AccountMargin as AccountMargin  # noqa: E402
-from ._batch import BatchResult as BatchResult  # noqa: E402
-from ._batch import margin_accounts as margin_accounts  # noqa: E402
-from ._batch import read_accounts as read_accounts  # noqa: E402

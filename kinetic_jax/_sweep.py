@@ -80,7 +80,8 @@ class Axis:
                 raise BookError(field, f"{what} {v!r} is not a finite number")
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise BookError(field, f"COUNT {count!r} is not a positive integer")
-        return cls(name, tuple(float(x) for x in np.linspace(start, stop, count)))
+        # 15 significant digits: 0.25, not linspace's 0.24999999999999997.
+        return cls(name, tuple(float(f"{x:.15g}") for x in np.linspace(start, stop, count)))
 
 
 def parse_axis(spec: str) -> Axis:
