@@ -261,8 +261,10 @@ class SensitivityReport:
     - ``allocation`` in each position: its share of the margin by the rule of
       kinetic_jax._allocation (Euler allocation of max(base, floor), each add-on
       to the positions that cause it, the worst outcome's loss when the cap
-      binds), with its ``allocation_parts``; `allocation_total` is their sum,
-      the margin.
+      binds); `allocation_total` is their sum, the margin, and
+      `allocation_parts` the same split by part (``base`` or ``floor``,
+      ``mc_error``, ``liquidity``, ``stress``, ``worst_case``: part -> id ->
+      dollars).
     - `base` and `cluster_es`: the same derivatives for the base and for each
       cluster's ES.
     - `rho_standard_error`, `loading_standard_error` (and ``d_quantity_se``,
@@ -287,6 +289,7 @@ class SensitivityReport:
     rho_standard_error: dict[str, float] = dataclasses.field(default_factory=dict)
     loading_standard_error: dict[str, float] = dataclasses.field(default_factory=dict)
     allocation_total: float = 0.0
+    allocation_parts: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {
@@ -307,6 +310,7 @@ class SensitivityReport:
             "rho_standard_error": self.rho_standard_error,
             "loading_standard_error": self.loading_standard_error,
             "allocation_total": self.allocation_total,
+            "allocation_parts": self.allocation_parts,
         }
 
 
@@ -387,8 +391,9 @@ def _report(book, layout, sens: SensitivityResult, temperature, estimator):
     for i, cid in enumerate(ids[:n]):
         if cid in positions:
             positions[cid]["allocation"] = float(alloc["allocation"][i])
-            positions[cid]["allocation_parts"] = {
-                part: float(v[i]) for part, v in alloc.items() if part != "allocation"}
+    allocation_parts = {part: {cid: float(v[i]) for i, cid in enumerate(ids[:n])
+                               if cid in positions}
+                        for part, v in alloc.items() if part != "allocation"}
     euler_total = sum(p["euler"] for p in positions.values())
     margin = float(res.margin)
     return SensitivityReport(
@@ -405,6 +410,7 @@ def _report(book, layout, sens: SensitivityResult, temperature, estimator):
         euler_total=euler_total,
         euler_residual=margin - euler_total,
         allocation_total=float(np.sum(alloc["allocation"])),
+        allocation_parts=allocation_parts,
         base_sensitivities=block(1),
         cluster_es={name: {"es": float(res.cluster_es[k]), **block(3 + k)}
                     for k, name in enumerate(clusters)},

@@ -18,15 +18,18 @@ N = 8192
 
 
 def parts_of(report: kj.SensitivityReport, part: str) -> dict[str, float]:
-    return {cid: p["allocation_parts"][part] for cid, p in report.positions.items()}
+    return report.allocation_parts[part]
 
 
 def assert_adds_up(report: kj.SensitivityReport) -> None:
     total = sum(p["allocation"] for p in report.positions.values())
     assert total == pytest.approx(report.margin, abs=1e-9 * max(1.0, report.margin))
     assert report.allocation_total == pytest.approx(report.margin, abs=1e-9 * report.margin)
-    for p in report.positions.values():
-        assert p["allocation"] == pytest.approx(sum(p["allocation_parts"].values()), abs=1e-9)
+    for cid, p in report.positions.items():
+        parts = sum(v[cid] for v in report.allocation_parts.values())
+        assert p["allocation"] == pytest.approx(parts, abs=1e-9)
+    assert set(report.allocation_parts) == {"base", "floor", "mc_error", "liquidity", "stress",
+                                            "worst_case"}
 
 
 def every_addon_book() -> kj.Book:
@@ -70,7 +73,7 @@ def test_every_addon_adds_up_and_goes_to_its_causes():
         {cid: (min(gross, gross * (0.75 - 0.1)) if cid == "B110" else 0.0)
          for cid in r.positions}, abs=1e-6)
     # MC error: pro rata to the Euler allocation of the binding part.
-    euler = {cid: p["allocation_parts"][binding] for cid, p in r.positions.items()}
+    euler = parts_of(r, binding)
     total = sum(euler.values())
     assert parts_of(r, "mc_error") == pytest.approx(
         {cid: m.addons["mc_error"] * e / total for cid, e in euler.items()}, rel=1e-5)
