@@ -54,7 +54,7 @@ import numpy as np
 from jax import lax
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, UInt8
 
-from ._arrays import BookArrays, BookLayout, book_arrays, bucket
+from ._arrays import BookArrays, BookLayout, book_arrays, bucket, row_membership
 from ._book import MAX_AMOUNT, Book, Contract, check_number
 from ._errors import BookError
 from ._margin import MarginParams, MarginResult, margin_from_statistics, static_top
@@ -150,9 +150,7 @@ def _what_if(state: SessionState, stats: RowStatistics, arrays: BookArrays,
     k = arrays.loading.shape[0]
     cols = state.yes[index].astype(arrays.price.dtype)  # (T, Np)
     per = delta[:, None] * (arrays.price[index][:, None] - cols)
-    # (T, K + 1): the rows trade t moves, its cluster's and the book's.
-    rows = jnp.concatenate([jax.nn.one_hot(arrays.cluster[index], k, dtype=per.dtype),
-                            jnp.ones((index.shape[0], 1), per.dtype)], axis=1)
+    rows = row_membership(arrays, arrays.cluster[index])  # (T, K + 1): the rows t moves
     touched = (jnp.any((rows > 0) & (delta != 0)[:, None], axis=0)) | refresh
 
     def row(r):
