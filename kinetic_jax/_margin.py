@@ -208,12 +208,26 @@ def margin_from_weighted_losses(
 ) -> MarginResult:
     """The margin from streamed row losses (each cluster's, then the book's; padding
     scenarios at -inf) and likelihood-ratio weights (weighted Acerbi–Tasche ES)."""
-    if top >= losses.shape[1]:  # every draw may be in the tail: no sort (see there)
-        es, se, var, _ = bisected_tail_statistics(losses, weights, params.confidence, scenarios)
+    es, se, var = row_statistics(losses, weights, params.confidence, top, scenarios)
+    return margin_from_statistics(arrays, params, es, se, var)
+
+
+def row_statistics(
+    losses: Float[Array, "R N"],
+    weights: Float[Array, " N"],
+    confidence: Float[Array, ""],
+    top: int,
+    scenarios: int,
+) -> tuple[Float[Array, " R"], Float[Array, " R"], Float[Array, " R"]]:
+    """``(es, se, var)`` of weighted loss rows: the `top` largest per row, or, when
+    every draw may be in the tail (``top`` >= the row length: importance
+    sampling), the sort-free bisected estimator."""
+    if top >= losses.shape[-1]:
+        es, se, var, _ = bisected_tail_statistics(losses, weights, confidence, scenarios)
     else:
         tail, mass, _ = weighted_tail(losses, weights, top, scenarios)
-        es, se, var, _ = weighted_tail_statistics(tail, mass, params.confidence, scenarios)
-    return margin_from_statistics(arrays, params, es, se, var)
+        es, se, var, _ = weighted_tail_statistics(tail, mass, confidence, scenarios)
+    return es, se, var
 
 
 def static_top(sampler: str, scenarios: int, padded: int, top: int) -> int:

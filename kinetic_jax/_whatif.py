@@ -57,7 +57,13 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, UInt8
 from ._arrays import BookArrays, BookLayout, book_arrays, bucket, row_membership
 from ._book import MAX_AMOUNT, Book, Contract, check_number
 from ._errors import BookError
-from ._margin import MarginParams, MarginResult, margin_from_statistics, static_top
+from ._margin import (
+    MarginParams,
+    MarginResult,
+    margin_from_statistics,
+    row_statistics,
+    static_top,
+)
 from ._portfolio import ClusterReport, MarginReport, _report, _with_overrides
 from ._sampler import (
     Proposal,
@@ -69,10 +75,7 @@ from ._sampler import (
     stream,
 )
 from ._shortfall import (
-    bisected_tail_statistics,
     tail_size,
-    weighted_tail,
-    weighted_tail_statistics,
 )
 from ._simulation import HIGHEST, atom_cuts, contract_outcomes, latents_from_noise
 
@@ -124,17 +127,6 @@ class RowStatistics(eqx.Module):
                    cat(result.cluster_var, result.var))
 
 
-def _row_statistics(losses, weights, confidence, top: int, scenarios: int):
-    """(es, se, var) of loss rows, exactly as [`margin_from_weighted_losses`][]
-    computes them (top-k tail, or the bisected tail when every draw may be in it)."""
-    if top >= losses.shape[-1]:
-        es, se, var, _ = bisected_tail_statistics(losses, weights, confidence, scenarios)
-    else:
-        tail, mass, _ = weighted_tail(losses, weights, top, scenarios)
-        es, se, var, _ = weighted_tail_statistics(tail, mass, confidence, scenarios)
-    return es, se, var
-
-
 @eqx.filter_jit
 def _what_if(state: SessionState, stats: RowStatistics, arrays: BookArrays,
              params: MarginParams, quantity: Float[Array, " C"], index: Int[Array, " T"],
@@ -156,7 +148,7 @@ def _what_if(state: SessionState, stats: RowStatistics, arrays: BookArrays,
     def row(r):
         def fresh():
             loss = state.losses[r] + jnp.matmul(rows[:, r], per, precision=HIGHEST)
-            es, se, var = _row_statistics(loss[None], state.weights, params.confidence, top,
+            es, se, var = row_statistics(loss[None], state.weights, params.confidence, top,
                                           scenarios)
             return es[0], se[0], var[0]
 
