@@ -18,8 +18,11 @@ Plain sampler: the points stream the same block-keyed scenarios in chunks
 each point keeps only the running top-``top`` of its (K + 1) loss rows, so
 memory is O(points x chunk x contracts) whatever the scenario count. A point's
 figures are those of [`portfolio_margin`][] on the book with the point's values,
-the same seed and scenarios, to float32 rounding (tests/test_sweep.py). Other
-samplers, and sweeps with sensitivities, vmap [`margin_arrays`][] itself.
+the same seed and scenarios, to float32 rounding (tests/test_sweep.py). Sweeps
+with sensitivities vmap [`margin_arrays`][] itself; importance sampling maps it
+over the points one at a time (its fitted proposal makes discrete choices that
+batched arithmetic may round differently, so a vmapped point could differ from the
+margin call by more than rounding).
 
 Sensitivities (``sensitivities=True``): at each point, the derivative of the
 margin along each axis — quantity and confidence: the exact derivative of the
@@ -231,7 +234,6 @@ def structure_of(book: Book, arrays: BookArrays, layout) -> Structure | None:
     n = layout.n_contracts
     if n > UNROLL_CONTRACTS:
         return None
-    kind = np.asarray(arrays.kind)[:n]
     event = np.asarray(arrays.event)[:n]
     ids = {c: i for i, c in enumerate(book.contract_ids)}
     return Structure(
@@ -242,7 +244,7 @@ def structure_of(book: Book, arrays: BookArrays, layout) -> Structure | None:
         contract_cluster=tuple(int(c) for c in np.asarray(arrays.cluster)[:n]),
         legs=tuple(tuple(ids[x] for x in c.legs) for c in book.contracts),
         n_clusters=int(arrays.loading.shape[0]),
-    ) if len(kind) == n else None
+    )
 
 
 def _unrolled_losses(arrays: BookArrays, st: Structure, z: Float[Array, "K n"],
@@ -375,7 +377,8 @@ def streamed_margins(arrays, params, points: Points, stream: _Stream, top: int,
 def sweep_chunk_general(arrays: BookArrays, params: MarginParams, key, points: Points,
                         scenarios: int, top: int, sampler: str, targets: tuple,
                         sensitivities: bool) -> tuple[dict, dict, dict]:
-    """Figures of P points by [`margin_arrays`][] (any sampler) and, with
+    """Figures of P points by [`margin_arrays`][] (any sampler; vmapped for plain
+    sampling, one point after another for importance sampling) and, with
     `sensitivities`, each point's derivative along each target (kind, slot) and
     its standard error (NaN where the estimator gives none)."""
 
@@ -409,7 +412,12 @@ def sweep_chunk_general(arrays: BookArrays, params: MarginParams, key, points: P
                 d[name], e[name] = getattr(mean, kind)[0, slot], getattr(err, kind)[0, slot]
         return _figures(result), d, e
 
-    return jax.vmap(one)(points)
+    if sampler == "plain":
+        return jax.vmap(one)(points)
+    # The importance sampler's fitted proposal makes discrete choices (which shift
+    # coordinates to keep, the pilot's tail) that batched arithmetic can round the
+    # other way: one point at a time keeps each point the margin call's.
+    return lax.map(one, points)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -718,9 +726,10 @@ def sweep(
                                    if 0 < v < 1 and s.scenarios * (1 - v) >= 1])
     top = tail_size(s.scenarios, lowest)
     default_p = SENSITIVITY_POINTS_PER_CALL if sensitivities else MAX_POINTS_PER_CALL
-    p = min(points_per_call or default_p, size)
-    if p < 1:
+    if points_per_call is not None and (isinstance(points_per_call, bool) or not isinstance(
+            points_per_call, int) or points_per_call < 1):
         raise BookError("points_per_call", f"{points_per_call!r} is not a positive integer")
+    p = min(points_per_call or default_p, size)
     todo = np.flatnonzero(valid)
     names = ("margin", "base", "floor", "binding", "standard_error", "worst_case_loss",
              "capital_released")

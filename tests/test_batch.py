@@ -145,3 +145,23 @@ def test_cli_batch(book, tmp_path):
     assert rc == 2 and "the header must be account,contract,quantity" in err
     rc, out, err = run("batch", str(REFERENCE), str(tmp_path / "missing.csv"))
     assert rc == 2 and "cannot read the accounts file" in err
+
+
+def test_partial_blocks_rows_input_and_stress_addon(book):
+    """Rows given as (account, contract, quantity) triples (netted, quantities as
+    text too), a scenario count that is not a whole number of draw blocks, and the
+    stress add-on on: still each account's own margin call."""
+    stressed = book.with_settings(stress_addon=True)
+    rows = [("x", "BTC-100K-DEC", 4000), ("y", "ETH-5K-DEC", -2500), ("x", "SOL-200-DEC", 50),
+            ("y", "BTC-100K-DEC", "12"), ("x", "BTC-100K-DEC", -1000), ("z", "NOPE", 1)]
+    netted = {"x": {"BTC-100K-DEC": 3000.0, "SOL-200-DEC": 50.0},
+              "y": {"ETH-5K-DEC": -2500.0, "BTC-100K-DEC": 12.0}}
+    result = kj.margin_accounts(stressed, rows, scenarios=5000)
+    assert [a.account for a in result.accounts] == ["x", "y", "z"]
+    assert result.accounts[2].error == "contract: unknown contract 'NOPE'"
+    for a in result.accounts[:2]:
+        report = kj.portfolio_margin(stressed.with_positions(netted[a.account]),
+                                     scenarios=5000)
+        assert a.margin == pytest.approx(report.margin, rel=RTOL)
+        assert a.standard_error == pytest.approx(report.standard_error, rel=1e-5)
+        assert a.binding == report.binding

@@ -261,3 +261,35 @@ def test_cli_sweep(book, tmp_path):
                           "a plot needs one or two axes")]:
         rc, out, err = run("sweep", str(REFERENCE), "--scenarios", str(N), *argv)
         assert rc == 2 and needle in err and "Traceback" not in err
+
+
+def test_stress_addon_importance_sampler_and_partial_blocks(book):
+    """Points equal margin calls also with the stress add-on on (stress
+    probabilities recomputed per point: they move with rho), under importance
+    sampling (the vmapped margin_arrays path), and at a scenario count that is not
+    a whole number of draw blocks."""
+    stressed = book.with_settings(stress_addon=True)
+    result = kj.sweep(stressed, ["rho.crypto=0.5:0.95:2"], scenarios=N, points_per_call=4)
+    for i in range(2):
+        assert_point_is_margin_call(result, stressed, (i,))
+    odd = kj.sweep(book, ["loading.SOL=0.5:0.8:2"], scenarios=5000, points_per_call=4)
+    for i in range(2):
+        report = kj.portfolio_margin(point_book(book, {"loading.SOL": odd.axes[0].values[i]}),
+                                     scenarios=5000)
+        assert odd.margin[i] == pytest.approx(report.margin, rel=RTOL)
+        assert odd.standard_error[i] == pytest.approx(report.standard_error, rel=1e-5)
+    imp = book.with_settings(sampler="importance")
+    result = kj.sweep(imp, [("rho.risk", [0.2])], scenarios=N)
+    report = kj.portfolio_margin(point_book(imp, {"rho.risk": 0.2}), scenarios=N)
+    assert result.margin[0] == pytest.approx(report.margin, rel=1e-5)
+    assert result.binding[0] == report.binding
+
+
+def test_progress_bar_on_stderr(book, capsys):
+    kj.sweep(book, ["rho.crypto=0.5:0.9:3"], scenarios=N, points_per_call=4, progress=True)
+    err = capsys.readouterr().err
+    assert err.startswith("\rsweep  [") and "3/3 points" in err and err.endswith("\n")
+    kj.sweep(book, ["rho.crypto=0.5:0.9:3"], scenarios=N, points_per_call=4, progress=False)
+    assert capsys.readouterr().err == ""
+    with pytest.raises(BookError, match="points_per_call: 0 is not a positive integer"):
+        kj.sweep(book, ["rho.crypto=0.5:0.9:3"], scenarios=N, points_per_call=0)
