@@ -25,6 +25,7 @@ from ._book_file import (
 )
 from ._cache import enable_compilation_cache as enable_compilation_cache
 from ._errors import BookError as BookError
+from ._errors import EngineError as EngineError
 from ._hierarchy import (
     Cluster as Cluster,
 )
@@ -145,6 +146,7 @@ from ._sweep import Axis as Axis  # noqa: E402
 from ._sweep import SweepResult as SweepResult  # noqa: E402
 from ._sweep import plot_sweep as plot_sweep  # noqa: E402
 from ._sweep import sweep as sweep  # noqa: E402
+from ._synthetic import ladder_book as ladder_book  # noqa: E402
 from ._synthetic import random_book as random_book  # noqa: E402
 from ._whatif import MarginSession as MarginSession  # noqa: E402
 from ._whatif import WhatIfReport as WhatIfReport  # noqa: E402

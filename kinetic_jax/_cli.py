@@ -1,8 +1,8 @@
 """The ``kinetic-jax`` command line (SPEC.md §4).
 
 Exit status 0 on success, 2 on an input error (message on stderr, no traceback),
-1 on an unexpected internal error (one line; set KINETIC_JAX_DEBUG=1 for the
-traceback).
+1 on an engine fault (EngineError) or an unexpected internal error (one line;
+set KINETIC_JAX_DEBUG=1 for the traceback).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sys
 
 from ._cli_grid import COMMANDS as GRID_COMMANDS
 from ._cli_grid import add_parsers as grid_parsers
-from ._errors import BookError
+from ._errors import BookError, EngineError
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -23,6 +23,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scenarios", type=int, help="Monte-Carlo draws (default: the book's)")
     p.add_argument("--seed", type=int, help="PRNG seed (default: the book's)")
     p.add_argument("--confidence", type=float, help="ES level in (0, 1) (default: the book's)")
+    p.add_argument("--sampler", choices=["plain", "importance"],
+                   help="scenario sampler (default: the book's [model] sampler, else plain)")
     p.add_argument("--no-addon", action="append", default=[], metavar="NAME",
                    choices=["mc_error", "liquidity", "stress"],
                    help="switch an add-on off (repeatable)")
@@ -102,8 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     sens.add_argument("--temperature", type=float, default=None,
                       help="smoothing temperature in latent standard deviations "
                            "(default: %(prog)s's documented default)")
-    sens.add_argument("--estimator", choices=["hybrid", "smooth", "straight_through", "hard"],
-                      default="hybrid", help="sensitivity estimator (default hybrid: exact in "
+    sens.add_argument("--estimator",
+                      choices=["conditional", "hybrid", "smooth", "straight_through", "hard"],
+                      default="conditional",
+                      help="sensitivity estimator (default conditional: unbiased, with standard "
+                           "errors; hybrid: exact in "
                       "quantities, smoothed in prices, rho and loadings)")
     sens.add_argument("--top", type=int, default=25, help="rows of the ranked table")
     hedge = sub.add_parser("hedge", help="margin-minimising trade in given instruments (optax)")
@@ -128,8 +133,8 @@ def _load(args):
     from ._book_file import load_book
 
     book = load_book(args.book)
-    changes = {k: getattr(args, k) for k in ("scenarios", "seed", "confidence")
-               if getattr(args, k) is not None}
+    changes = {k: getattr(args, k) for k in ("scenarios", "seed", "confidence", "sampler")
+               if getattr(args, k, None) is not None}
     for name in args.no_addon:
         changes["stress_addon" if name == "stress" else name] = False
     try:
@@ -174,15 +179,18 @@ def _sensitivities(args) -> int:
         print(json.dumps(report.to_dict(), indent=2))
         return 0
     print(f"kinetic-jax sensitivities: {args.book}")
+    smoothed = report.estimator != "conditional"
     print(f"margin ${report.margin:,.2f} (binding: {report.binding}); estimator "
-          f"{report.estimator}, temperature {report.temperature:g}")
+          f"{report.estimator}" + (f", temperature {report.temperature:g}" if smoothed else
+                                   "; ± is one Monte-Carlo standard error"))
     print("\nPositions, largest Euler contribution first")
     print(f"  {'contract':<22}{'quantity':>11}{'price':>7}{'dM/dq':>10}{'dM/dp':>12}"
-          f"{'Euler $':>12}{'Alloc $':>12}")
+          f"{'± s.e.':>9}{'Euler $':>12}{'Alloc $':>12}")
     ranked = sorted(report.positions.items(), key=lambda kv: -abs(kv[1]["euler"]))
     for cid, p in ranked[: args.top]:
+        se = f"{p['d_price_se']:>9,.1f}" if "d_price_se" in p else f"{'':>9}"
         print(f"  {cid:<22}{p['quantity']:>11,.0f}{p['price']:>7.2f}{p['d_quantity']:>10.4f}"
-              f"{p['d_price']:>12,.1f}{p['euler']:>12,.2f}{p['allocation']:>12,.2f}")
+              f"{p['d_price']:>12,.1f}{se}{p['euler']:>12,.2f}{p['allocation']:>12,.2f}")
     if len(ranked) > args.top:
         print(f"  ... {len(ranked) - args.top} more (--top N, or --json)")
     print(f"  {'sum of Euler allocations':<50}{report.euler_total:>12,.2f}")
@@ -192,12 +200,15 @@ def _sensitivities(args) -> int:
     print("\nClusters (Euler allocation)")
     for name, v in sorted(report.clusters.items(), key=lambda kv: -abs(kv[1])):
         print(f"  {name:<22}{v:>12,.2f}")
-    print("\nCorrelation parameters: dM/drho per hierarchy node")
-    for name, v in sorted(report.rho.items(), key=lambda kv: -abs(kv[1])):
-        print(f"  {name:<22}{v:>12,.2f}")
-    print("\nLoadings: dM/dloading per cluster")
-    for name, v in sorted(report.loading.items(), key=lambda kv: -abs(kv[1])):
-        print(f"  {name:<22}{v:>12,.2f}")
+    for title, values, errors in (
+            ("Correlation parameters: dM/drho per hierarchy node", report.rho,
+             report.rho_standard_error),
+            ("Loadings: dM/dloading per cluster", report.loading,
+             report.loading_standard_error)):
+        print(f"\n{title}")
+        for name, v in sorted(values.items(), key=lambda kv: -abs(kv[1])):
+            se = f"  ± {errors[name]:,.2f}" if name in errors else ""
+            print(f"  {name:<22}{v:>12,.2f}{se}")
     best = sorted(report.candidates.items(), key=lambda kv: kv[1]["d_quantity"])[:5]
     if best:
         print("\nContracts not held, most margin-reducing per unit bought (dM/dq)")
@@ -356,6 +367,9 @@ def main(argv: list[str] | None = None) -> int:
     except BookError as e:
         print(f"kinetic-jax: error: {e}", file=sys.stderr)
         return 2
+    except EngineError as e:
+        print(f"kinetic-jax: engine error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     except Exception as e:  # noqa: BLE001 - the last line of defence: no traceback

@@ -385,6 +385,24 @@ def test_internal_error_exits_1_with_one_line(books, capsys, monkeypatch):
     assert err == "kinetic-jax: internal error: RuntimeError: boom\n"
 
 
+def test_engine_fault_exits_1_not_2(books, capsys, monkeypatch):
+    """A non-finite figure from valid input is the engine's fault: EngineError, exit
+    1 (2 is for input errors), one line, no traceback."""
+    real = portfolio_module.margin_jit
+
+    def poisoned(*args, **kwargs):
+        return jax.tree.map(lambda x: x * float("nan") if x.dtype.kind == "f" else x,
+                            real(*args, **kwargs))
+
+    monkeypatch.delenv("KINETIC_JAX_DEBUG", raising=False)
+    monkeypatch.setattr(portfolio_module, "margin_jit", poisoned)
+    assert main(["margin", books["worst_case"], "--scenarios", str(N)]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == ("kinetic-jax: engine error: the engine produced a non-finite figure; "
+                   "please report this book\n")
+
+
 # ---- the readable report -----------------------------------------------------------------
 
 
