@@ -55,9 +55,7 @@ def _writer() -> bool:
 
 
 def sweep_command(args) -> int:
-    from ._book_file import load_book
-    from ._errors import BookError
-    from ._sweep import parse_axis, plot_sweep, sweep
+    from . import BookError, load_book, parse_axis, plot_sweep, sweep
 
     axes = [parse_axis(spec) for spec in args.vary]
     if args.out and not args.out.endswith((".csv", ".npz")):
@@ -91,15 +89,16 @@ def sweep_command(args) -> int:
     w = [max(12, len(n) + 2) for n in names]
     header = "".join(f"{n:>{k}}" for n, k in zip(names, w))
     header += f"{'margin':>14}{'± s.e.':>10}{'binding':>12}"
-    header += "".join(f"{'dM/d ' + n:>22}" for n in sens)
+    dw = [len(n) + 8 for n in sens]
+    header += "".join(f"{'dM/d ' + n:>{k}}" for n, k in zip(sens, dw))
     print("\n" + header)
     rows = result.rows()
     for row in rows[:TABLE_ROWS]:
         line = "".join(f"{row[n]:>{k}.6g}" for n, k in zip(names, w))
         if row["valid"]:
             line += f"{row['margin']:>14,.2f}{row['standard_error']:>10,.2f}{row['binding']:>12}"
-            line += "".join(f"{row['d_' + n]:>22,.4g}" if row["d_" + n] is not None
-                            else f"{'-':>22}" for n in sens)
+            line += "".join(f"{row['d_' + n]:>{k},.4g}" if row["d_" + n] is not None
+                            else f"{'-':>{k}}" for n, k in zip(sens, dw))
         else:
             line += f"  invalid: {row['reason']}"
         print(line)
@@ -109,8 +108,7 @@ def sweep_command(args) -> int:
 
 
 def batch_command(args) -> int:
-    from ._batch import margin_accounts, read_accounts
-    from ._book_file import load_book
+    from . import load_book, margin_accounts, read_accounts
 
     book = load_book(args.book)
     accounts, errors = read_accounts(args.accounts)

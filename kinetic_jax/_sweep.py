@@ -801,11 +801,7 @@ def plot_sweep(result: SweepResult, path: str | None = None, ax=None):
         raise BookError("--plot", f"a plot needs one or two axes, the sweep has "
                                   f"{len(result.axes)}")
     try:
-        import matplotlib
-
-        if path is not None and ax is None:
-            matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure
         from matplotlib.patches import Patch
     except ImportError as e:
         raise BookError("--plot", f"needs matplotlib (pip install 'kinetic-jax[plot]'): "
@@ -813,7 +809,14 @@ def plot_sweep(result: SweepResult, path: str | None = None, ax=None):
     colors = {"worst_case": "#d62728", "base": "#1f77b4", "floor": "#2ca02c"}
     code = {name: k for k, name in enumerate(BINDING)}
     if ax is None:
-        fig, ax = plt.subplots(figsize=(7, 5) if len(result.axes) == 2 else (7, 4))
+        size = (7, 5) if len(result.axes) == 2 else (7, 4)
+        if path is None:  # shown by pyplot (a notebook, an interactive session)
+            import matplotlib.pyplot as plt
+
+            fig, ax = plt.subplots(figsize=size)
+        else:  # only written: no pyplot, no GUI backend, nothing left open
+            fig = Figure(figsize=size)
+            ax = fig.subplots()
     fig = ax.figure
     present = [b for b in BINDING if np.any(result.binding == b)]
     if len(result.axes) == 1:
