@@ -240,7 +240,9 @@ def margin_accounts(
     - `book`: gives the contracts, hierarchy and model; its positions are ignored.
     - `accounts`: account name -> {contract id: quantity} (netted), or an iterable
       of ``(account, contract, quantity)`` rows (netted here).
-    - `scenarios`, `seed`: override the book's ``[model]`` values (plain sampler).
+    - `scenarios`, `seed`: override the book's ``[model]`` values. The batch always
+      samples plain Monte Carlo (a ``[model] sampler = "importance"`` is not used:
+      its proposal is fitted to one book's tail, not to many accounts').
     - `progress`: a progress bar on stderr (None: when stdout and stderr are
       terminals).
     - `errors`: account -> error for accounts already known to be bad (from
