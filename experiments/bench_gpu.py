@@ -33,8 +33,6 @@ from pathlib import Path
 import jax
 
 import kinetic_jax as kj
-from kinetic_jax._margin import margin_jit
-from kinetic_jax._sharding import replicate, scenario_mesh
 
 REFERENCE = Path(__file__).resolve().parents[1] / "examples" / "reference_book.toml"
 
@@ -67,7 +65,7 @@ def main() -> None:
     for name in ("contracts", "scenarios", "margin_scenarios", "repeats", "sweep_count"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')}: {getattr(args, name)} is not positive")
-    mesh = scenario_mesh(args.devices)
+    mesh = kj.scenario_mesh(args.devices)
     out = {"backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
            "devices": mesh.size, "jax": jax.__version__}
 
@@ -79,9 +77,9 @@ def main() -> None:
     top = kj.tail_size(args.scenarios, 0.99)
     use_mesh = mesh if mesh.size > 1 else None
     if use_mesh is not None:
-        arrays, params, key = replicate((arrays, params, key), mesh)
+        arrays, params, key = kj.replicate((arrays, params, key), mesh)
     first, per_call = _timed(
-        lambda: margin_jit(arrays, params, key, args.scenarios, top, "plain", None, use_mesh),
+        lambda: kj.margin_jit(arrays, params, key, args.scenarios, top, "plain", None, use_mesh),
         args.repeats)
     out["throughput"] = {
         "contracts": n_contracts, "scenarios": args.scenarios,

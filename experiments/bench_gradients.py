@@ -5,7 +5,7 @@ scenarios, every candidate is compiled ahead of time (its compile time is
 reported on its own) and then timed in interleaved rounds, each round timing the
 baseline and every candidate once, with ``block_until_ready``:
 
-- ``forward``: one hard margin call (``kinetic_jax._margin.margin_jit``), the
+- ``forward``: one hard margin call (``kj.margin_jit``), the
   baseline;
 - ``grad smooth`` / ``grad hard``: value and gradient of the margin with respect
   to every quantity, price, rho and loading (``jax.value_and_grad`` of
@@ -39,8 +39,6 @@ import jax.numpy as jnp
 import numpy as np
 
 import kinetic_jax as kj
-from kinetic_jax._margin import margin_jit
-from kinetic_jax._sensitivities import sensitivity_jit
 
 FIELDS = ("quantity", "price", "rho", "loading")
 STEPS = {"quantity": 10.0, "price": 1e-3, "rho": 1e-2, "loading": 1e-2}  # central-FD steps
@@ -117,9 +115,9 @@ def bench_book(label, book, *, scenarios, rounds, fd_subset, full_fd, temperatur
         "grad hard": (variables, arrays, params, key, s.scenarios, top, temp, "hard"),
         "jacobian hybrid": (arrays, params, key, s.scenarios, top, temp, "hybrid"),
     }
-    jitted = {"grad smooth": grad_jit, "grad hard": grad_jit, "jacobian hybrid": sensitivity_jit}
+    jitted = {"grad smooth": grad_jit, "grad hard": grad_jit, "jacobian hybrid": kj.sensitivity_jit}
     compile_s, compiled = {}, {}
-    compile_s["forward"], compiled["forward"] = compile_timed(margin_jit, *fwd_args)
+    compile_s["forward"], compiled["forward"] = compile_timed(kj.margin_jit, *fwd_args)
     for name, args in cand_args.items():
         compile_s[name], compiled[name] = compile_timed(jitted[name], *args)
     compile_s["finite differences"] = 0.0  # reuses the compiled forward

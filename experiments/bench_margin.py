@@ -27,7 +27,6 @@ import numpy as np
 from scipy.special import ndtri
 
 import kinetic_jax as kj
-from kinetic_jax._margin import margin_jit
 
 
 def numpy_margin_pieces(book: kj.Book, scenarios: int, seed: int) -> float:
@@ -102,13 +101,13 @@ def main():
     key = jax.random.key(s.seed)
 
     t0 = time.perf_counter()
-    jax.block_until_ready(margin_jit(arrays, params, key, s.scenarios, top))
+    jax.block_until_ready(kj.margin_jit(arrays, params, key, s.scenarios, top))
     compile_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     kj.portfolio_margin(book)
     first_report_s = time.perf_counter() - t0
 
-    engine = lambda: margin_jit(arrays, params, key, s.scenarios, top).margin  # noqa: E731
+    engine = lambda: kj.margin_jit(arrays, params, key, s.scenarios, top).margin  # noqa: E731
     report = lambda: kj.portfolio_margin(book)  # noqa: E731  (host layout + call + report)
     baseline = lambda: numpy_margin_pieces(book, s.scenarios, s.seed)  # noqa: E731
     t_engine, t_report, t_numpy = [], [], []
@@ -134,7 +133,7 @@ def main():
     jax.block_until_ready(shared(arrays, qs))
     shared_compile = time.perf_counter() - t0
     t_shared = median_time(lambda: shared(arrays, qs), 3)
-    t_separate = median_time(lambda: [margin_jit(eqx.tree_at(lambda a: a.quantity, arrays, q),
+    t_separate = median_time(lambda: [kj.margin_jit(eqx.tree_at(lambda a: a.quantity, arrays, q),
                                                  params, key, s.scenarios, top).margin
                                       for q in qs], 3)
     out = {

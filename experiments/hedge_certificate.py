@@ -2,7 +2,7 @@
 
 For random books (``random_book(96, seed=s)``, the Monte-Carlo error add-on off so
 that the base is the pure ES) and 50 instruments drawn from each book, the optax
-hedge (``_solve``: Adam on the base ES, objective ``"base"``, projected onto the
+hedge (``kj.solve_hedge``: Adam on the base ES, objective ``"base"``, projected onto the
 box ``|x_j| <= Q``) is compared with the minimum of the same objective from the
 Rockafellar–Uryasev LP (``certify_hedge``, scipy HiGHS), at 10^4 and 10^5
 scenarios:
@@ -38,8 +38,6 @@ import jax
 import numpy as np
 
 import kinetic_jax as kj
-from kinetic_jax._hedge import _solve, build_hedge_problem
-from kinetic_jax._lp import certify_hedge
 
 
 def es64(losses: np.ndarray, confidence: float) -> float:
@@ -66,14 +64,14 @@ def setup(seed: int, scenarios: int, n_instruments: int, book_size: int):
 
 def build_problem(book, instruments, bound, cost):
     """The same HedgeProblem optimise_hedge builds (float32)."""
-    problem, top = build_hedge_problem(book, instruments, bound, cost)
+    problem, top = kj.build_hedge_problem(book, instruments, bound, cost)
     return jax.block_until_ready(problem), top
 
 
 def run_optax(problem, top, steps, repeats):
     jax.clear_caches()  # a real compile every time, not a cache hit from an earlier case
     t0 = time.perf_counter()
-    compiled = _solve.lower(problem, top, steps, "base").compile()
+    compiled = kj.solve_hedge.lower(problem, top, steps, "base").compile()
     compile_s = time.perf_counter() - t0
     runs = []
     for _ in range(repeats):
@@ -102,7 +100,7 @@ def case(seed, scenarios, *, n_instruments, book_size, cost, steps, more_steps, 
     lp_walls, lp_totals = [], []
     for _ in range(lp_repeats):
         t0 = time.perf_counter()
-        lp = certify_hedge(book, instruments, max_quantity=bound, cost=cost)
+        lp = kj.certify_hedge(book, instruments, max_quantity=bound, cost=cost)
         lp_totals.append(time.perf_counter() - t0)
         lp_walls.append(lp.wall_seconds)
     if lp.status != "optimal":

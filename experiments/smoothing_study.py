@@ -21,8 +21,6 @@ import jax.numpy as jnp
 import numpy as np
 
 import kinetic_jax as kj
-from kinetic_jax._margin import margin_jit
-from kinetic_jax._sensitivities import sensitivity_jit
 
 
 def parameters(layout):
@@ -57,7 +55,7 @@ def main():
     specs = parameters(layout)
 
     def hard(a, seed):
-        return float(margin_jit(a, params, jax.random.key(seed), nref, topref).margin)
+        return float(kj.margin_jit(a, params, jax.random.key(seed), nref, topref).margin)
 
     reference = {}
     t0 = time.perf_counter()
@@ -75,7 +73,7 @@ def main():
         for t in map(float, args.temperatures.split(",")):
             grads = {name: [] for name, *_ in specs}
             for seed in range(args.seeds):
-                res = sensitivity_jit(arrays, params, jax.random.key(seed), n, top,
+                res = kj.sensitivity_jit(arrays, params, jax.random.key(seed), n, top,
                                       jnp.float32(t), estimator)
                 for name, field, i, _ in specs:
                     grads[name].append(float(getattr(res.jacobian, field)[0, i]))

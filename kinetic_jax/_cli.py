@@ -12,9 +12,8 @@ import json
 import os
 import sys
 
-from ._cli_grid import COMMANDS as GRID_COMMANDS
-from ._cli_grid import add_parsers as grid_parsers
-from ._errors import BookError, EngineError
+from . import BookError, EngineError
+from ._cli_grid import COMMANDS as GRID_COMMANDS, add_parsers as grid_parsers
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -54,7 +53,7 @@ def start_distributed(args) -> bool:
     """Starts the multi-process runtime when the flags or environment ask for it
     (a no-op otherwise, and for commands without the flags). Raises BookError
     naming a bad flag."""
-    from ._sharding import initialize
+    from . import initialize_distributed as initialize
 
     if not hasattr(args, "coordinator"):
         return False
@@ -130,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load(args):
-    from ._book_file import load_book
+    from . import load_book
 
     book = load_book(args.book)
     changes = {k: getattr(args, k) for k in ("scenarios", "seed", "confidence", "sampler")
@@ -151,8 +150,7 @@ def _load(args):
 
 
 def _margin(args) -> int:
-    from ._format import format_margin_report
-    from ._portfolio import portfolio_margin
+    from . import format_margin_report, portfolio_margin
 
     book = _load(args)
     dtype = None
@@ -170,7 +168,7 @@ def _margin(args) -> int:
 
 
 def _sensitivities(args) -> int:
-    from ._sensitivities import DEFAULT_TEMPERATURE, sensitivities
+    from . import DEFAULT_TEMPERATURE, sensitivities
 
     book = _load(args)
     t = DEFAULT_TEMPERATURE if args.temperature is None else args.temperature
@@ -218,7 +216,7 @@ def _sensitivities(args) -> int:
 
 
 def _hedge(args) -> int:
-    from ._hedge import optimise_hedge
+    from . import optimise_hedge
 
     book = _load(args)
     result = optimise_hedge(book, args.instrument, max_quantity=args.max_quantity,
@@ -284,7 +282,7 @@ def _parse_trades(book, raw: list[str]) -> dict[str, float]:
 
 
 def _what_if(args) -> int:
-    from ._whatif import margin_session
+    from . import margin_session
 
     book = _load(args)
     trades = _parse_trades(book, args.trade)
@@ -358,7 +356,7 @@ COMMANDS.update(GRID_COMMANDS)  # sweep, batch (kinetic_jax._cli_grid)
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from ._cache import enable_compilation_cache
+    from . import enable_compilation_cache
 
     enable_compilation_cache()  # compile once per machine ($KINETIC_JAX_CACHE_DIR=off: never)
     try:

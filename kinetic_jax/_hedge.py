@@ -107,7 +107,11 @@ def base_es_of(x, problem: HedgeProblem, top: int):
 
 
 @eqx.filter_jit
-def _solve(problem: HedgeProblem, top: int, steps: int, objective: str):
+def solve_hedge(problem: HedgeProblem, top: int, steps: int, objective: str):
+    """The continuous optimiser behind [`optimise_hedge`][]: `steps` Adam steps on
+    `objective` (``"margin"`` or ``"base"``) projected onto the box, the whole step
+    jitted inside ``lax.scan``; returns ``(best_x, trace)`` (the best iterate and
+    the objective at every step). `top` and `steps` are static."""
     bound = problem.bound
     dtype = problem.active.dtype
 
@@ -266,7 +270,7 @@ def optimise_hedge(
         book = book.with_settings(**changes)
     n = len(instruments)
     problem, top = build_hedge_problem(book, instruments, max_quantity, cost, dtype=dtype)
-    best_x, trace = _solve(problem, top, steps, objective)
+    best_x, trace = solve_hedge(problem, top, steps, objective)
     x_cont = np.asarray(best_x, np.float64)
     if not np.all(np.isfinite(x_cont)):
         raise EngineError("the optimiser diverged; please report this book")

@@ -43,8 +43,6 @@ from ._arrays import BookArrays, row_membership
 from ._book import Book
 from ._conditional import (
     aggregate_chunk as agg_chunk,
-)
-from ._conditional import (
     aggregates,
     jump_surrogate,
     mark_surrogate,

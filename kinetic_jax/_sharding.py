@@ -260,3 +260,6 @@ def _int_setting(flag: str, env: str, value: int | None) -> int | None:
         return int(text)
     except ValueError:
         raise ValueError(f"{env} ({flag}): {text!r} is not an integer") from None
+
+
+initialize_distributed = initialize  # the public name (kj.initialize_distributed)

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 import tomli_w
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 import kinetic_jax._book_file as book_file
 from kinetic_jax import (

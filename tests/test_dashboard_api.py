@@ -23,8 +23,11 @@ tomli_w = pytest.importorskip("tomli_w")
 from fastapi.testclient import TestClient  # noqa: E402
 
 import kinetic_jax as kj  # noqa: E402
-from kinetic_jax.dashboard import MAX_SCENARIOS, create_app  # noqa: E402
-from kinetic_jax.dashboard import _state as state_module  # noqa: E402
+from kinetic_jax.dashboard import (  # noqa: E402
+    MAX_SCENARIOS,
+    _state as state_module,  # noqa: E402
+    create_app,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "examples" / "reference_book.toml"

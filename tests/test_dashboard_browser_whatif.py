@@ -17,8 +17,8 @@ from test_dashboard_browser import (
     REFERENCE,
     _require_browser,
     _wait_idle,
+    server as server,  # noqa: F401 - the fixture
 )
-from test_dashboard_browser import server as server  # noqa: F401 - the fixture
 
 import kinetic_jax as kj
 

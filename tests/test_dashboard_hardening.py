@@ -23,14 +23,21 @@ httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
 
 from fastapi.testclient import TestClient  # noqa: E402
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+from hypothesis import (  # noqa: E402
+    HealthCheck,
+    given,
+    settings,
+    strategies as st,  # noqa: E402
+)
 
 import kinetic_jax as kj  # noqa: E402
-from kinetic_jax.dashboard import Limits, create_app  # noqa: E402
-from kinetic_jax.dashboard import _app as app_module  # noqa: E402
-from kinetic_jax.dashboard import _schema as schema_module  # noqa: E402
-from kinetic_jax.dashboard import _service as service  # noqa: E402
+from kinetic_jax.dashboard import (  # noqa: E402
+    Limits,
+    _app as app_module,  # noqa: E402
+    _schema as schema_module,  # noqa: E402
+    _service as service,  # noqa: E402
+    create_app,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "examples" / "reference_book.toml"

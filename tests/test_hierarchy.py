@@ -8,8 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import binary, make_book
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 import kinetic_jax as kj
 from kinetic_jax import BookError, Cluster, Hierarchy, Node

@@ -26,8 +26,7 @@ from helpers import (
     parlay_book,
     tree_allclose,
 )
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 import kinetic_jax as kj
 from kinetic_jax import _margin

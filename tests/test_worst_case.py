@@ -22,8 +22,7 @@ from helpers import (
     prices_of,
     quantities_of,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 import kinetic_jax as kj
 from kinetic_jax import _worst_case

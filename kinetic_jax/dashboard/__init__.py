@@ -5,12 +5,12 @@ uvicorn, plotly, tomli-w). Uses only the public kinetic_jax API; the numerical
 core never imports this package. See docs/dashboard.md.
 """
 
-from ._app import MAX_BODY_BYTES as MAX_BODY_BYTES
-from ._app import create_app as create_app
-from ._app import run as run
-from ._service import MAX_SCENARIOS as MAX_SCENARIOS
-from ._service import SCENARIO_CHOICES as SCENARIO_CHOICES
-from ._service import Limits as Limits
+from ._app import MAX_BODY_BYTES as MAX_BODY_BYTES, create_app as create_app, run as run
+from ._service import (
+           MAX_SCENARIOS as MAX_SCENARIOS,
+           SCENARIO_CHOICES as SCENARIO_CHOICES,
+           Limits as Limits,
+)
 from ._state import default_state_path as default_state_path
 
 __all__ = ["MAX_BODY_BYTES", "MAX_SCENARIOS", "SCENARIO_CHOICES", "Limits", "create_app",

@@ -60,8 +60,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 import kinetic_jax as kj
 from kinetic_jax import Book, BookError
 
-from . import _service as service
-from . import _whatif as what_if_service
+from . import _service as service, _whatif as what_if_service
 from ._schema import BOOK_EXAMPLE, book_schema, config, error_responses, json_body
 from ._state import REFERENCE, Source, State, StateStore, clean_ui, default_state_path, sha256
 
