@@ -68,6 +68,10 @@ def hedge_problem(
     arrays: BookArrays, params: MarginParams, key: PRNGKeyArray, scenarios: int,
     slots: Int[Array, " n"], active: Float[Array, " n"], bound, cost,
 ) -> HedgeProblem:
+    """The [`HedgeProblem`][] of `arrays` on `scenarios` draws of `key`: the current
+    cluster losses and, per instrument slot (`slots`, `active` 1.0 or 0.0 for
+    padding), its loss column per unit; `bound` and `cost` as arrays (changing
+    them never recompiles)."""
     yes = outcomes(key, arrays, scenarios)
     dtype = arrays.price.dtype
     return HedgeProblem(
