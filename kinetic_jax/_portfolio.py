@@ -158,12 +158,10 @@ def portfolio_margin(
 
     **Returns:** a [`MarginReport`][]. Raises [`BookError`][] for bad overrides.
     """
-    book = _with_overrides(book, scenarios, seed, confidence, sampler)
+    book, arrays, layout, params, key, top = _prepare(book, scenarios, seed, confidence,
+                                                      sampler, dtype, key)
     s = book.settings
-    arrays, layout, params = margin_inputs(book, dtype=dtype)
-    key = jax.random.key(s.seed) if key is None else key
     mesh = scenario_mesh(devices)
-    top = tail_size(s.scenarios, s.confidence)
     if mesh.size == 1:
         result = margin_jit(arrays, params, key, s.scenarios, top, s.sampler)
     else:
@@ -175,6 +173,16 @@ def portfolio_margin(
         local = [np.asarray(x.addressable_data(0)) for x in rows]
         result = rows_margin_jit(arrays, params, *local, s.scenarios, s.sampler)
     return dataclasses.replace(_report(book, layout, result), devices=mesh.size)
+
+
+def _prepare(book: Book, scenarios, seed, confidence, sampler, dtype, key):
+    """The book with its overrides, its arrays, layout and run-time parameters, the
+    PRNG key (``jax.random.key(seed)`` unless given) and the static tail size."""
+    book = _with_overrides(book, scenarios, seed, confidence, sampler)
+    s = book.settings
+    arrays, layout, params = margin_inputs(book, dtype=dtype)
+    key = jax.random.key(s.seed) if key is None else key
+    return book, arrays, layout, params, key, tail_size(s.scenarios, s.confidence)
 
 
 def _with_overrides(book: Book, scenarios, seed, confidence, sampler=None) -> Book:
@@ -204,12 +212,10 @@ def margin_with_losses(
     ``with_weights=True`` to get ``(report, losses, weights)``, each scenario's
     likelihood ratio (its probability is weight / scenarios).
     """
-    book = _with_overrides(book, scenarios, seed, confidence, sampler)
+    book, arrays, layout, params, key, top = _prepare(book, scenarios, seed, confidence,
+                                                      sampler, dtype, key)
     s = book.settings
-    arrays, layout, params = margin_inputs(book, dtype=dtype)
-    key = jax.random.key(s.seed) if key is None else key
-    result, losses, weights = _margin_losses_jit(arrays, params, key, s.scenarios,
-                                                 tail_size(s.scenarios, s.confidence),
+    result, losses, weights = _margin_losses_jit(arrays, params, key, s.scenarios, top,
                                                  s.sampler)
     report = _report(book, layout, result)
     losses = np.asarray(losses, np.float64)
