@@ -25,6 +25,7 @@ from ._book_file import (
     parse_book as parse_book,
 )
 from ._cache import enable_compilation_cache as enable_compilation_cache
+from ._compile import CompileCounter as CompileCounter
 from ._errors import BookError as BookError, EngineError as EngineError
 from ._format import format_margin_report as format_margin_report
 from ._hedge import (

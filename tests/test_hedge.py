@@ -181,7 +181,7 @@ def test_bad_lots(lot, message):
 
 
 def test_changing_bounds_cost_or_lot_does_not_recompile():
-    from test_jax_properties import CompileCounter
+    CompileCounter = kj.CompileCounter
 
     book = make_book([above("A", "BTC-E", 1.0, 0.6), above("B", "ETH-E", 1.0, 0.5,
                                                            cluster="ETH")],

@@ -4,7 +4,6 @@ sharing one simulation, and the float64 path."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 
 import equinox as eqx
@@ -135,29 +134,7 @@ def test_position_order_does_not_matter_and_contract_order_only_reshuffles_draws
 # --- 12. no recompilation when only values change ---------------------------------------
 
 
-class CompileCounter(contextlib.AbstractContextManager):
-    """Counts jaxpr traces and XLA compilations (jax.monitoring events) made
-    inside the block — by anything, so a cached second call must count zero."""
-
-    TRACE = "/jax/core/compile/jaxpr_trace_duration"
-    COMPILE = "/jax/core/compile/backend_compile_duration"
-
-    def __init__(self):
-        self.traces = self.compiles = 0
-
-    def _listen(self, event, duration, **kwargs):
-        if event == self.TRACE:
-            self.traces += 1
-        elif event == self.COMPILE:
-            self.compiles += 1
-
-    def __enter__(self):
-        jax.monitoring.register_event_duration_secs_listener(self._listen)
-        return self
-
-    def __exit__(self, *exc):
-        jax.monitoring.unregister_event_duration_listener(self._listen)
-        return False
+CompileCounter = kj.CompileCounter
 
 
 def five_contract_book(shift: float = 0.0, q: float = 1.0, **settings):

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_jax_properties import CompileCounter
 
 import kinetic_jax as kj
 from kinetic_jax import BookError
@@ -160,7 +159,7 @@ def test_changing_values_does_not_recompile(book):
     """Same grid shape, other values (rho and quantity): no trace, no compile."""
     axes = ["rho.crypto=0.5:0.9:3", "quantity.ETH-5K-DEC=-5000:0:2"]
     kj.sweep(book, axes, scenarios=N, points_per_call=4)
-    with CompileCounter() as counter:
+    with kj.CompileCounter() as counter:
         kj.sweep(book, ["rho.crypto=0.4:0.8:3", "quantity.ETH-5K-DEC=100:900:2"],
                  scenarios=N, points_per_call=4)
     assert (counter.traces, counter.compiles) == (0, 0)

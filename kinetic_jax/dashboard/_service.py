@@ -115,56 +115,20 @@ def program_key(kind: str, book: Book) -> tuple:
     return kind, book.settings.scenarios, 1 << (n - 1).bit_length()
 
 
-class CompileCounter:
-    """Counts JAX traces and backend compilations process-wide (via
-    ``jax.monitoring``), so the service can show that a value change does not
-    recompile."""
-
-    TRACE = "/jax/core/compile/jaxpr_trace_duration"
-    COMPILE = "/jax/core/compile/backend_compile_duration"
-
-    def __init__(self):
-        self.traces = 0
-        self.compiles = 0
-        self.compile_seconds = 0.0
-        self.recent: list[str] = []  # names of the last compiled programs
-        self._lock = threading.Lock()
-
-    def __call__(self, event: str, duration: float, **kwargs) -> None:
-        if event == self.TRACE:
-            with self._lock:
-                self.traces += 1
-        elif event == self.COMPILE:
-            with self._lock:
-                self.compiles += 1
-                self.compile_seconds += duration
-                self.recent.append(str(kwargs.get("fun_name", "?")))
-                del self.recent[:-8]
-
-    def snapshot(self) -> dict:
-        with self._lock:
-            return {"traces": self.traces, "compiles": self.compiles,
-                    "compile_seconds": round(self.compile_seconds, 3),
-                    "recent_compiles": list(self.recent)}
+_counter: kj.CompileCounter | None = None
 
 
-_counter: CompileCounter | None = None
-
-
-def compile_counter() -> CompileCounter:
+def compile_counter() -> kj.CompileCounter:
     """The process-wide counter (registered with jax.monitoring once)."""
     global _counter
     if _counter is None:
-        import jax.monitoring
-
-        _counter = CompileCounter()
-        jax.monitoring.register_event_duration_secs_listener(_counter)
+        _counter = kj.CompileCounter().listen()
     return _counter
 
 
 def reference_book_text() -> bytes:
-    """The reference book shipped with the package (a copy of
-    examples/reference_book.toml)."""
+    """The reference book shipped with the package (examples/reference_book.toml
+    links to it)."""
     return resources.files("kinetic_jax.dashboard").joinpath("reference_book.toml").read_bytes()
 
 

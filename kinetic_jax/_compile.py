@@ -1,0 +1,57 @@
+"""Counting JAX traces and compilations: the proof that a value change does not
+recompile (tests, the dashboard's status, benchmarks)."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+
+import jax.monitoring
+
+
+class CompileCounter(contextlib.AbstractContextManager):
+    """Counts jaxpr traces and XLA backend compilations process-wide, from
+    ``jax.monitoring`` duration events.
+
+    As a context manager it listens inside the block only (``with CompileCounter()
+    as c: ...; assert c.compiles == 0``); `listen` registers it for the life of
+    the process instead. Thread-safe: the service counts from worker threads.
+    """
+
+    TRACE = "/jax/core/compile/jaxpr_trace_duration"
+    COMPILE = "/jax/core/compile/backend_compile_duration"
+
+    def __init__(self):
+        self.traces = 0
+        self.compiles = 0
+        self.compile_seconds = 0.0
+        self.recent: list[str] = []  # names of the last compiled programs (at most 8)
+        self._lock = threading.Lock()
+
+    def __call__(self, event: str, duration: float, **kwargs) -> None:
+        if event == self.TRACE:
+            with self._lock:
+                self.traces += 1
+        elif event == self.COMPILE:
+            with self._lock:
+                self.compiles += 1
+                self.compile_seconds += duration
+                self.recent.append(str(kwargs.get("fun_name", "?")))
+                del self.recent[:-8]
+
+    def listen(self) -> CompileCounter:
+        jax.monitoring.register_event_duration_secs_listener(self)
+        return self
+
+    def __enter__(self) -> CompileCounter:
+        return self.listen()
+
+    def __exit__(self, *exc) -> bool:
+        jax.monitoring.unregister_event_duration_listener(self)
+        return False
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return {"traces": self.traces, "compiles": self.compiles,
+                    "compile_seconds": round(self.compile_seconds, 3),
+                    "recent_compiles": list(self.recent)}
