@@ -255,9 +255,7 @@ def margin_accounts(
         accounts, row_errors = _net((f"row {i + 1}", list(r)) for i, r in enumerate(accounts))
         errors = {**row_errors, **(errors or {})}
     errors = dict(errors or {})
-    changes = {k: v for k, v in (("scenarios", scenarios), ("seed", seed)) if v is not None}
-    changes["sampler"] = "plain"
-    book = book.with_settings(**changes)
+    book = book.with_overrides(scenarios=scenarios, seed=seed, sampler="plain")
     s = book.settings
     ids = {c: i for i, c in enumerate(book.contract_ids)}
     names = list(accounts)

@@ -273,6 +273,12 @@ class Book:
     def with_settings(self, **changes) -> Book:
         return dataclasses.replace(self, settings=dataclasses.replace(self.settings, **changes))
 
+    def with_overrides(self, **changes) -> Book:
+        """[`with_settings`][] for the values given (not None): how every entry point
+        applies its ``scenarios=``, ``seed=``, ... keyword overrides."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        return self.with_settings(**changes) if changes else self
+
     def with_hierarchy(self, hierarchy: Hierarchy) -> Book:
         return dataclasses.replace(self, hierarchy=hierarchy)
 

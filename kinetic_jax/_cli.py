@@ -132,12 +132,12 @@ def _load(args):
     from . import load_book
 
     book = load_book(args.book)
-    changes = {k: getattr(args, k) for k in ("scenarios", "seed", "confidence", "sampler")
-               if getattr(args, k, None) is not None}
+    changes = {k: getattr(args, k, None) for k in ("scenarios", "seed", "confidence", "sampler")}
     for name in args.no_addon:
         changes["stress_addon" if name == "stress" else name] = False
+    changes = {k: v for k, v in changes.items() if v is not None}
     try:
-        return book.with_settings(**changes) if changes else book
+        return book.with_overrides(**changes)
     except BookError as e:
         flag = e.field.split(".")[-1]
         if flag in ("scenarios", "seed", "confidence"):

@@ -269,9 +269,7 @@ def optimise_hedge(
         if lot > max_quantity:
             raise BookError("lot", f"{lot!r} is larger than max_quantity {max_quantity!r}: "
                                    f"no whole lot fits the bound")
-    changes = {k: v for k, v in (("scenarios", scenarios), ("seed", seed)) if v is not None}
-    if changes:
-        book = book.with_settings(**changes)
+    book = book.with_overrides(scenarios=scenarios, seed=seed)
     n = len(instruments)
     problem, top = build_hedge_problem(book, instruments, max_quantity, cost, dtype=dtype)
     best_x, trace = solve_hedge(problem, top, steps, objective)

@@ -178,19 +178,12 @@ def portfolio_margin(
 def _prepare(book: Book, scenarios, seed, confidence, sampler, dtype, key):
     """The book with its overrides, its arrays, layout and run-time parameters, the
     PRNG key (``jax.random.key(seed)`` unless given) and the static tail size."""
-    book = _with_overrides(book, scenarios, seed, confidence, sampler)
+    book = book.with_overrides(scenarios=scenarios, seed=seed, confidence=confidence,
+                               sampler=sampler)
     s = book.settings
     arrays, layout, params = margin_inputs(book, dtype=dtype)
     key = jax.random.key(s.seed) if key is None else key
     return book, arrays, layout, params, key, tail_size(s.scenarios, s.confidence)
-
-
-def _with_overrides(book: Book, scenarios, seed, confidence, sampler=None) -> Book:
-    changes = {k: v for k, v in
-               (("scenarios", scenarios), ("seed", seed), ("confidence", confidence),
-                ("sampler", sampler))
-               if v is not None}
-    return book.with_settings(**changes) if changes else book
 
 
 def margin_with_losses(

@@ -339,9 +339,7 @@ def sensitivities(
         raise BookError("temperature", f"{temperature!r} is outside (0, 1]")
     if estimator not in ESTIMATORS:
         raise BookError("estimator", f"{estimator!r} is not one of {', '.join(ESTIMATORS)}")
-    changes = {k: v for k, v in (("scenarios", scenarios), ("seed", seed)) if v is not None}
-    if changes:
-        book = book.with_settings(**changes)
+    book = book.with_overrides(scenarios=scenarios, seed=seed)
     s = book.settings
     arrays, layout, params = margin_inputs(book, dtype=dtype)
     sens = sensitivity_jit(arrays, params, jax.random.key(s.seed), s.scenarios,

@@ -706,9 +706,7 @@ def sweep(
     name or a malformed axis; invalid *points* are reported in the result.
     """
     axes = _as_axes(axes)
-    changes = {k: v for k, v in (("scenarios", scenarios), ("seed", seed)) if v is not None}
-    if changes:
-        book = book.with_settings(**changes)
+    book = book.with_overrides(scenarios=scenarios, seed=seed)
     s = book.settings
     grid = _Grid(book, axes)
     size = math.prod(grid.shape)

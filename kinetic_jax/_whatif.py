@@ -64,7 +64,7 @@ from ._margin import (
     row_statistics,
     static_top,
 )
-from ._portfolio import ClusterReport, MarginReport, _report, _with_overrides
+from ._portfolio import ClusterReport, MarginReport, _report
 from ._sampler import (
     Proposal,
     check_sampler,
@@ -489,6 +489,7 @@ def margin_session(
     **Returns:** the session; ``session.report`` is the book's margin report
     (equal to [`portfolio_margin`][] with the same settings).
     """
-    return MarginSession(_with_overrides(book, scenarios, seed, confidence, sampler),
+    return MarginSession(book.with_overrides(scenarios=scenarios, seed=seed,
+                                              confidence=confidence, sampler=sampler),
                          dtype=dtype, key=key)
 
