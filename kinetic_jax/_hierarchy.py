@@ -9,15 +9,19 @@ function of them: ``R[c, d] = rho[lca[c, d]]`` off the diagonal, 1 on it.
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
+from ._checks import check_number
 from ._errors import BookError
 
 ROOT = "root"
+
+
+def _unit_interval(field: str, value: float) -> None:
+    check_number(field, value, low=0.0, high=1.0, high_open=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,15 +42,6 @@ class Cluster:
     name: str
     parent: str
     loading: float
-
-
-def _check_unit_interval(field: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise BookError(field, f"{value!r} is not a number")
-    if not math.isfinite(value):
-        raise BookError(field, f"{value!r} is not finite")
-    if not 0.0 <= value < 1.0:
-        raise BookError(field, f"{value!r} is outside [0, 1)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +82,7 @@ class Hierarchy:
                 raise BookError(f"{field}.parent", f"the root has no parent, got {n.parent!r}")
             if n.name != ROOT and n.parent is None:
                 raise BookError(f"{field}.parent", "missing (only 'root' has no parent)")
-            _check_unit_interval(f"{field}.rho", n.rho)
+            _unit_interval(f"{field}.rho", n.rho)
             names[n.name] = n
         for i, n in enumerate(nodes):
             if n.parent is not None and n.parent not in names:
@@ -124,7 +119,7 @@ class Hierarchy:
                 raise BookError(f"{field}.name", f"{c.name!r} is already a hierarchy node")
             if c.parent not in names:
                 raise BookError(f"{field}.parent", f"unknown node {c.parent!r}")
-            _check_unit_interval(f"{field}.loading", c.loading)
+            _unit_interval(f"{field}.loading", c.loading)
             seen_clusters.add(c.name)
         object.__setattr__(self, "nodes", tuple(nodes))
 
