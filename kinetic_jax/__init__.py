@@ -23,6 +23,7 @@ from ._book_file import (
     load_book as load_book,
     loads_book as loads_book,
     parse_book as parse_book,
+    read_book_file as read_book_file,
 )
 from ._cache import enable_compilation_cache as enable_compilation_cache
 from ._compile import CompileCounter as CompileCounter

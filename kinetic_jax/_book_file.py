@@ -233,16 +233,25 @@ def _no_duplicate_keys(pairs):
 
 def load_book(path: str | os.PathLike) -> Book:
     """Reads and validates a book file (``.toml`` or ``.json``)."""
+    return read_book_file(path)[0]
+
+
+def read_book_file(path: str | os.PathLike, *, max_bytes: int | None = None
+                   ) -> tuple[Book, bytes]:
+    """``(book, raw bytes)`` of a book file, refused over `max_bytes` (default
+    `MAX_BOOK_BYTES`) before it is read; unreadable files and bad books raise
+    [`BookError`][] naming the path."""
     path = os.fspath(path)
+    max_bytes = MAX_BOOK_BYTES if max_bytes is None else max_bytes
     try:
         size = os.path.getsize(path)
-        if size > MAX_BOOK_BYTES:
-            raise BookError("book", f"{path} is {size} bytes, over the {MAX_BOOK_BYTES} limit")
+        if size > max_bytes:
+            raise BookError("book", f"{path} is {size} bytes, over the {max_bytes} limit")
         with open(path, "rb") as fh:
             raw = fh.read()
     except OSError as e:
         raise BookError("book", f"cannot read {path!r}: {e.strerror or e}") from None
-    return loads_book(raw, json_format=path.lower().endswith(".json"), name=path)
+    return loads_book(raw, json_format=path.lower().endswith(".json"), name=path), raw
 
 
 def loads_book(raw: bytes | str, *, json_format: bool = False, name: str = "book") -> Book:

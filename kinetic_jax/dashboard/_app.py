@@ -350,16 +350,7 @@ class Engine:
 # ---------------------------------------------------------------------------
 def _read_book_file(path: str | os.PathLike) -> tuple[Book, Source]:
     path = os.path.abspath(os.fspath(path))
-    try:
-        size = os.path.getsize(path)
-        if size > MAX_BOOK_FILE_BYTES:
-            raise BookError("book", f"{path} is {size} bytes, over the "
-                                    f"{MAX_BOOK_FILE_BYTES} limit")
-        with open(path, "rb") as fh:
-            raw = fh.read()
-    except OSError as e:
-        raise BookError("book", f"cannot read {path!r}: {e.strerror or e}") from None
-    book = kj.loads_book(raw, json_format=path.lower().endswith(".json"), name=path)
+    book, raw = kj.read_book_file(path, max_bytes=MAX_BOOK_FILE_BYTES)
     return book, Source(path, sha256(raw))
 
 
