@@ -46,6 +46,7 @@ SETTING_DESCRIPTIONS = {
     "mc_error": "Monte-Carlo error add-on", "mc_error_z": "z of the MC error add-on",
     "liquidity": "liquidity add-on", "liquidity_threshold": "|q| / open interest threshold",
     "liquidity_rate": "liquidity add-on rate",
+    "stress_addon": "stress add-on: the worst stress-scenario loss above max(base, floor)",
 }
 
 
@@ -168,6 +169,27 @@ def book_schema(limits: service.Limits) -> dict:
                         "quantity": {**_NUM, "minimum": -MAX_AMOUNT, "maximum": MAX_AMOUNT,
                                      "description": "signed: > 0 long YES, < 0 short YES; "
                                                     f"sum of |quantity| at most {MAX_AMOUNT:g}"},
+                    },
+                },
+            },
+            "stress": {
+                "type": "array",
+                "description": "deterministic stress scenarios (SPEC.md §5.2): exact losses, "
+                               "reported in the margin's `stress`; `model.stress_addon` adds "
+                               "the worst one above max(base, floor)",
+                "items": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["name"],
+                    "properties": {
+                        "name": {"type": "string", "description": "unique in the book"},
+                        "factors": {"type": "object", "additionalProperties": _NUM,
+                                    "description": "hierarchy node or cluster -> factor value "
+                                                   "(standard deviations); none: every "
+                                                   "factor at 0"},
+                        "resolve": {"type": "object",
+                                    "additionalProperties": {"enum": ["YES", "NO"]},
+                                    "description": "non-parlay contract id -> YES or NO"},
                     },
                 },
             },
