@@ -90,6 +90,7 @@ export function renderControls() {
     (x) => x.toLocaleString("en-US"));
   $("seed").value = S.model.seed ?? defaultOf("seed");
   for (const name of ["mc_error", "liquidity"]) $(name).checked = S.addons[name] ?? defaultOf(name);
+  $("stress_addon").checked = S.model.stress_addon ?? defaultOf("stress_addon");
   for (const name of ["mc_error_z", "liquidity_threshold", "liquidity_rate"]) $(name).value = S.addons[name] ?? defaultOf(name);
   $("auto").checked = !!S.ui.auto;
   $("logy").checked = !!S.ui.logy;
@@ -112,7 +113,7 @@ function numberControl(name, target) {
   });
 }
 
-// `on`: {compute, rerun, logy, sens, addRow, exportToml, importToml, reset}.
+// `on`: {compute, rerun, logy, sens, addRow, addScenario, exportToml, importToml, reset}.
 export function wireControls(on) {
   $("confidence").addEventListener("change", (e) => { S.model.confidence = Number(e.target.value); hooks.schedule(0); });
   $("scenarios").addEventListener("change", (e) => { S.model.scenarios = Number(e.target.value); hooks.schedule(0); });
@@ -121,6 +122,9 @@ export function wireControls(on) {
   for (const name of ["mc_error", "liquidity"]) {
     $(name).addEventListener("change", (e) => { S.addons[name] = e.target.checked; hooks.schedule(0); });
   }
+  // The stress add-on is a [model] setting (kinetic_jax.Settings.stress_addon).
+  $("stress_addon").addEventListener("change", (e) => { S.model.stress_addon = e.target.checked; hooks.schedule(0); });
+  $("add-stress").addEventListener("click", on.addScenario);
   $("auto").addEventListener("change", (e) => { S.ui.auto = e.target.checked; if (S.ui.auto) on.compute(); });
   $("rerun").addEventListener("click", () => on.compute());
   $("logy").addEventListener("change", (e) => { S.ui.logy = e.target.checked; on.logy(); });

@@ -8,6 +8,7 @@ import {
   $, S, applyBook, buildBook, checkAll, clusterNames, el, hideBanner, hooks, locateServerError,
   setConfig, showBanner,
 } from "./state.js";
+import { addScenario, renderStress } from "./stress.js";
 import { addRow, renderPositions, renderPositionsErrorsOnly } from "./table.js";
 import { markApplied } from "./whatif.js";
 
@@ -49,6 +50,7 @@ function reportFailure(r, what) {
   const where = locateServerError(r.error);
   if (r.status >= 500) showBanner(`Engine error: ${r.error.message}`);
   else if (where && (where.uid || where.uids)) showBanner(`The server rejected the book: ${r.error.message}`);
+  else if (where && "stress" in where) showBanner(`The server rejected a stress scenario: ${r.error.message}`);
   else if (where && where.control) showBanner(`The server rejected the settings: ${r.error.message}`);
   else showBanner(`Error: ${r.error.message}`);
 }
@@ -64,19 +66,20 @@ async function compute() {
     document.body.classList.add("stale");
     return;
   }
-  const { book, rows, positions } = buildBook();
+  const { book, rows, positions, stress } = buildBook();
   S.running = true; S.pending = false;
   const gen = ++S.gen;
   setBusy(true);
   const t0 = performance.now();
   const r = await api("POST", `/api/margin?sensitivities=false&bins=${BINS}`, book);
   const elapsed = performance.now() - t0;
-  S.sentRows = rows; S.sentPositions = positions;
+  S.sentRows = rows; S.sentPositions = positions; S.sentStress = stress;
   if (r.ok) {
     S.serverError = null; S.unreachable = false;
     hideBanner();
     S.result = r.data;
     S.resultGen = gen;
+    S.resultStress = stress;
     S.lastBook = book;
     markApplied();
     // The histogram comes with the report: one simulation, one request.
@@ -102,6 +105,7 @@ async function compute() {
   S.running = false;
   setBusy(false);
   renderPositions();
+  renderStress();
   renderControlErrors();
   if (S.pending) compute();
 }
@@ -177,7 +181,7 @@ async function importToml(e) {
   S.imported = file.name;
   renderSourceLine();
   S.result = null;
-  renderControls(); renderPositions();
+  renderControls(); renderPositions(); renderStress();
   showBanner(`Imported ${file.name}.`, true);
   compute();
 }
@@ -190,7 +194,7 @@ async function resetBook() {
   S.imported = null;
   renderSourceLine();
   S.ui = { ...S.ui, ...(r.data.ui || {}), filter: "All" };
-  renderControls(); renderPositions();
+  renderControls(); renderPositions(); renderStress();
   compute();
 }
 
@@ -200,7 +204,7 @@ async function start() {
   if (!config.ok) { reportFailure(config, "load the configuration"); return; }
   setConfig(config.data);
   wireControls({
-    compute, addRow, exportToml, importToml, reset: resetBook,
+    compute, addRow, addScenario, exportToml, importToml, reset: resetBook,
     logy: () => { renderHistogram(); saveUi(); },
     sens: () => { renderSensitivities(); saveUi(); },
   });
@@ -213,6 +217,7 @@ async function start() {
   renderSourceLine();
   renderControls();
   renderPositions();
+  renderStress();
   renderTree();
   await compute();
   window.__dashboardReady = true;

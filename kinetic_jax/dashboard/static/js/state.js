@@ -3,6 +3,7 @@
 
 export const S = {
   model: {}, addons: {}, hierarchy: null, clusters: null,   // book parts besides contracts
+  stress: [],        // one per stress scenario: {uid, name, factors: [[node, value text]], resolve: [[contract, "YES"|"NO"]]}
   rows: [],          // one per contract: {uid, id, cluster, type, event, threshold, outcome, legs, price, open_interest, probability, quantity}
   ui: { auto: true, logy: false, sens: "euler", filter: "All" },
   uid: 0,
@@ -10,6 +11,7 @@ export const S = {
   serverError: null, // {field, detail, message, path, event?}
   sentRows: [],      // uid of each contract of the last sent book (for error mapping)
   sentPositions: [], // uid of each position of the last sent book
+  sentStress: [],    // uid of each stress scenario of the last sent book
   result: null, sens: null,
   gen: 0, running: false, pending: false, scheduled: false, timer: null,
   follow: null, followRunning: false, followTimer: null,
@@ -63,6 +65,11 @@ export function applyBook(book) {
     legs: (c.legs || []).join(", "),
     price: fmtNum(c.price), open_interest: fmtNum(c.open_interest),
     probability: c.probability, quantity: fmtNum(qty[c.id] || 0),
+  }));
+  S.stress = (book.stress || []).map((x) => ({
+    uid: ++S.uid, name: x.name,
+    factors: Object.entries(x.factors || {}).map(([k, v]) => [k, fmtNum(v)]),
+    resolve: Object.entries(x.resolve || {}).map(([k, v]) => [k, v]),
   }));
   S.rowErrors = {};
   S.serverError = null;
@@ -157,7 +164,17 @@ export function buildBook() {
     const q = parseNum(r.quantity === "" ? "0" : r.quantity);
     if (q !== 0) { book.positions.push({ contract: String(r.id).trim(), quantity: q }); posUids.push(r.uid); }
   }
-  return { book, rows: S.rows.map((r) => r.uid), positions: posUids };
+  if (S.stress.length) book.stress = S.stress.map(stressEntry);
+  return { book, rows: S.rows.map((r) => r.uid), positions: posUids, stress: S.stress.map((x) => x.uid) };
+}
+
+// One [[stress]] table of the book. A factor value that is not a number is
+// sent as typed, so the server names it (stress[i] (name ...).factors.KEY).
+export function stressEntry(x) {
+  const factors = {}, resolve = {};
+  for (const [k, v] of x.factors) { const n = parseNum(v); factors[k] = Number.isFinite(n) ? n : String(v); }
+  for (const [k, v] of x.resolve) resolve[k] = v;
+  return { name: String(x.name).trim(), factors, resolve };
 }
 
 // A book that gives no hierarchy gets the server's default one (from a result).
@@ -184,6 +201,12 @@ export function locateServerError(err) {
     const uids = S.rows.filter((r) => eventOf(r) === err.event).map((r) => r.uid);
     return { uids, key: "price" };
   }
+  if (head === "stress" && Number.isInteger(index)) {
+    // key: "name", or ["factors", NODE] / ["resolve", CONTRACT] (an id may hold dots).
+    const rest = err.path.slice(3).join(".");
+    return { stress: S.sentStress[index], key: key === "factors" || key === "resolve" ? `${key}:${rest}` : (key || "name") };
+  }
+  if (head === "stress") return { stress: null, key: "name" };
   if (head === "hierarchy") return { control: "rho" };
   if (head === "clusters") return { control: "loading" };
   if (head === "model") return { control: "model" };
