@@ -12,7 +12,10 @@ the running top-``top`` of its (K + 1) loss rows, so memory is O(accounts x K x
 top + chunk x contracts). The figures then come from the same
 [`margin_from_statistics`][] as a margin call (full collateral, add-ons, the
 exact worst-case cap from the outcome table, which is built once for the
-universe when it is exact for every quantity vector, else per account).
+universe when it is exact for every quantity vector, else per account). With
+several local devices the chunks are dealt out over them as a sweep deals them
+([`merge_tails`][]: per-device top-``top`` candidates, merged and finished on
+the first device), with bit-identical figures.
 
 An account's figures equal [`portfolio_margin`][] of the book holding exactly
 that account's positions, with the same seed and scenarios, to float32 rounding
@@ -31,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array, Float
 
 from ._arrays import BookArrays, book_arrays
@@ -38,9 +42,17 @@ from ._book import MAX_AMOUNT, Book, check_number
 from ._errors import BookError
 from ._margin import BINDING, MarginParams, margin_from_statistics
 from ._progress import Progress, want_progress
+from ._sharding import AXIS, scenario_mesh
 from ._shortfall import weighted_tail_statistics
-from ._simulation import BLOCK, HIGHEST, chunk_noise, contract_outcomes, latents_from_noise
-from ._sweep import _table_leaves
+from ._simulation import (
+    BLOCK,
+    HIGHEST,
+    chunk_noise,
+    contract_outcomes,
+    latents_from_noise,
+    n_blocks,
+)
+from ._sweep import _table_leaves, merge_tails
 from ._worst_case import build_outcome_table
 
 ACCOUNT_BLOCK = 512
@@ -206,6 +218,39 @@ def _step(matrix: Float[Array, "n C"], quantity: Float[Array, "C A"],
 
 
 @eqx.filter_jit
+def _sharded_matrix(key, arrays: BookArrays, c, per: int, blocks: int, order, mesh: Mesh
+                    ) -> Float[Array, "D n C"]:
+    """[`_chunk_matrix`][] of chunk ``d * per + c`` on every device d of `mesh`,
+    stacked along a leading device axis sharded over the mesh."""
+    dynamic, static = eqx.partition((key, arrays, c, order), eqx.is_array)
+
+    def body(dyn):
+        key, arrays, c, order = eqx.combine(dyn, static)
+        first = (lax.axis_index(AXIS) * per + c) * blocks
+        return _chunk_matrix(key, arrays, first, blocks, order)[None]
+
+    return jax.shard_map(body, mesh=mesh, in_specs=(PartitionSpec(),),
+                         out_specs=PartitionSpec(AXIS), check_vma=False)(dynamic)
+
+
+@eqx.filter_jit
+def _sharded_step(matrix: Float[Array, "D n C"], quantity: Float[Array, "C A"],
+                  tail: Float[Array, "D A K+1 T"], c, chunk: int, per: int, scenarios: int,
+                  bounds: tuple, mesh: Mesh) -> Float[Array, "D A K+1 T"]:
+    """[`_step`][] on every device of `mesh`: device d merges its chunk
+    ``d * per + c`` into its own running top-T of each account."""
+    spec = PartitionSpec(AXIS)
+
+    def body(matrix, quantity, tail, c):
+        first = (lax.axis_index(AXIS) * per + c) * chunk
+        return _step(matrix[0], quantity, tail[0], first, scenarios, bounds)[None]
+
+    return jax.shard_map(body, mesh=mesh,
+                         in_specs=(spec, PartitionSpec(), spec, PartitionSpec()),
+                         out_specs=spec, check_vma=False)(matrix, quantity, tail, c)
+
+
+@eqx.filter_jit
 def _finish(arrays: BookArrays, params: MarginParams, quantity: Float[Array, "A C"],
             tables, tail: Float[Array, "A K+1 T"], scenarios: int) -> dict:
     def one(q, table, t):
@@ -274,14 +319,15 @@ def margin_accounts(
         for cid, v in accounts[a].items():
             q[j, ids[cid]] = v
     results: dict[str, AccountMargin] = {a: AccountMargin(a, error=errors[a]) for a in errors}
+    mesh = scenario_mesh(jax.local_devices())
     if good:
         _margin_good(book, arrays, layout, params, q, good, n, results, s, progress,
-                     account_block)
-    return BatchResult(tuple(results[a] for a in names), s.scenarios, s.seed,
-                       jax.local_device_count())
+                     account_block, mesh)
+    return BatchResult(tuple(results[a] for a in names), s.scenarios, s.seed, mesh.size)
 
 
-def _margin_good(book, arrays, layout, params, q, good, n, results, s, progress, block):
+def _margin_good(book, arrays, layout, params, q, good, n, results, s, progress, block,
+                 mesh):
     cpad = arrays.quantity.shape[0]
     k = arrays.loading.shape[0]
     cluster = np.asarray(arrays.cluster)
@@ -294,18 +340,25 @@ def _margin_good(book, arrays, layout, params, q, good, n, results, s, progress,
     top = min(s.scenarios, math.floor(s.scenarios * (1 - s.confidence)) + 2)
     block = max(1, min(block, len(good)))
     per = CHUNK_ELEMENTS // (block * (k + 1))
-    chunk = min(max(BLOCK, per // BLOCK * BLOCK), -(-s.scenarios // BLOCK) * BLOCK)
-    count = -(-s.scenarios // chunk)
+    # With several devices, chunks of at most an even share of the scenarios, so
+    # every device has work; device d streams chunks d * steps ... (d + 1) * steps - 1.
+    devices = mesh.size
+    chunk = min(max(BLOCK, per // BLOCK * BLOCK), -(-n_blocks(s.scenarios) // devices) * BLOCK)
+    steps = -(-(-(-s.scenarios // chunk)) // devices)
     key = jax.random.key(s.seed)
-    keep = chunk * cpad * 4 * count <= CACHE_BYTES
+    keep = chunk * cpad * 4 * steps * devices <= CACHE_BYTES
     cache: dict[int, Array] = {}
     order_j = jnp.asarray(order, jnp.int32)
 
     def matrix(c):
         if c in cache:
             return cache[c]
-        m = _chunk_matrix(key, arrays, jnp.asarray(c * (chunk // BLOCK), jnp.int32),
-                          chunk // BLOCK, order_j)
+        if devices == 1:
+            m = _chunk_matrix(key, arrays, jnp.asarray(c * (chunk // BLOCK), jnp.int32),
+                              chunk // BLOCK, order_j)
+        else:
+            m = _sharded_matrix(key, arrays, jnp.asarray(c, jnp.int32), steps, chunk // BLOCK,
+                                order_j, mesh)
         if keep:
             cache[c] = m
         return m
@@ -328,10 +381,20 @@ def _margin_good(book, arrays, layout, params, q, good, n, results, s, progress,
             padded = np.concatenate([rows_q, np.zeros((block - m, cpad))])
             qb = jnp.asarray(padded, dtype)
             q_sorted = jnp.asarray(padded[:, order].T, dtype)
-            tail = jnp.full((block, k + 1, top), -jnp.inf, dtype)
-            for c in range(count):
-                tail = _step(matrix(c), q_sorted, tail, jnp.asarray(c * chunk, jnp.int32),
-                             s.scenarios, bounds)
+            if devices == 1:
+                tail = jnp.full((block, k + 1, top), -jnp.inf, dtype)
+                for c in range(steps):
+                    tail = _step(matrix(c), q_sorted, tail, jnp.asarray(c * chunk, jnp.int32),
+                                 s.scenarios, bounds)
+            else:
+                tails = jax.device_put(jnp.full((devices, block, k + 1, top), -jnp.inf, dtype),
+                                       NamedSharding(mesh, PartitionSpec(AXIS)))
+                for c in range(steps):
+                    tails = _sharded_step(matrix(c), q_sorted, tails, jnp.asarray(c, jnp.int32),
+                                          chunk, steps, s.scenarios, bounds, mesh)
+                # Every device's candidates onto one device; the figures there, in
+                # the one-device program: bit-identical to one device.
+                tail = merge_tails(jax.device_put(tails, mesh.devices.flat[0]))
             tb = None
             if tables is not None:
                 sel = tables[start: start + block] + [tables[0]] * (block - m)

@@ -18,11 +18,17 @@ Plain sampler: the points stream the same block-keyed scenarios in chunks
 each point keeps only the running top-``top`` of its (K + 1) loss rows, so
 memory is O(points x chunk x contracts) whatever the scenario count. A point's
 figures are those of [`portfolio_margin`][] on the book with the point's values,
-the same seed and scenarios, to float32 rounding (tests/test_sweep.py). Sweeps
-with sensitivities vmap [`margin_arrays`][] itself; importance sampling maps it
-over the points one at a time (its fitted proposal makes discrete choices that
-batched arithmetic may round differently, so a vmapped point could differ from the
-margin call by more than rounding).
+the same seed and scenarios, to float32 rounding (tests/test_sweep.py). With
+several local devices the chunks are dealt out over them as by
+[`portfolio_margin`][] (device d streams chunks ``d * per ... (d + 1) * per -
+1``, `jax.shard_map`), each device keeping its own running top-``top`` per
+point; those candidates are copied to the first device, merged
+([`merge_tails`][]) and finished there, so the figures are bit-identical on any
+number of devices (tests/test_scaling.py). Sweeps with sensitivities vmap
+[`margin_arrays`][] itself; importance sampling maps it over the points one at
+a time (its fitted proposal makes discrete choices that batched arithmetic may
+round differently, so a vmapped point could differ from the margin call by more
+than rounding). These two run on one device.
 
 Sensitivities (``sensitivities=True``): at each point, the derivative of the
 margin along each axis — quantity and confidence: the exact derivative of the
@@ -43,6 +49,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array, Float, Int
 
 from ._arrays import BookArrays, book_arrays, bucket
@@ -53,8 +60,9 @@ from ._margin import BINDING, MarginParams, margin_arrays, margin_from_statistic
 from ._progress import Progress, want_progress
 from ._sampler import chunk_size
 from ._sensitivities import _conditional_jacobian
+from ._sharding import AXIS, scenario_mesh
 from ._shortfall import tail_size, weighted_tail_statistics
-from ._simulation import BLOCK, HIGHEST, atom_cuts, chunk_noise
+from ._simulation import BLOCK, HIGHEST, atom_cuts, chunk_noise, n_blocks
 from ._stress import stress_matrix
 from ._worst_case import OutcomeTable, build_outcome_table
 
@@ -338,6 +346,55 @@ def _figures(result) -> dict:
             "capital_released": result.capital_released}
 
 
+@eqx.filter_jit
+def sharded_noise(key, arrays: BookArrays, c, per: int, blocks: int, mesh: Mesh
+                  ) -> tuple[Float[Array, "D K n"], Float[Array, "D E n"]]:
+    """Chunk ``d * per + c`` of every device d of `mesh` (its normals, as
+    [`noise_chunk`][] draws them), stacked along a leading device axis sharded
+    over the mesh: device d holds only its own chunk."""
+    dynamic, static = eqx.partition((key, arrays, c), eqx.is_array)
+
+    def body(dyn):
+        key, arrays, c = eqx.combine(dyn, static)
+        first = (lax.axis_index(AXIS) * per + c) * blocks
+        noise = chunk_noise(key, arrays, first, blocks)
+        return noise.factors.T[None], noise.events.T[None]
+
+    return jax.shard_map(body, mesh=mesh, in_specs=(PartitionSpec(),),
+                         out_specs=(PartitionSpec(AXIS), PartitionSpec(AXIS)),
+                         check_vma=False)(dynamic)
+
+
+@eqx.filter_jit
+def sharded_step(arrays: BookArrays, params: MarginParams, points: Points,
+                 tail: Float[Array, "D P K+1 T"], z: Float[Array, "D K n"],
+                 eta: Float[Array, "D E n"], c, chunk: int, per: int, scenarios: int,
+                 structure: Structure | None, mesh: Mesh) -> Float[Array, "D P K+1 T"]:
+    """[`sweep_step`][] on every device of `mesh` at once: device d merges its
+    chunk ``d * per + c`` into its own running top-T of each point (`tail`, `z`
+    and `eta` sharded along their leading device axis; the rest replicated)."""
+    dynamic, static = eqx.partition((arrays, params, points, c), eqx.is_array)
+
+    def body(dyn, tail, z, eta):
+        arrays, params, points, c = eqx.combine(dyn, static)
+        first = (lax.axis_index(AXIS) * per + c) * chunk
+        return sweep_step(arrays, params, points, tail[0], z[0], eta[0], first, scenarios,
+                          structure)[None]
+
+    spec = PartitionSpec(AXIS)
+    return jax.shard_map(body, mesh=mesh, in_specs=(PartitionSpec(), spec, spec, spec),
+                         out_specs=spec, check_vma=False)(dynamic, tail, z, eta)
+
+
+@eqx.filter_jit
+def merge_tails(tails: Float[Array, "D P K+1 T"]) -> Float[Array, "P K+1 T"]:
+    """The `T` largest of every device's top-T candidates, per point and row: the
+    top-T of the whole run (values, so exactly the one-device tail)."""
+    d, p, r, t = tails.shape
+    candidates = jnp.moveaxis(tails, 0, 2).reshape(p, r, d * t)
+    return lax.top_k(candidates, t)[0]
+
+
 class _Stream:
     """The scenario chunks of a plain sweep: normals drawn once per chunk by
     [`noise_chunk`][], kept while they fit in `NOISE_CACHE_BYTES`, else redrawn
@@ -360,11 +417,49 @@ class _Stream:
         return noise
 
 
-def streamed_margins(arrays, params, points: Points, stream: _Stream, top: int,
-                     structure: Structure | None) -> dict:
+class _ShardedStream:
+    """The scenario chunks of a plain sweep dealt out over the devices of `mesh`:
+    device d streams chunks ``d * per ... (d + 1) * per - 1`` (chunks past the
+    last hold only padding scenarios). Item c is every device's c-th chunk
+    ([`sharded_noise`][]), kept while they fit in `NOISE_CACHE_BYTES`."""
+
+    def __init__(self, arrays: BookArrays, key, scenarios: int, chunk: int, mesh: Mesh):
+        self.arrays, self.key, self.scenarios, self.chunk = arrays, key, scenarios, chunk
+        self.mesh = mesh
+        self.per = -(-(-(-scenarios // chunk)) // mesh.size)
+        per = chunk * (arrays.loading.shape[0] + arrays.event_cluster.shape[0]) * 4
+        self.keep = per * self.per * mesh.size <= NOISE_CACHE_BYTES
+        self._cache: dict[int, tuple] = {}
+
+    def __getitem__(self, c: int):
+        if c in self._cache:
+            return self._cache[c]
+        noise = sharded_noise(self.key, self.arrays, jnp.asarray(c, jnp.int32), self.per,
+                              self.chunk // BLOCK, self.mesh)
+        if self.keep:
+            self._cache[c] = noise
+        return noise
+
+
+def streamed_margins(arrays, params, points: Points, stream: _Stream | _ShardedStream,
+                     top: int, structure: Structure | None) -> dict:
     """Figures of P points on the streamed scenarios (see module doc)."""
     p = points.confidence.shape[0]
     rows = arrays.loading.shape[0] + 1
+    if isinstance(stream, _ShardedStream):
+        mesh = stream.mesh
+        tails = jax.device_put(
+            jnp.full((mesh.size, p, rows, top), -jnp.inf, arrays.price.dtype),
+            NamedSharding(mesh, PartitionSpec(AXIS)))
+        for c in range(stream.per):
+            z, eta = stream[c]
+            tails = sharded_step(arrays, params, points, tails, z, eta,
+                                 jnp.asarray(c, jnp.int32), stream.chunk, stream.per,
+                                 stream.scenarios, structure, mesh)
+        # Every device's candidates onto one device, then the figures there, in the
+        # program one device runs: bit-identical to one device.
+        tail = merge_tails(jax.device_put(tails, mesh.devices.flat[0]))
+        return sweep_finish(arrays, params, points, tail, stream.scenarios)
     tail = jnp.full((p, rows, top), -jnp.inf, arrays.price.dtype)
     for c in range(stream.count):
         z, eta = stream[c]
@@ -742,7 +837,15 @@ def sweep(
         chunk = chunk_size(grid.arrays, s.scenarios, max(BLOCK, per // BLOCK * BLOCK))
     targets = tuple((t.kind, t.slot) for t in grid.targets)
     structure = structure_of(book, grid.arrays, grid.layout) if fast else None
-    stream = _Stream(grid.arrays, key, s.scenarios, chunk) if fast else None
+    # Plain sweeps spread their chunks over this process's devices (the other
+    # paths run on one device).
+    mesh = scenario_mesh(jax.local_devices()[: None if fast else 1])
+    stream = None
+    if fast and mesh.size > 1:
+        chunk = min(chunk, -(-n_blocks(s.scenarios) // mesh.size) * BLOCK)
+        stream = _ShardedStream(grid.arrays, key, s.scenarios, chunk, mesh)
+    elif fast:
+        stream = _Stream(grid.arrays, key, s.scenarios, chunk)
     if len(todo):
         rows, width = grid.table_shape()
         with Progress(len(todo), "sweep", want_progress(progress)) as bar:
@@ -784,7 +887,7 @@ def sweep(
         reasons=reasons.reshape(shape),
         scenarios=s.scenarios,
         seed=s.seed,
-        devices=jax.local_device_count(),
+        devices=mesh.size,
         sensitivities=None if sens is None else {k: v.reshape(shape) for k, v in sens.items()},
         sensitivity_standard_errors=(None if errs is None else
                                      {k: v.reshape(shape) for k, v in errs.items()}),
