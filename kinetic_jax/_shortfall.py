@@ -71,7 +71,8 @@ def tail_statistics(
     # Checked without a host callback (programs with callbacks are never written
     # to the persistent compilation cache): the figures become NaN, which the
     # host layer reports as an engine error.
-    k = jnp.where(k >= top, jnp.nan, k)
+    bad = k >= top
+    k = jnp.where(bad, jnp.nan, k)
     j = jnp.arange(top, dtype=tail.dtype)
     w = jnp.clip(k - j, 0.0, 1.0)
     es = jnp.sum(w * tail, axis=-1) / k
@@ -81,7 +82,7 @@ def tail_statistics(
     m1 = jnp.sum(excess, axis=-1) / n
     m2 = jnp.sum(excess * excess, axis=-1) / n
     se = _safe_sqrt((m2 - m1 * m1) / n) / (1 - confidence)
-    return es, se, var[..., 0]
+    return es, jnp.where(bad, jnp.nan, se), jnp.where(bad, jnp.nan, var[..., 0])
 
 
 def exact_expected_shortfall(values, probabilities, confidence: float) -> float:

@@ -5,6 +5,7 @@ exact values and honest standard errors for the plain and the importance sampler
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -212,15 +213,17 @@ def test_sampler_setting_is_validated_and_reported_in_book_files():
 
 @pytest.mark.slow
 def test_streamed_memory_stays_far_below_the_outcome_matrix():
-    """2,000 ladder contracts at 2**18 scenarios: the (N, C) outcome matrix alone
-    would take 2**18 x 2,048 x 4 bytes = 2.1 GB; the streamed call's whole process
-    (Python, JAX, XLA included) stays under 1.2 GB peak RSS."""
+    """4,000 ladder contracts at 2**18 scenarios: the (N, C) outcome matrix alone
+    would take 2**18 x 4,096 x 4 bytes = 4.3 GB; the streamed call's whole process
+    (Python, JAX, XLA included) stays under 2 GB peak RSS (measured: 0.52 GB). Run
+    with the production XLA settings (not the test session's optimisation level)."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     proc = subprocess.run(
-        [sys.executable, "experiments/memory_bound.py", "--events", "200", "--strikes", "10",
+        [sys.executable, "experiments/memory_bound.py", "--events", "400", "--strikes", "10",
          "--scenarios", str(1 << 18)],
-        capture_output=True, text=True, timeout=600)
+        capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["contracts"] == 2000 and out["scenarios"] == 1 << 18
-    assert out["peak_rss_gib"] < 1.2, out
+    assert out["contracts"] == 4000 and out["scenarios"] == 1 << 18
+    assert out["peak_rss_gib"] < 2.0, out
     assert np.isfinite(out["margin"]) and out["margin"] > 0

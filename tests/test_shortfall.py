@@ -178,16 +178,17 @@ def test_gradient_is_the_tail_weight(x64):
     np.testing.assert_allclose(np.asarray(grad), expected, atol=1e-12)
 
 
-def test_a_tail_bucket_too_small_for_the_confidence_is_an_error_under_jit():
+def test_a_tail_bucket_too_small_for_the_confidence_gives_nan_under_jit():
     """`top` is static and alpha a run-time array: a confidence whose tail
-    (N (1 - alpha) = 100 draws here) does not fit the bucket (64) must fail
-    loudly instead of silently dropping losses, under jit and vmap alike."""
+    (N (1 - alpha) = 100 draws here) does not fit the bucket (64) must never
+    silently drop losses, under jit and vmap alike. The check is a NaN (no host
+    callback, so the program stays cacheable); the host layer raises EngineError."""
     x = jax.random.normal(jax.random.key(0), (1000,), jnp.float32)
     es = eqx.filter_jit(kj.expected_shortfall)
     exact = kj.exact_expected_shortfall(np.asarray(x), np.full(1000, 1e-3), 0.95)
     assert float(es(x, jnp.float32(0.95), 64)[0]) == pytest.approx(exact, rel=1e-5)
-    with pytest.raises(eqx.EquinoxRuntimeError, match="tail size"):
-        es(x, jnp.float32(0.9), 64)
+    assert all(np.isnan(float(v)) for v in es(x, jnp.float32(0.9), 64))
     batched = eqx.filter_jit(jax.vmap(kj.expected_shortfall, in_axes=(None, 0, None)))
-    with pytest.raises(eqx.EquinoxRuntimeError, match="tail size"):
-        batched(x, jnp.asarray([0.95, 0.9], jnp.float32), 64)
+    good, se, var = batched(x, jnp.asarray([0.95, 0.9], jnp.float32), 64)
+    assert float(good[0]) == pytest.approx(exact, rel=1e-5)
+    assert np.isnan(float(good[1])) and np.isnan(float(se[1])) and np.isnan(float(var[1]))
