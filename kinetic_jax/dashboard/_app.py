@@ -456,7 +456,9 @@ def _parse_int(text: str):
     return LongInteger(text) if len(text.lstrip("+-")) > MAX_INT_DIGITS else int(text)
 
 
-def _parse_state_body(raw: bytes, limits: service.Limits) -> tuple[Book, dict]:
+def decode_json_body(raw: bytes):
+    """A request body as JSON: UTF-8, nesting bounded before decoding, integers of
+    more than MAX_INT_DIGITS digits kept as text (named later, never converted)."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -466,10 +468,14 @@ def _parse_state_body(raw: bytes, limits: service.Limits) -> tuple[Book, dict]:
         raise BookError("book", f"request body nests {depth} levels deep, over the limit "
                                 f"of {MAX_JSON_DEPTH}")
     try:
-        data = json.loads(text, parse_int=_parse_int)
+        return json.loads(text, parse_int=_parse_int)
     except (ValueError, RecursionError) as e:
         raise BookError("book", f"request body is not valid JSON: "
                                 f"{str(e).split(';')[0] or type(e).__name__}") from None
+
+
+def _parse_state_body(raw: bytes, limits: service.Limits) -> tuple[Book, dict]:
+    data = decode_json_body(raw)
     if not isinstance(data, dict):
         raise BookError("body", "expected an object {\"book\": {...}, \"ui\": {...}}")
     unknown = set(data) - {"book", "ui"}

@@ -35,21 +35,9 @@ _KEYS = {"book", "trades", "new_contracts"}
 def parse_what_if_body(raw: bytes, limits: service.Limits) -> tuple[Book, dict]:
     """``(book, trades)`` from a request body; trades map a contract id (or a
     ``kj.Contract`` new to the book) to the quantity traded."""
-    from ._app import MAX_JSON_DEPTH, _parse_int, json_depth
+    from ._app import decode_json_body
 
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise BookError("book", f"request body is not valid JSON: {e}") from None
-    depth = json_depth(text)
-    if depth > MAX_JSON_DEPTH:
-        raise BookError("book", f"request body nests {depth} levels deep, over the limit "
-                                f"of {MAX_JSON_DEPTH}")
-    try:
-        data = json.loads(text, parse_int=_parse_int)
-    except (ValueError, RecursionError) as e:
-        raise BookError("book", f"request body is not valid JSON: "
-                                f"{str(e).split(';')[0] or type(e).__name__}") from None
+    data = decode_json_body(raw)
     if not isinstance(data, dict):
         raise BookError("body", 'expected an object {"book": {...}, "trades": [...]}')
     unknown = sorted(set(data) - _KEYS)
