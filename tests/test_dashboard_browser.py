@@ -13,6 +13,7 @@ fails. Saves a screenshot to tmp_path and to $KINETIC_JAX_SCREENSHOT if set.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -105,6 +106,29 @@ def _money(text: str) -> float:
     return float(t)
 
 
+@contextlib.contextmanager
+def dashboard_page(url: str, profile):
+    """Opens the dashboard in headless Chromium (a fresh profile) and waits until
+    the page is ready and idle; yields ``(page, errors)`` with the page's
+    JavaScript errors collected, and closes the browser afterwards."""
+    sync_playwright = _require_browser()
+    with sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(
+            str(profile), executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True,
+            viewport={"width": 1600, "height": 1000})
+        try:
+            page = context.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.set_default_timeout(COMPUTE_S * 1000)
+            page.goto(url)
+            page.wait_for_function("window.__dashboardReady === true", timeout=COMPUTE_S * 1000)
+            _wait_idle(page)
+            yield page, errors
+        finally:
+            context.close()
+
+
 def _wait_idle(page, condition: str = "true", timeout_s: float = COMPUTE_S):
     page.wait_for_function(
         "window.dashboard && window.dashboard.idle() && window.dashboard.state.result"
@@ -142,7 +166,7 @@ def _check_tiles(page, expected: kj.MarginReport):
 
 
 def test_dashboard_end_to_end(server, tmp_path):
-    sync_playwright = _require_browser()
+    _require_browser()  # skip early, before computing the expected figures
     url, state_file = server
 
     reference = kj.load_book(REFERENCE)
@@ -157,132 +181,118 @@ def test_dashboard_end_to_end(server, tmp_path):
     assert after_edit.binding != after_slider.binding  # the edit moves the binding component
 
     profile = tmp_path / "chromium-profile"
-    with sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(
-            str(profile), executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True,
-            viewport={"width": 1600, "height": 1000},
-        )
-        try:
-            page = context.new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.set_default_timeout(COMPUTE_S * 1000)
-            page.goto(url)
-            page.wait_for_function("window.__dashboardReady === true", timeout=COMPUTE_S * 1000)
-            _wait_idle(page)
-            _check_tiles(page, before)
-            _wait_follow_ups(page)
-            # Every panel rendered.
-            charts = ["waterfall", "histogram", "heatmap"]
-            charts += ["sensitivities"] if hasattr(kj, "sensitivities") else []
-            for chart in charts:
-                assert page.locator(f"#{chart} .main-svg").count() > 0, chart
-            assert page.locator("#clusters tbody tr").count() == 8
-            assert page.locator("#tree [data-cluster]").count() == 8
-            assert page.locator("#positions tbody tr[data-uid]").count() == len(reference.contracts)
-            compiles = httpx.get(url + "api/health", timeout=10).json()["jax"]["compiles"]
+    with dashboard_page(url, profile) as (page, errors):
+        _check_tiles(page, before)
+        _wait_follow_ups(page)
+        # Every panel rendered.
+        charts = ["waterfall", "histogram", "heatmap"]
+        charts += ["sensitivities"] if hasattr(kj, "sensitivities") else []
+        for chart in charts:
+            assert page.locator(f"#{chart} .main-svg").count() > 0, chart
+        assert page.locator("#clusters tbody tr").count() == 8
+        assert page.locator("#tree [data-cluster]").count() == 8
+        assert page.locator("#positions tbody tr[data-uid]").count() == len(reference.contracts)
+        compiles = httpx.get(url + "api/health", timeout=10).json()["jax"]["compiles"]
 
-            # Move the rho_within slider with the keyboard (as a person would).
-            slider = page.locator("#rho-within")
-            slider.focus()
-            for _ in range(SLIDER_STEPS):
-                slider.press("ArrowRight")
-            _wait_idle(page, "window.dashboard.state.lastBook.hierarchy"
-                             f".find(n => n.node === 'crypto').rho === {rho}")
-            _check_tiles(page, after_slider)
-            _wait_follow_ups(page)
-            health = httpx.get(url + "api/health", timeout=10).json()
-            assert health["jax"]["compiles"] == compiles, "moving a slider recompiled"
+        # Move the rho_within slider with the keyboard (as a person would).
+        slider = page.locator("#rho-within")
+        slider.focus()
+        for _ in range(SLIDER_STEPS):
+            slider.press("ArrowRight")
+        _wait_idle(page, "window.dashboard.state.lastBook.hierarchy"
+                         f".find(n => n.node === 'crypto').rho === {rho}")
+        _check_tiles(page, after_slider)
+        _wait_follow_ups(page)
+        health = httpx.get(url + "api/health", timeout=10).json()
+        assert health["jax"]["compiles"] == compiles, "moving a slider recompiled"
 
-            # A bad value gets an inline error and is not sent.
-            row = page.locator(f'#positions tr[data-id="{EDIT_CONTRACT}"]')
-            qty = row.locator('input[data-key="quantity"]')
-            qty.fill("12abc")
-            err = page.locator(f'#positions tr[data-err-for="{row.get_attribute("data-uid")}"]')
-            assert "quantity must be a finite number" in err.inner_text()
-            assert "invalid" in (qty.get_attribute("class") or "")
+        # A bad value gets an inline error and is not sent.
+        row = page.locator(f'#positions tr[data-id="{EDIT_CONTRACT}"]')
+        qty = row.locator('input[data-key="quantity"]')
+        qty.fill("12abc")
+        err = page.locator(f'#positions tr[data-err-for="{row.get_attribute("data-uid")}"]')
+        assert "quantity must be a finite number" in err.inner_text()
+        assert "invalid" in (qty.get_attribute("class") or "")
 
-            # A value only the server can reject: its field error shows at the row.
-            ladder = page.locator('#positions tr[data-id="BTC-100K-DEC"]')
-            price = ladder.locator('input[data-key="price"]')
-            qty.fill(str(EDIT_QUANTITY))
-            price.fill("0.95")
-            page.click("#rerun")
-            _wait_idle(page, "window.dashboard.state.serverError !== null")
-            line = page.locator(f'#positions tr[data-err-for="{ladder.get_attribute("data-uid")}"]')
-            assert "inconsistent ladder" in line.inner_text()
-            assert "BTC-DEC" in page.inner_text("#banner")
-            price.fill("0.55")
+        # A value only the server can reject: its field error shows at the row.
+        ladder = page.locator('#positions tr[data-id="BTC-100K-DEC"]')
+        price = ladder.locator('input[data-key="price"]')
+        qty.fill(str(EDIT_QUANTITY))
+        price.fill("0.95")
+        page.click("#rerun")
+        _wait_idle(page, "window.dashboard.state.serverError !== null")
+        line = page.locator(f'#positions tr[data-err-for="{ladder.get_attribute("data-uid")}"]')
+        assert "inconsistent ladder" in line.inner_text()
+        assert "BTC-DEC" in page.inner_text("#banner")
+        price.fill("0.55")
 
-            # The edit, then an explicit re-run.
-            page.click("#rerun")
-            _wait_idle(page, "window.dashboard.state.serverError === null && "
-                             "window.dashboard.state.lastBook.positions.some(p => "
-                             f"p.contract === '{EDIT_CONTRACT}' && p.quantity === {EDIT_QUANTITY})")
-            _check_tiles(page, after_edit)
-            assert page.locator("#banner").is_hidden()
-            _wait_follow_ups(page)
-            page.wait_for_timeout(300)
-            shot = tmp_path / "dashboard.png"
-            page.screenshot(path=str(shot), full_page=True)
-            assert shot.stat().st_size > 50_000
-            if os.environ.get("KINETIC_JAX_SCREENSHOT"):
-                target = Path(os.environ["KINETIC_JAX_SCREENSHOT"])
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(shot, target)
+        # The edit, then an explicit re-run.
+        page.click("#rerun")
+        _wait_idle(page, "window.dashboard.state.serverError === null && "
+                         "window.dashboard.state.lastBook.positions.some(p => "
+                         f"p.contract === '{EDIT_CONTRACT}' && p.quantity === {EDIT_QUANTITY})")
+        _check_tiles(page, after_edit)
+        assert page.locator("#banner").is_hidden()
+        _wait_follow_ups(page)
+        page.wait_for_timeout(300)
+        shot = tmp_path / "dashboard.png"
+        page.screenshot(path=str(shot), full_page=True)
+        assert shot.stat().st_size > 50_000
+        if os.environ.get("KINETIC_JAX_SCREENSHOT"):
+            target = Path(os.environ["KINETIC_JAX_SCREENSHOT"])
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(shot, target)
 
-            # The edited book was saved: a reload (new session) brings it back.
-            page.wait_for_timeout(500)
-            saved = kj.parse_book(httpx.get(url + "api/state", timeout=10).json()["book"])
-            assert saved.net_quantities()[EDIT_CONTRACT] == EDIT_QUANTITY
-            assert state_file.exists()
-            page.reload()
-            page.wait_for_function("window.__dashboardReady === true", timeout=COMPUTE_S * 1000)
-            _wait_idle(page)
-            value = page.locator(
-                f'#positions tr[data-id="{EDIT_CONTRACT}"] input[data-key="quantity"]')
-            assert float(value.input_value()) == EDIT_QUANTITY
-            assert float(page.locator("#rho-within").input_value()) == pytest.approx(rho)
-            _check_tiles(page, after_edit)
+        # The edited book was saved: a reload (new session) brings it back.
+        page.wait_for_timeout(500)
+        saved = kj.parse_book(httpx.get(url + "api/state", timeout=10).json()["book"])
+        assert saved.net_quantities()[EDIT_CONTRACT] == EDIT_QUANTITY
+        assert state_file.exists()
+        page.reload()
+        page.wait_for_function("window.__dashboardReady === true", timeout=COMPUTE_S * 1000)
+        _wait_idle(page)
+        value = page.locator(
+            f'#positions tr[data-id="{EDIT_CONTRACT}"] input[data-key="quantity"]')
+        assert float(value.input_value()) == EDIT_QUANTITY
+        assert float(page.locator("#rho-within").input_value()) == pytest.approx(rho)
+        _check_tiles(page, after_edit)
 
-            # rho_cross cannot go above rho_within: the UI clamps it, and the
-            # book it sends stays valid.
-            cross = page.locator("#rho-cross")
-            cross.focus()
-            cross.press("End")
-            assert float(cross.input_value()) == pytest.approx(rho)
-            _wait_idle(page, "window.dashboard.state.lastBook.hierarchy"
-                             f".find(n => n.node === 'risk').rho === {rho}")
-            assert page.evaluate("window.dashboard.state.serverError") is None
+        # rho_cross cannot go above rho_within: the UI clamps it, and the
+        # book it sends stays valid.
+        cross = page.locator("#rho-cross")
+        cross.focus()
+        cross.press("End")
+        assert float(cross.input_value()) == pytest.approx(rho)
+        _wait_idle(page, "window.dashboard.state.lastBook.hierarchy"
+                         f".find(n => n.node === 'risk').rho === {rho}")
+        assert page.evaluate("window.dashboard.state.serverError") is None
 
-            # Ids are text in the charts: plotly's pseudo-HTML is escaped.
-            shown = page.evaluate("""async () => {
-                const m = await import('/static/js/charts.js');
-                const P = await m.loadPlotly();
-                const div = document.createElement('div');
-                div.style.width = '400px'; div.style.height = '200px';
-                document.body.append(div);
-                const id = '<b>BOLD</b> & <a href="x">link</a>';
-                await P.newPlot(div, [{type: 'bar', orientation: 'h', x: [1],
-                                        y: [m.plotText(id)]}]);
-                const text = div.querySelector('.ytick text').textContent;
-                const markup = div.querySelectorAll('.ytick tspan, .ytick a').length;
-                div.remove();
-                return [text, markup];
-            }""")
-            assert shown == ['<b>BOLD</b> & <a href="x">link</a>', 0], shown
+        # Ids are text in the charts: plotly's pseudo-HTML is escaped.
+        shown = page.evaluate("""async () => {
+            const m = await import('/static/js/charts.js');
+            const P = await m.loadPlotly();
+            const div = document.createElement('div');
+            div.style.width = '400px'; div.style.height = '200px';
+            document.body.append(div);
+            const id = '<b>BOLD</b> & <a href="x">link</a>';
+            await P.newPlot(div, [{type: 'bar', orientation: 'h', x: [1],
+                                    y: [m.plotText(id)]}]);
+            const text = div.querySelector('.ytick text').textContent;
+            const markup = div.querySelectorAll('.ytick tspan, .ytick a').length;
+            div.remove();
+            return [text, markup];
+        }""")
+        assert shown == ['<b>BOLD</b> & <a href="x">link</a>', 0], shown
 
-            # The server unreachable: the page says so, not "book rejected".
-            page.route("**/api/margin*", lambda route: route.abort())
-            page.click("#rerun")
-            _wait_idle(page)
-            banner = page.inner_text("#banner")
-            assert "cannot be reached" in banner and "rejected" not in banner, banner
-            assert "cannot be reached" in page.inner_text("#footer")
-            page.unroute("**/api/margin*")
-            page.click("#rerun")
-            _wait_idle(page, "window.dashboard.state.unreachable === false")
-            assert page.locator("#banner").is_hidden()
-            assert not errors, errors
-        finally:
-            context.close()
+        # The server unreachable: the page says so, not "book rejected".
+        page.route("**/api/margin*", lambda route: route.abort())
+        page.click("#rerun")
+        _wait_idle(page)
+        banner = page.inner_text("#banner")
+        assert "cannot be reached" in banner and "rejected" not in banner, banner
+        assert "cannot be reached" in page.inner_text("#footer")
+        page.unroute("**/api/margin*")
+        page.click("#rerun")
+        _wait_idle(page, "window.dashboard.state.unreachable === false")
+        assert page.locator("#banner").is_hidden()
+        assert not errors, errors

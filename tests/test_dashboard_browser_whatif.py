@@ -11,12 +11,11 @@ import json
 
 import pytest
 from test_dashboard_browser import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     COMPUTE_S,
     REFERENCE,
     _require_browser,
     _wait_idle,
+    dashboard_page,
     server as server,  # noqa: F401 - the fixture
 )
 
@@ -36,7 +35,7 @@ def _wait_preview(page, text: str):
 
 
 def test_what_if_preview_before_apply(server, tmp_path):  # noqa: F811
-    sync_playwright = _require_browser()
+    _require_browser()  # skip early, before computing the expected figures
     url, _ = server
     book = kj.load_book(REFERENCE)
     before = kj.portfolio_margin(book)
@@ -44,60 +43,47 @@ def test_what_if_preview_before_apply(server, tmp_path):  # noqa: F811
     q[CONTRACT] = float(QUANTITY)
     after = kj.portfolio_margin(book.with_positions(q))
 
-    with sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=CHROMIUM, args=CHROMIUM_ARGS,
-            headless=True, viewport={"width": 1600, "height": 1000})
-        try:
-            page = context.new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.set_default_timeout(COMPUTE_S * 1000)
-            page.goto(url)
-            page.wait_for_function("window.__dashboardReady === true", timeout=COMPUTE_S * 1000)
-            _wait_idle(page)
-            page.evaluate("window.dashboard.state.ui.auto = false")
-            row = page.locator(f'#positions tr[data-id="{CONTRACT}"]')
-            row.locator('input[data-key="quantity"]').fill(str(QUANTITY))
-            _wait_preview(page, CONTRACT)
-            box = page.locator("#whatif")
-            shown = float(box.get_attribute("data-incremental"))
-            assert shown == pytest.approx(after.margin - before.margin, abs=0.05)
-            assert "(applied)" not in box.inner_text()
-            # Not applied yet: the tiles still show the book before the edit.
-            assert page.evaluate("window.dashboard.state.result.report.margin") == pytest.approx(
-                before.margin, rel=1e-6)
-            # A price edit is not a trade: no preview.
-            price = row.locator('input[data-key="price"]')
-            price.fill("0.56")
-            page.wait_for_function("document.getElementById('whatif').hidden")
-            price.fill("0.55")
-            _wait_preview(page, CONTRACT)
-            # Applying it: the tiles move by the previewed amount, the preview says so.
-            page.click("#rerun")
-            _wait_idle(page, "window.dashboard.state.lastBook.positions.some(p => "
-                             f"p.contract === '{CONTRACT}' && p.quantity === {QUANTITY})")
-            assert page.evaluate("window.dashboard.state.result.report.margin") == pytest.approx(
-                after.margin, rel=1e-5)
-            assert box.inner_text().endswith("(applied)")
-            # A new row: a contract new to the book, previewed on the traded book.
-            page.click("#add-row")
-            known = json.dumps(list(book.contract_ids))
-            added = page.evaluate(
-                f"window.dashboard.state.rows.filter(r => !{known}.includes(r.id))")
-            assert len(added) == 1
-            new = page.locator(f'#positions tr[data-id="{added[0]["id"]}"]')
-            new.locator('input[data-key="quantity"]').fill("-4000")
-            _wait_preview(page, added[0]["id"])
-            assert "new contract" in box.inner_text()
-            contract = kj.Contract(added[0]["id"], added[0]["cluster"], "binary", 0.5)
-            traded = book.with_positions(q)
-            grown = kj.Book(traded.contracts + (contract,), traded.positions
-                            + (kj.Position(contract.id, -4000.0),), traded.hierarchy,
-                            traded.settings, traded.stress)
-            expected = kj.portfolio_margin(grown).margin - after.margin
-            shown = float(box.get_attribute("data-incremental"))
-            assert shown == pytest.approx(expected, abs=0.05)
-            assert errors == []
-        finally:
-            context.close()
+    with dashboard_page(url, tmp_path / "profile") as (page, errors):
+        page.evaluate("window.dashboard.state.ui.auto = false")
+        row = page.locator(f'#positions tr[data-id="{CONTRACT}"]')
+        row.locator('input[data-key="quantity"]').fill(str(QUANTITY))
+        _wait_preview(page, CONTRACT)
+        box = page.locator("#whatif")
+        shown = float(box.get_attribute("data-incremental"))
+        assert shown == pytest.approx(after.margin - before.margin, abs=0.05)
+        assert "(applied)" not in box.inner_text()
+        # Not applied yet: the tiles still show the book before the edit.
+        assert page.evaluate("window.dashboard.state.result.report.margin") == pytest.approx(
+            before.margin, rel=1e-6)
+        # A price edit is not a trade: no preview.
+        price = row.locator('input[data-key="price"]')
+        price.fill("0.56")
+        page.wait_for_function("document.getElementById('whatif').hidden")
+        price.fill("0.55")
+        _wait_preview(page, CONTRACT)
+        # Applying it: the tiles move by the previewed amount, the preview says so.
+        page.click("#rerun")
+        _wait_idle(page, "window.dashboard.state.lastBook.positions.some(p => "
+                         f"p.contract === '{CONTRACT}' && p.quantity === {QUANTITY})")
+        assert page.evaluate("window.dashboard.state.result.report.margin") == pytest.approx(
+            after.margin, rel=1e-5)
+        assert box.inner_text().endswith("(applied)")
+        # A new row: a contract new to the book, previewed on the traded book.
+        page.click("#add-row")
+        known = json.dumps(list(book.contract_ids))
+        added = page.evaluate(
+            f"window.dashboard.state.rows.filter(r => !{known}.includes(r.id))")
+        assert len(added) == 1
+        new = page.locator(f'#positions tr[data-id="{added[0]["id"]}"]')
+        new.locator('input[data-key="quantity"]').fill("-4000")
+        _wait_preview(page, added[0]["id"])
+        assert "new contract" in box.inner_text()
+        contract = kj.Contract(added[0]["id"], added[0]["cluster"], "binary", 0.5)
+        traded = book.with_positions(q)
+        grown = kj.Book(traded.contracts + (contract,), traded.positions
+                        + (kj.Position(contract.id, -4000.0),), traded.hierarchy,
+                        traded.settings, traded.stress)
+        expected = kj.portfolio_margin(grown).margin - after.margin
+        shown = float(box.get_attribute("data-incremental"))
+        assert shown == pytest.approx(expected, abs=0.05)
+        assert errors == []
