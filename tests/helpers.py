@@ -424,3 +424,24 @@ def contract_probabilities(book: Book) -> np.ndarray:
         lengths, patterns = _event_regions(book, idx)
         out[idx] = lengths @ patterns
     return out
+
+
+# ---------------------------------------------------------------------------
+# The command line, in-process
+# ---------------------------------------------------------------------------
+
+
+def run_cli(*argv: str) -> tuple[int, str, str]:
+    """Runs ``kinetic-jax ARGV`` in-process; returns (exit status, stdout, stderr)."""
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from kinetic_jax._cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        try:
+            rc = main(list(argv))
+        except SystemExit as e:  # argparse usage errors
+            rc = e.code
+    return rc, out.getvalue(), err.getvalue()

@@ -8,17 +8,15 @@ statuses. Scenario counts are small (4,096): the equality holds at any count.
 from __future__ import annotations
 
 import csv
-import io
 import json
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import run_cli as run
 
 import kinetic_jax as kj
 from kinetic_jax import BookError
-from kinetic_jax._cli import main
 
 REFERENCE = Path(__file__).resolve().parents[1] / "examples" / "reference_book.toml"
 N = 4096
@@ -98,14 +96,6 @@ def test_unusable_files(tmp_path, text, needle):
         kj.read_accounts(str(tmp_path / "missing.csv"))
 
 
-def run(*argv):
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        try:
-            rc = main(list(argv))
-        except SystemExit as e:
-            rc = e.code
-    return rc, out.getvalue(), err.getvalue()
 
 
 def test_cli_batch(book, tmp_path):

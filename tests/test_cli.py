@@ -10,19 +10,18 @@ relations between figures, not their Monte-Carlo accuracy.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
 import shutil
 import subprocess
 import sys
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import jax
 import pytest
 import tomli_w
+from helpers import run_cli as run
 
 import kinetic_jax._cache as kj_cache
 import kinetic_jax._portfolio as portfolio_module
@@ -38,15 +37,6 @@ SPEC_KEYS = {"full_collateral", "worst_case_loss", "margin", "base", "floor", "a
              "clusters", "correlation"}
 
 
-def run(*argv: str) -> tuple[int, str, str]:
-    """Runs the CLI in-process; returns (exit status, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        try:
-            rc = main(list(argv))
-        except SystemExit as e:  # argparse usage errors
-            rc = e.code
-    return rc, out.getvalue(), err.getvalue()
 
 
 def run_json(*argv: str) -> dict:

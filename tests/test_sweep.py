@@ -11,17 +11,15 @@ at any scenario count, to float32 rounding.
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import run_cli as run
 
 import kinetic_jax as kj
 from kinetic_jax import BookError
-from kinetic_jax._cli import main
 from kinetic_jax._sweep import Axis, parse_axis
 
 REFERENCE = Path(__file__).resolve().parents[1] / "examples" / "reference_book.toml"
@@ -226,14 +224,6 @@ def test_json_csv_npz_and_plot(book, tmp_path):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def run(*argv):
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        try:
-            rc = main(list(argv))
-        except SystemExit as e:
-            rc = e.code
-    return rc, out.getvalue(), err.getvalue()
 
 
 def test_cli_sweep(book, tmp_path):
