@@ -18,7 +18,12 @@ pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 pytest.importorskip("tomli_w")
 
-from fastapi.testclient import TestClient  # noqa: E402
+
+from test_dashboard_api import (  # noqa: E402
+    client as client,  # noqa: F401 - the fixture
+    local_client,
+    state_path as state_path,  # noqa: F401 - the fixture
+)
 
 import kinetic_jax as kj  # noqa: E402
 from kinetic_jax.dashboard import create_app  # noqa: E402
@@ -44,19 +49,6 @@ def reference_with_extra() -> dict:
     return book
 
 
-def local_client(app) -> TestClient:
-    return TestClient(app, base_url="http://127.0.0.1:8765")
-
-
-@pytest.fixture
-def state_path(tmp_path) -> Path:
-    return tmp_path / "state" / "dashboard.json"
-
-
-@pytest.fixture
-def client(state_path):
-    with local_client(create_app(None, state_path)) as c:
-        yield c
 
 
 def test_the_reference_state_carries_its_scenarios(client):

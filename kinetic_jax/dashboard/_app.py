@@ -606,18 +606,24 @@ def create_app(
         except Exception as e:  # noqa: BLE001 - never let a traceback reach a user
             return failure(e)
 
-    async def compute(request: Request, kinds: tuple[str, ...], pool, fn, *args) -> Any:
-        """Admits the request, parses its book, then runs `fn(book, *args)` on
-        the engine thread `pool` (unless a newer request superseded it)."""
+    def _book_only(raw: bytes, limits):
+        return _parse_json_book(raw, limits), ()
+
+    async def compute(request: Request, kinds: tuple[str, ...], pool, fn, *args,
+                      parse=_book_only) -> Any:
+        """Admits the request, parses its body with `parse` (``(book, extra)``;
+        default: a book alone), then runs `fn(book, *extra, *args)` on the engine
+        thread `pool` (unless a newer request from the same page superseded it)."""
         try:
             with engine.admit("engine"):
                 page = request.headers.get("x-kinetic-page", "")[:64]
                 key = f"{page}:{request.url.path}" if page else None
                 ticket = engine.ticket(key)
                 raw = await request.body()
-                book = await engine.parse(_parse_json_book, raw, limits)
+                book, extra = await engine.parse(parse, raw, limits)
                 engine.check_current(key, ticket)
-                return await engine.run(pool, kinds, book, fn, *args, key=key, ticket=ticket)
+                return await engine.run(pool, kinds, book, fn, *extra, *args, key=key,
+                                        ticket=ticket)
         except Exception as e:  # noqa: BLE001 - never let a traceback reach a user
             return failure(e)
 
@@ -741,19 +747,12 @@ def create_app(
         The book's simulation is kept (an LRU of 4 books), so what-ifs on the same
         book do not simulate again; the figures equal /api/margin of the traded
         book."""
-        try:
-            with engine.admit("engine"):
-                page = request.headers.get("x-kinetic-page", "")[:64]
-                key = f"{page}:{request.url.path}" if page else None
-                ticket = engine.ticket(key)
-                raw = await request.body()
-                book, trades = await engine.parse(what_if_service.parse_what_if_body, raw,
-                                                  limits)
-                engine.check_current(key, ticket)
-                return await engine.run(engine.margin_pool, ("what-if",), book,
-                                        sessions.response, trades, key=key, ticket=ticket)
-        except Exception as e:  # noqa: BLE001 - never let a traceback reach a user
-            return failure(e)
+        def parse(raw: bytes, limits):
+            book, trades = what_if_service.parse_what_if_body(raw, limits)
+            return book, (trades,)
+
+        return await compute(request, ("what-if",), engine.margin_pool, sessions.response,
+                             parse=parse)
 
     @app.post("/api/validate", tags=["service"], openapi_extra=book_body,
               responses=error_responses(400, 413, 415, 422, 503))
