@@ -19,6 +19,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 from ._book import Book
+from ._hierarchy import correlation_of
 from ._stress import stress_matrix
 from ._worst_case import OutcomeTable, build_outcome_table
 
@@ -82,6 +83,14 @@ class BookArrays(eqx.Module):
     stress_yes: Float[Array, "S C"]  # P(YES) per stress scenario (SPEC.md §5.2)
     stress_valid: Bool[Array, " S"]  # False on padding rows (at least one row)
     touch_parlay: Int[Array, "C P"]  # parlays with a leg on slot i's event (null-padded)
+    # Liquidation horizon (SPEC-horizon.md §6; see _marks.py).
+    maturity: Float[Array, " C"]  # years to the event's resolution (inf: undated)
+    horizon: Float[Array, ""]  # years (inf in resolution mode)
+    parlays: Int[Array, " P"]  # parlay slots (null-padded; empty without a horizon)
+    quad_parlay: Int[Array, " Q"]  # parlays whose mark needs the factor integral
+    quad_cluster: Int[Array, "Q D"]  # their loaded clusters (one quadrature dimension each)
+    quad_valid: Bool[Array, "Q D"]
+    dynamic: bool = eqx.field(static=True, default=False)  # marks at a horizon (else v1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,6 +196,14 @@ def book_arrays(book: Book, dtype=None) -> tuple[BookArrays, BookLayout]:
     stress_valid = np.arange(stress_yes.shape[0]) < n_stress
 
     touch_parlay = _parlays_on_event(book, ids, cpad)
+    dynamic = book.settings.horizon_days is not None
+    maturity = np.full(cpad, np.inf)
+    for i, t in enumerate(book.maturities()):
+        if t is not None:
+            maturity[i] = t
+    horizon = np.inf if not dynamic else book.horizon_years
+    parlays, quad_parlay, quad_cluster = _parlay_structure(book, ids, cpad, dynamic)
+    quad_valid = quad_cluster >= 0
 
     f = lambda x: jnp.asarray(x, dtype)  # noqa: E731
     i32 = lambda x: jnp.asarray(x, jnp.int32)  # noqa: E731
@@ -214,6 +231,13 @@ def book_arrays(book: Book, dtype=None) -> tuple[BookArrays, BookLayout]:
         stress_yes=f(stress_yes),
         stress_valid=jnp.asarray(stress_valid),
         touch_parlay=i32(touch_parlay),
+        maturity=f(maturity),
+        horizon=f(horizon),
+        parlays=i32(parlays),
+        quad_parlay=i32(quad_parlay),
+        quad_cluster=i32(np.maximum(quad_cluster, 0)),
+        quad_valid=jnp.asarray(quad_valid),
+        dynamic=dynamic,
     )
     layout = BookLayout(
         contract_ids=book.contract_ids,
@@ -223,6 +247,50 @@ def book_arrays(book: Book, dtype=None) -> tuple[BookArrays, BookLayout]:
         table=table,
     )
     return arrays, layout
+
+
+def _parlay_structure(book: Book, ids: dict, cpad: int, dynamic: bool):
+    """Horizon mode only (else all empty): the parlay slots, null-padded to a
+    power of two; those whose live legs (resolving after the horizon) sit on
+    distinct events in clusters with a_c a_d R_cd > 0, whose marks need the
+    integral over the post-horizon factors (_marks.py); and per such parlay the
+    loaded clusters of its live legs (one quadrature dimension each, -1 padded)."""
+    empty = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 0), np.int64)
+    if not dynamic:
+        return empty
+    null = cpad - 1
+    slots = [i for i, c in enumerate(book.contracts) if c.type == "parlay"]
+    if not slots:
+        return empty
+    parlays = np.full(bucket(len(slots), 1), null, np.int64)
+    parlays[: len(slots)] = slots
+    h = book.horizon_years
+    times = book.maturities()
+    names = book.hierarchy.cluster_names
+    loading = dict(zip(names, book.hierarchy.loadings))
+    corr = correlation_of(book.hierarchy)
+    pos = {n: k for k, n in enumerate(names)}
+    quad: list[tuple[int, list[int]]] = []
+    for i in slots:
+        live = [ids[leg] for leg in book.contracts[i].legs if times[ids[leg]] > h]
+        shared = any(
+            book.contracts[x].event_key != book.contracts[y].event_key
+            and loading[book.contracts[x].cluster] * loading[book.contracts[y].cluster]
+            * corr[pos[book.contracts[x].cluster], pos[book.contracts[y].cluster]] > 0
+            for j, x in enumerate(live) for y in live[j + 1:])
+        if shared:
+            loaded = sorted({pos[book.contracts[x].cluster] for x in live
+                             if loading[book.contracts[x].cluster] > 0})
+            quad.append((i, loaded))
+    if not quad:
+        return parlays, *empty[1:]
+    dims = max(len(cl) for _, cl in quad)
+    quad_parlay = np.full(bucket(len(quad), 1), null, np.int64)
+    quad_cluster = np.full((len(quad_parlay), dims), -1, np.int64)
+    for r, (i, cl) in enumerate(quad):
+        quad_parlay[r] = i
+        quad_cluster[r, : len(cl)] = cl
+    return parlays, quad_parlay, quad_cluster
 
 
 def _parlays_on_event(book: Book, ids: dict, cpad: int) -> np.ndarray:

@@ -14,6 +14,7 @@ from collections import defaultdict
 from collections.abc import Mapping
 
 from ._checks import check_number
+from ._dates import DAYS_PER_YEAR, check_horizon_days, date_text, iso_date, time_to
 from ._errors import BookError
 from ._hierarchy import Hierarchy, default_hierarchy
 
@@ -50,6 +51,9 @@ class Settings:
       max(base, floor)) (SPEC.md §5.2; default off).
     - `sampler`: scenario sampler, ``"plain"`` Monte Carlo or ``"importance"``
       (defensive-mixture importance sampling; docs/methodology.md).
+    - `horizon_days`: the liquidation horizon in calendar days, in (0, 365]
+      (SPEC-horizon.md §6); None (default) margins to resolution, exactly as v1.
+    - `as_of`: the ISO date (``YYYY-MM-DD``) that contract dates count from.
     """
 
     confidence: float = 0.99
@@ -64,8 +68,14 @@ class Settings:
     liquidity_rate: float = 1.0
     stress_addon: bool = False
     sampler: str = "plain"
+    horizon_days: float | None = None
+    as_of: str | None = None
 
     def __post_init__(self):
+        if self.horizon_days is not None:
+            check_horizon_days(self.horizon_days)
+        if self.as_of is not None:
+            object.__setattr__(self, "as_of", iso_date("model.as_of", self.as_of).isoformat())
         if self.sampler not in SAMPLERS:
             raise BookError("model.sampler",
                             f"{self.sampler!r} is not one of {', '.join(SAMPLERS)}")
@@ -110,6 +120,8 @@ class Contract:
     legs: tuple[str, ...] = ()
     open_interest: float | None = None
     probability: float | None = None
+    resolves: str | None = None  # ISO date of the event's resolution (SPEC-horizon §6.1)
+    resolves_in: float | None = None  # or the same in years from model.as_of
 
     @property
     def sim_probability(self) -> float:
@@ -161,7 +173,7 @@ class Stress:
 
 
 def _contract_field(i: int, c: Contract, key: str) -> str:
-    return f"contracts[{i}] (id {c.id!r}).{key}"
+    return f"contracts[{i}] (id {c.id!r})" + (f".{key}" if key else "")
 
 
 _KEYS_OF_TYPE = {
@@ -200,6 +212,7 @@ class Book:
         object.__setattr__(self, "positions", tuple(self.positions))
         object.__setattr__(self, "stress", tuple(self.stress))
         _validate(self)
+        _validate_dates(self)
         _validate_stress(self)
 
     # ---- derived structure -------------------------------------------------
@@ -254,6 +267,31 @@ class Book:
 
     def with_hierarchy(self, hierarchy: Hierarchy) -> Book:
         return dataclasses.replace(self, hierarchy=hierarchy)
+
+    # ---- time (SPEC-horizon.md §6.1) ---------------------------------------
+    @property
+    def horizon_years(self) -> float | None:
+        """The liquidation horizon h in years (None: resolution mode)."""
+        h = self.settings.horizon_days
+        return None if h is None else float(h) / DAYS_PER_YEAR
+
+    def maturities(self) -> tuple[float | None, ...]:
+        """Per contract, its event's time to resolution T in years (None where
+        undated, and for parlays, which have no date of their own)."""
+        as_of = None if self.settings.as_of is None else iso_date("model.as_of",
+                                                                    self.settings.as_of)
+        return tuple(time_to(_contract_field(i, c, ""), c.resolves, c.resolves_in, as_of,
+                             "resolves")
+                     if c.type != "parlay" else None
+                     for i, c in enumerate(self.contracts))
+
+    def taus(self) -> tuple[float | None, ...]:
+        """Per contract, tau = min(1, h / T): the fraction of its event's information
+        revealed by the horizon (1 in resolution mode; None for parlays)."""
+        h = self.horizon_years
+        return tuple(None if c.type == "parlay" else
+                     1.0 if h is None or t is None or h >= t else h / t
+                     for c, t in zip(self.contracts, self.maturities()))
 
 
 def _validate(book: Book) -> None:
@@ -374,6 +412,62 @@ def _validate(book: Book) -> None:
         if total > MAX_AMOUNT:
             raise BookError(field, f"the book's positions add up to {total:.4g} contracts "
                                    f"(sum of |quantity|), over the limit of {MAX_AMOUNT:g}")
+
+
+MAX_PARLAY_FACTORS = 3  # loaded clusters of a parlay's live legs (SPEC-horizon §6.5)
+
+
+def _validate_dates(book: Book) -> None:
+    """SPEC-horizon.md §6.10 for v1 contracts: one date per event, no date on a
+    parlay, every binary dated under a horizon, at most 3 loaded clusters among a
+    parlay's live legs."""
+    for i, c in enumerate(book.contracts):
+        if c.type == "parlay":
+            for key in ("resolves", "resolves_in"):
+                if getattr(c, key) is not None:
+                    raise BookError(_contract_field(i, c, key),
+                                    f"{date_text(getattr(c, key))!r} given, but a parlay has "
+                                    f"no date of its own (its legs' dates apply)")
+        elif c.resolves is not None:
+            object.__setattr__(c, "resolves", date_text(c.resolves))
+    times = book.maturities()
+    for event, idx in book.events().items():
+        first = idx[0]
+        for i in idx[1:]:
+            a, b = times[first], times[i]
+            if (a is None) != (b is None) or (a is not None and abs(a - b) > 1e-12):
+                c, f = book.contracts[i], book.contracts[first]
+                raise BookError(_contract_field(i, c, "resolves"),
+                                f"{_when(c)} differs from {_when(f)} of contract {f.id!r} on "
+                                f"the same event {event!r} (one date per event)")
+    if book.settings.horizon_days is None:
+        return
+    for i, (c, t) in enumerate(zip(book.contracts, times)):
+        if c.type != "parlay" and t is None:
+            raise BookError(_contract_field(i, c, "resolves"),
+                            f"missing: model.horizon_days = {book.settings.horizon_days!r} "
+                            f"needs every binary's resolution date (resolves or resolves_in)")
+    h = book.horizon_years
+    ids = {c.id: i for i, c in enumerate(book.contracts)}
+    loading = dict(zip(book.hierarchy.cluster_names, book.hierarchy.loadings))
+    for i, c in enumerate(book.contracts):
+        if c.type != "parlay":
+            continue
+        live = {book.contracts[ids[leg]].cluster for leg in c.legs
+                if times[ids[leg]] > h and loading[book.contracts[ids[leg]].cluster] > 0}
+        if len(live) > MAX_PARLAY_FACTORS:
+            raise BookError(_contract_field(i, c, "legs"),
+                            f"its legs live at the horizon span {len(live)} loaded clusters "
+                            f"({', '.join(sorted(live))}); at most {MAX_PARLAY_FACTORS} are "
+                            f"supported (the mark integrates over their factors)")
+
+
+def _when(c: Contract) -> str:
+    if c.resolves is not None:
+        return f"resolves {c.resolves}"
+    if c.resolves_in is not None:
+        return f"resolves_in {c.resolves_in!r}"
+    return "no date"
 
 
 def _validate_stress(book: Book) -> None:

@@ -16,15 +16,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from ._book import Book, Contract, Position, Settings, Stress
+from ._dates import iso_date
 from ._errors import BookError
 from ._hierarchy import Cluster, Hierarchy, Node, default_hierarchy
 
 _TOP = {"model", "addons", "hierarchy", "clusters", "contracts", "positions", "stress"}
 _MODEL = {"confidence", "scenarios", "seed", "ladder_tolerance", "outcome_overround",
-          "stress_addon", "sampler"}
+          "stress_addon", "sampler", "horizon_days", "as_of"}
 _ADDONS = {"mc_error", "mc_error_z", "liquidity", "liquidity_threshold", "liquidity_rate"}
 _CONTRACT = {"id", "cluster", "type", "price", "event", "threshold", "outcome", "legs",
-             "open_interest", "probability"}
+             "open_interest", "probability", "resolves", "resolves_in"}
 MAX_BOOK_BYTES = 16 * 1024 * 1024
 # A book nests 4 deep ({"contracts": [{"legs": [...]}]}); deeper text is refused
 # before it reaches the decoders (which recurse once per level).
@@ -179,7 +180,10 @@ def parse_book(data: Mapping) -> Book:
                 raise BookError(f"{f}.legs", "[] is empty")
         opt_str = {k: _string(f"{f}.{k}", entry[k]) for k in ("event", "outcome") if k in entry}
         opt_num = {k: _num(f"{f}.{k}", entry[k])
-                   for k in ("threshold", "open_interest", "probability") if k in entry}
+                   for k in ("threshold", "open_interest", "probability", "resolves_in")
+                   if k in entry}
+        if "resolves" in entry:
+            opt_str["resolves"] = iso_date(f"{f}.resolves", entry["resolves"]).isoformat()
         contracts.append(Contract(
             id=cid,
             cluster=_string(f"{f}.cluster", entry["cluster"]),
@@ -285,7 +289,9 @@ def book_to_dict(book: Book) -> dict:
         "model": {"confidence": s.confidence, "scenarios": s.scenarios, "seed": s.seed,
                   "ladder_tolerance": s.ladder_tolerance,
                   "outcome_overround": s.outcome_overround, "stress_addon": s.stress_addon,
-                  "sampler": s.sampler},
+                  "sampler": s.sampler,
+                  **{k: getattr(s, k) for k in ("horizon_days", "as_of")
+                     if getattr(s, k) is not None}},
         "addons": {k: getattr(s, k) for k in sorted(_ADDONS)},
         "hierarchy": [{"node": n.name, **({"parent": n.parent} if n.parent else {}), "rho": n.rho}
                       for n in book.hierarchy.nodes],
@@ -296,7 +302,8 @@ def book_to_dict(book: Book) -> dict:
     }
     for c in book.contracts:
         entry = {"id": c.id, "cluster": c.cluster, "type": c.type, "price": c.price}
-        for key in ("event", "threshold", "outcome", "open_interest", "probability"):
+        for key in ("event", "threshold", "outcome", "open_interest", "probability", "resolves",
+                    "resolves_in"):
             if getattr(c, key) is not None:
                 entry[key] = getattr(c, key)
         if c.legs:

@@ -27,6 +27,14 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-addon", action="append", default=[], metavar="NAME",
                    choices=["mc_error", "liquidity", "stress"],
                    help="switch an add-on off (repeatable)")
+    when = p.add_mutually_exclusive_group()
+    when.add_argument("--horizon", type=float, metavar="DAYS",
+                      help="liquidation horizon in calendar days, in (0, 365] "
+                           "(SPEC-horizon.md §6; default: the book's model.horizon_days)")
+    when.add_argument("--resolution", action="store_true",
+                      help="margin to resolution (v1), ignoring the book's horizon")
+    p.add_argument("--as-of", metavar="DATE", dest="as_of",
+                   help="the date (YYYY-MM-DD) contract dates count from (default: the book's)")
 
 
 def distributed_options(p: argparse.ArgumentParser) -> None:
@@ -105,10 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
                            "(default: %(prog)s's documented default)")
     sens.add_argument("--estimator",
                       choices=["conditional", "hybrid", "smooth", "straight_through", "hard"],
-                      default="conditional",
+                      default=None,
                       help="sensitivity estimator (default conditional: unbiased, with standard "
-                           "errors; hybrid: exact in "
-                      "quantities, smoothed in prices, rho and loadings)")
+                           "errors; hybrid: exact in quantities, smoothed in prices, rho and "
+                           "loadings; under a horizon the default is hybrid, live marks "
+                           "differentiated pathwise)")
     sens.add_argument("--top", type=int, default=25, help="rows of the ranked table")
     hedge = sub.add_parser("hedge", help="margin-minimising trade in given instruments (optax)")
     _common(hedge)
@@ -132,14 +141,21 @@ def _load(args):
     from . import load_book
 
     book = load_book(args.book)
-    changes = {k: getattr(args, k, None) for k in ("scenarios", "seed", "confidence", "sampler")}
+    changes = {k: getattr(args, k, None) for k in ("scenarios", "seed", "confidence", "sampler",
+                                                   "as_of")}
+    changes["horizon_days"] = getattr(args, "horizon", None)
     for name in args.no_addon:
         changes["stress_addon" if name == "stress" else name] = False
     changes = {k: v for k, v in changes.items() if v is not None}
     try:
+        if getattr(args, "resolution", False):
+            book = book.with_settings(horizon_days=None)
         return book.with_overrides(**changes)
     except BookError as e:
         flag = e.field.split(".")[-1]
+        if e.field in ("model.horizon_days", "model.as_of") and flag in changes:
+            raise BookError("--horizon" if flag == "horizon_days" else "--as-of",
+                            e.detail) from None
         if flag in ("scenarios", "seed", "confidence"):
             # Name the flag given: "--confidence 0.9999" can leave the book's
             # scenario count without a tail, which is reported on model.scenarios.
@@ -195,6 +211,8 @@ def _sensitivities(args) -> int:
     print(f"  {'residual (margin - sum; add-ons/cap)':<50}{report.euler_residual:>12,.2f}")
     print(f"  {'sum of allocations (Alloc $: adds up to the margin)':<62}"
           f"{report.allocation_total:>12,.2f}")
+    if report.horizon_days is not None:
+        print(f"  {'dM / d horizon_days ($ per day)':<50}{report.horizon_days:>12,.2f}")
     print("\nClusters (Euler allocation)")
     for name, v in sorted(report.clusters.items(), key=lambda kv: -abs(kv[1])):
         print(f"  {name:<22}{v:>12,.2f}")

@@ -9,6 +9,16 @@ def money(x: float) -> str:
     return f"${x:,.2f}"
 
 
+def horizon_line(r: MarginReport) -> str:
+    """The report header's horizon: days and as-of date, or resolution."""
+    as_of = f" | as of {r.as_of}" if r.as_of else ""
+    if r.horizon_days is None:
+        return f"horizon: to resolution (v1){as_of}"
+    note = ("; every contract resolves within it: the resolution margin"
+            if r.horizon_covers_all else "")
+    return f"horizon: {r.horizon_days:g} days{as_of}{note}"
+
+
 def format_margin_report(report: MarginReport, title: str = "") -> str:
     """The margin report as aligned text: totals, build-up, clusters, correlation."""
     r = report
@@ -17,6 +27,7 @@ def format_margin_report(report: MarginReport, title: str = "") -> str:
         lines += [f"kinetic-jax margin report: {title}"]
     lines += [
         f"scenarios {r.scenarios:,} | seed {r.seed} | confidence {r.confidence:g}",
+        horizon_line(r),
         "",
         f"  {'Full collateral':<24}{money(r.full_collateral):>16}",
         f"  {'Worst-case loss':<24}{money(r.worst_case_loss):>16}"
@@ -54,6 +65,15 @@ def format_margin_report(report: MarginReport, title: str = "") -> str:
                            reverse=True)[:3]
             detail = ", ".join(f"{k} {v:,.0f}" for v, k in worst)
             lines.append(f"  {x.name[:23]:<24}{x.loss:>14,.2f}   {detail}")
+    if r.horizon_days is not None:
+        lines += ["", "Contracts at the horizon (tau = h / T revealed; marks at the latent's "
+                      "1% and 99% quantiles)"]
+        lines.append(f"  {'contract':<24}{'price':>8}{'tau':>8}  {'stressed marks':<16}")
+        for c in r.contracts:
+            marks = ("-" if c.stressed_marks is None
+                     else f"{c.stressed_marks[0]:.3f} .. {c.stressed_marks[1]:.3f}")
+            tau = "resolved" if c.resolved_by_horizon else f"{c.tau:.4f}"
+            lines.append(f"  {c.id[:23]:<24}{c.implied_probability:>8.3f}{tau:>8}  {marks}")
     lines += ["", "Inter-cluster factor correlation (LCA rule)"]
     names = r.correlation_clusters
     width = max(8, max(len(n) for n in names) + 1)

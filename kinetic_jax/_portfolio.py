@@ -12,6 +12,7 @@ import numpy as np
 from ._arrays import BookArrays, book_arrays
 from ._book import Book
 from ._errors import EngineError
+from ._horizon import ContractHorizon, contract_horizon
 from ._margin import (
     ADDONS,
     BINDING,
@@ -70,6 +71,15 @@ class MarginReport:
     correlation: tuple[tuple[float, ...], ...]
     stress: tuple[StressResult, ...] = ()  # exact stress-scenario losses (SPEC.md §5.2)
     devices: int = 1  # devices the scenarios were spread over (all processes together)
+    horizon_days: float | None = None  # liquidation horizon (None: to resolution)
+    as_of: str | None = None
+    contracts: tuple[ContractHorizon, ...] = ()  # per contract: tau, stressed marks, ...
+
+    @property
+    def horizon_covers_all(self) -> bool:
+        """True when every contract resolves within the horizon (tau = 1
+        everywhere: the margin is the resolution margin)."""
+        return all(c.resolved_by_horizon for c in self.contracts)
 
     @property
     def stressed_loss(self) -> float:
@@ -119,6 +129,9 @@ class MarginReport:
             "waterfall": self.waterfall(),
             "stress": [x.to_dict() for x in self.stress],
             "devices": self.devices,
+            "horizon_days": self.horizon_days,
+            "as_of": self.as_of,
+            "contracts": [c.to_dict() for c in self.contracts],
         }
 
 
@@ -255,6 +268,9 @@ def _report(book: Book, layout, result: MarginResult) -> MarginReport:
         correlation_clusters=layout.cluster_names,
         correlation=tuple(tuple(float(x) for x in row) for row in r.correlation),
         stress=stress_losses(book),
+        horizon_days=s.horizon_days,
+        as_of=s.as_of,
+        contracts=contract_horizon(book),
     )
 
 

@@ -48,6 +48,7 @@ from ._conditional import (
     mark_surrogate,
     tail_surrogate,
 )
+from ._dates import DAYS_PER_YEAR
 from ._errors import BookError, EngineError
 from ._margin import (
     BINDING,
@@ -68,22 +69,24 @@ _SINGLE = ("smooth", "straight_through", "hard")
 
 
 class MarginVars(eqx.Module):
-    """The differentiable inputs of a margin call."""
+    """The differentiable inputs of a margin call. `horizon` is the liquidation
+    horizon in years (inf in resolution mode, where nothing depends on it)."""
 
     quantity: Float[Array, " C"]
     price: Float[Array, " C"]
     rho: Float[Array, " M"]
     loading: Float[Array, " K"]
+    horizon: Float[Array, ""]
 
     @classmethod
     def of(cls, arrays: BookArrays) -> MarginVars:
-        return cls(arrays.quantity, arrays.price, arrays.rho, arrays.loading)
+        return cls(arrays.quantity, arrays.price, arrays.rho, arrays.loading, arrays.horizon)
 
     def into(self, arrays: BookArrays) -> BookArrays:
         return eqx.tree_at(
-            lambda a: (a.quantity, a.price, a.rho, a.loading),
+            lambda a: (a.quantity, a.price, a.rho, a.loading, a.horizon),
             arrays,
-            (self.quantity, self.price, self.rho, self.loading),
+            (self.quantity, self.price, self.rho, self.loading, self.horizon),
         )
 
 
@@ -263,6 +266,8 @@ class SensitivityReport:
       `allocation_parts` the same split by part (``base`` or ``floor``,
       ``mc_error``, ``liquidity``, ``stress``, ``worst_case``: part -> id ->
       dollars).
+    - `horizon_days`: dM / d horizon_days, dollars per calendar day of
+      liquidation horizon (None in resolution mode).
     - `base` and `cluster_es`: the same derivatives for the base and for each
       cluster's ES.
     - `rho_standard_error`, `loading_standard_error` (and ``d_quantity_se``,
@@ -288,6 +293,7 @@ class SensitivityReport:
     loading_standard_error: dict[str, float] = dataclasses.field(default_factory=dict)
     allocation_total: float = 0.0
     allocation_parts: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+    horizon_days: float | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -309,14 +315,22 @@ class SensitivityReport:
             "loading_standard_error": self.loading_standard_error,
             "allocation_total": self.allocation_total,
             "allocation_parts": self.allocation_parts,
+            "horizon_days": self.horizon_days,
         }
+
+
+def default_estimator(book: Book) -> str:
+    """``"conditional"`` to resolution; ``"hybrid"`` under a liquidation horizon
+    (SPEC-horizon.md §6.6: live marks are smooth, so differentiated pathwise;
+    only the atoms resolved by the horizon are smoothed)."""
+    return "conditional" if book.settings.horizon_days is None else "hybrid"
 
 
 def sensitivities(
     book: Book,
     *,
     temperature: float = DEFAULT_TEMPERATURE,
-    estimator: str = "conditional",
+    estimator: str | None = None,
     scenarios: int | None = None,
     seed: int | None = None,
     dtype=None,
@@ -329,17 +343,24 @@ def sensitivities(
     - `book`: a validated [`Book`][].
     - `temperature`: smoothing temperature t > 0 in latent standard deviations
       (smoothed estimators only).
-    - `estimator`: ``"conditional"`` (default), ``"hybrid"``, ``"smooth"``,
-      ``"straight_through"`` or ``"hard"`` (module doc).
+    - `estimator`: ``"conditional"``, ``"hybrid"``, ``"smooth"``,
+      ``"straight_through"`` or ``"hard"`` (module doc); default
+      [`default_estimator`][] (conditional, or hybrid under a horizon, where
+      the conditional estimator does not apply).
     - `scenarios`, `seed`: override the book's settings.
     """
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
         math.isfinite(temperature) and 0 < temperature <= 1
     ):
         raise BookError("temperature", f"{temperature!r} is outside (0, 1]")
+    book = book.with_overrides(scenarios=scenarios, seed=seed)
+    estimator = default_estimator(book) if estimator is None else estimator
     if estimator not in ESTIMATORS:
         raise BookError("estimator", f"{estimator!r} is not one of {', '.join(ESTIMATORS)}")
-    book = book.with_overrides(scenarios=scenarios, seed=seed)
+    if estimator == "conditional" and book.settings.horizon_days is not None:
+        raise BookError("estimator", "'conditional' integrates out each event's jump at "
+                                     "resolution; with a liquidation horizon the live marks "
+                                     "are smooth: use 'hybrid' (the default there)")
     s = book.settings
     arrays, layout, params = margin_inputs(book, dtype=dtype)
     sens = sensitivity_jit(arrays, params, jax.random.key(s.seed), s.scenarios,
@@ -410,6 +431,8 @@ def _report(book, layout, sens: SensitivityResult, temperature, estimator):
         base_sensitivities=block(1),
         cluster_es={name: {"es": float(res.cluster_es[k]), **block(3 + k)}
                     for k, name in enumerate(clusters)},
+        horizon_days=(None if book.settings.horizon_days is None
+                      else float(jac.horizon[0]) / DAYS_PER_YEAR),
         rho_standard_error=({} if err is None else
                             {name: float(err.rho[0, j]) for j, name in enumerate(nodes)}),
         loading_standard_error=({} if err is None else

@@ -24,6 +24,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._arrays import ABOVE, BELOW, OUTCOME, BookArrays
 from ._hierarchy import correlation_matrix
+from ._marks import horizon_marks
 from ._worst_case import OUTCOME_FULL
 
 HIGHEST = lax.Precision.HIGHEST
@@ -170,12 +171,18 @@ def contract_outcomes(
 ) -> Float[Array, "N C"]:
     """YES of every contract slot given the event latents.
 
+    With a liquidation horizon (``arrays.dynamic``) these are the marks at the
+    horizon given the revealed latents (_marks.py); resolved atoms as below.
+
     With `temperature` None the outcomes are hard 0/1. Otherwise each atom's
     indicator is replaced by ``sigmoid((X - lo)/t) * sigmoid((hi - X)/t)`` (latent
     units; parlays multiply their legs'), which tends to the indicator as t -> 0
     and is differentiable in prices, rho and loadings.
     """
     lo, hi = atom_cuts(arrays)
+    if arrays.dynamic:
+        # A liquidation horizon: each slot's mark given the revealed latents.
+        return horizon_marks(latents, arrays, lo, hi, temperature)
     x = latents[:, arrays.event]
     n = x.shape[0]
     dtype = arrays.price.dtype

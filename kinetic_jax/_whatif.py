@@ -388,6 +388,13 @@ class MarginSession:
     def _extend(self, new: list[Contract]):
         """The session's book with `new` contracts appended (not held), its arrays
         and its simulation state (see module doc)."""
+        # A new contract on an event of the book, undated, resolves with the event.
+        dated = {c.event_key: (c.resolves, c.resolves_in) for c in self.book.contracts
+                 if c.type != "parlay" and (c.resolves or c.resolves_in is not None)}
+        new = [dataclasses.replace(c, resolves=dated[c.event_key][0],
+                                   resolves_in=dated[c.event_key][1])
+               if c.type != "parlay" and c.resolves is None and c.resolves_in is None
+               and c.event_key in dated else c for c in new]
         try:
             book = dataclasses.replace(self.book, contracts=self.book.contracts + tuple(new))
         except BookError as e:

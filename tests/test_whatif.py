@@ -132,9 +132,11 @@ def test_what_if_when_the_worst_case_binds():
 
 NEW = [
     # a new strike on an existing ladder
-    [kj.Contract("BTC-130K-DEC", "BTC", "above", 0.1, event="BTC-DEC", threshold=130_000.0)],
+    [kj.Contract("BTC-130K-DEC", "BTC", "above", 0.1, event="BTC-DEC", threshold=130_000.0,
+                 resolves="2026-12-31")],
     # a new outcome of the election (its event's last outcome changes)
-    [kj.Contract("PRES-2028-D", "Election", "outcome", 0.05, event="PRES-2028", outcome="D")],
+    [kj.Contract("PRES-2028-D", "Election", "outcome", 0.05, event="PRES-2028", outcome="D",
+                 resolves="2028-11-07")],
     # a new event, and a new parlay on it and on an existing ladder
     [kj.Contract("NEW-GAME", "Sports", "binary", 0.4),
      kj.Contract("NEW-PARLAY", "Parlays", "parlay", 0.2, legs=("NEW-GAME", "BTC-100K-DEC"))],
