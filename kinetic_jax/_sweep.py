@@ -3,7 +3,8 @@ quantity and price values, all points on the same scenarios (common random
 numbers, SPEC.md §5.3).
 
 A sweep is a product grid of axes (``rho.<node>``, ``loading.<cluster>``,
-``confidence``, ``quantity.<contract>``, ``price.<contract>``; linspace values,
+``confidence``, ``horizon_days``, ``quantity.<contract>``, ``price.<contract>``;
+linspace values,
 both ends included). Every point is validated on the host by the same
 [`Book`][]/[`Hierarchy`][]/[`Settings`][] checks a margin call runs, so an
 invalid point carries exactly the message `kinetic-jax margin` would print for
@@ -35,7 +36,11 @@ margin along each axis — quantity and confidence: the exact derivative of the
 hard margin on the simulated scenarios (reverse mode, `jax.grad`); price, rho
 and loading: the unbiased conditional estimator of
 [`sensitivities`][] (kinetic_jax._conditional), with its Monte-Carlo standard
-error.
+error. Under a liquidation horizon (a book with ``horizon_days``, or a
+``horizon_days`` axis) the points' losses are the marks at the horizon
+(_marks.py); price, rho, loading and horizon derivatives then come from the
+hybrid estimator (live marks pathwise, resolved atoms smoothed), without
+standard errors.
 """
 
 from __future__ import annotations
@@ -54,19 +59,29 @@ from jaxtyping import Array, Float, Int
 
 from ._arrays import BookArrays, book_arrays, bucket
 from ._book import Book, Position
+from ._dates import DAYS_PER_YEAR, MAX_HORIZON_DAYS
 from ._errors import BookError
 from ._hierarchy import correlation_matrix
 from ._margin import BINDING, MarginParams, margin_arrays, margin_from_statistics
 from ._progress import Progress, want_progress
-from ._sampler import chunk_size
-from ._sensitivities import _conditional_jacobian
+from ._sampler import chunk_size, row_losses
+from ._sensitivities import DEFAULT_TEMPERATURE, _conditional_jacobian, sensitivity_arrays
 from ._sharding import AXIS, scenario_mesh
 from ._shortfall import tail_size, weighted_tail_statistics
-from ._simulation import BLOCK, HIGHEST, atom_cuts, chunk_noise, n_blocks
+from ._simulation import (
+    BLOCK,
+    HIGHEST,
+    Noise,
+    atom_cuts,
+    chunk_noise,
+    contract_outcomes,
+    latents_from_noise,
+    n_blocks,
+)
 from ._stress import stress_matrix
 from ._worst_case import OutcomeTable, build_outcome_table
 
-KINDS = ("rho", "loading", "confidence", "quantity", "price")
+KINDS = ("rho", "loading", "confidence", "quantity", "price", "horizon_days")
 MAX_POINTS_PER_CALL = 64
 SENSITIVITY_POINTS_PER_CALL = 4
 CHUNK_ELEMENTS = 1 << 25  # (point, scenario, contract) entries per streamed chunk
@@ -151,11 +166,11 @@ def _resolve(book: Book, axis: Axis) -> _Target:
     kind, _, target = axis.name.partition(".")
     field = f"--vary {axis.name}"
     h = book.hierarchy
-    if axis.name == "confidence":
-        return _Target("confidence", "", -1)
-    if kind not in KINDS or kind == "confidence" or not target:
+    if axis.name in ("confidence", "horizon_days"):
+        return _Target(axis.name, "", -1)
+    if kind not in KINDS or kind in ("confidence", "horizon_days") or not target:
         raise BookError(field, "NAME is not rho.<node>, loading.<cluster>, confidence, "
-                               "quantity.<contract> or price.<contract>")
+                               "horizon_days, quantity.<contract> or price.<contract>")
     if kind == "rho":
         if target not in h.node_names:
             raise BookError(field, f"unknown hierarchy node {target!r} (nodes: "
@@ -179,6 +194,7 @@ class Points(eqx.Module):
     rho: Float[Array, "P M"]
     loading: Float[Array, "P K"]
     confidence: Float[Array, " P"]
+    horizon: Float[Array, " P"]  # liquidation horizon in years (inf: to resolution)
     wc_component: Int[Array, "P R"]
     wc_index: Int[Array, "P R W"]
     wc_yes: Float[Array, "P R W"]
@@ -189,11 +205,11 @@ def at_point(arrays: BookArrays, params: MarginParams, point: Points
              ) -> tuple[BookArrays, MarginParams]:
     """The book and parameters of one point (an unbatched slice of [`Points`][])."""
     arrays = eqx.tree_at(
-        lambda a: (a.quantity, a.price, a.rho, a.loading, a.wc_component, a.wc_index,
-                   a.wc_yes, a.stress_yes),
+        lambda a: (a.quantity, a.price, a.rho, a.loading, a.horizon, a.wc_component,
+                   a.wc_index, a.wc_yes, a.stress_yes),
         arrays,
-        (point.quantity, point.price, point.rho, point.loading, point.wc_component,
-         point.wc_index, point.wc_yes, point.stress_yes),
+        (point.quantity, point.price, point.rho, point.loading, point.horizon,
+         point.wc_component, point.wc_index, point.wc_yes, point.stress_yes),
     )
     return arrays, eqx.tree_at(lambda p: p.confidence, params, point.confidence)
 
@@ -313,8 +329,13 @@ def sweep_step(arrays: BookArrays, params: MarginParams, points: Points,
 
     def one(pt, t):
         a, _ = at_point(arrays, params, pt)
-        losses = (_row_losses_t(a, z, eta) if structure is None
-                  else _unrolled_losses(a, structure, z, eta))
+        if a.dynamic:  # marks at a liquidation horizon (_marks.py)
+            yes = contract_outcomes(latents_from_noise(Noise(z.T, eta.T), a), a)
+            losses = row_losses(a, yes).T
+        elif structure is None:
+            losses = _row_losses_t(a, z, eta)
+        else:
+            losses = _unrolled_losses(a, structure, z, eta)
         index = first + jnp.arange(z.shape[1])
         losses = jnp.where(index[None, :] < scenarios, losses, -jnp.inf)
         merged, _ = lax.top_k(jnp.concatenate([t, losses], axis=1), t.shape[1])
@@ -491,9 +512,17 @@ def sweep_chunk_general(arrays: BookArrays, params: MarginParams, key, points: P
         (_, result), (d_q, d_conf) = jax.value_and_grad(margin_of, argnums=(0, 1),
                                                         has_aux=True)(a.quantity, p.confidence)
         cond = None
-        if any(kind in ("price", "rho", "loading") for kind, _ in targets):
-            _, mean, err = _conditional_jacobian(a, p, key, scenarios, top, sampler)
-            cond = (mean, err)
+        if any(kind in ("price", "rho", "loading", "horizon_days") for kind, _ in targets):
+            if a.dynamic:
+                # Under a horizon: live marks pathwise, resolved atoms smoothed (hybrid;
+                # SPEC-horizon.md §6.6); no batch standard errors.
+                jac = sensitivity_arrays(a, p, key, scenarios, top,
+                                         jnp.asarray(DEFAULT_TEMPERATURE, a.price.dtype),
+                                         "hybrid").jacobian
+                cond = (jac, jax.tree.map(lambda x: jnp.full_like(x, jnp.nan), jac))
+            else:
+                _, mean, err = _conditional_jacobian(a, p, key, scenarios, top, sampler)
+                cond = (mean, err)
         d, e = {}, {}
         nan = jnp.asarray(jnp.nan, a.price.dtype)
         for kind, slot in targets:
@@ -502,6 +531,10 @@ def sweep_chunk_general(arrays: BookArrays, params: MarginParams, key, points: P
                 d[name], e[name] = d_q[slot], nan
             elif kind == "confidence":
                 d[name], e[name] = d_conf, nan
+            elif kind == "horizon_days":  # per calendar day (the leaf is in years)
+                mean, err = cond
+                d[name] = mean.horizon[0] / DAYS_PER_YEAR
+                e[name] = err.horizon[0] / DAYS_PER_YEAR
             else:
                 mean, err = cond
                 d[name], e[name] = getattr(mean, kind)[0, slot], getattr(err, kind)[0, slot]
@@ -654,7 +687,17 @@ class _Grid:
         if size > MAX_GRID_POINTS:
             raise BookError("--vary", f"the grid has {size:,} points, over the limit of "
                                       f"{MAX_GRID_POINTS:,}")
-        self.arrays, self.layout = book_arrays(book)
+        # A horizon axis margins at a horizon: the arrays are laid out at its
+        # shortest valid horizon (the most legs live, for the parlays' structure).
+        horizons = sorted(v for t, a in zip(self.targets, axes) if t.kind == "horizon_days"
+                          for v in a.values if 0 < v <= MAX_HORIZON_DAYS)
+        layout_book = book
+        if horizons:
+            try:
+                layout_book = book.with_settings(horizon_days=horizons[0])
+            except BookError:
+                pass  # every point at that horizon is then invalid, reported per point
+        self.arrays, self.layout = book_arrays(layout_book)
         self.params = MarginParams.from_settings(book.settings, self.arrays.price.dtype)
         self.kinds = {t.kind for t in self.targets}
         self._settings: dict = {}
@@ -681,6 +724,16 @@ class _Grid:
                     self._settings[conf] = str(e)
             if self._settings[conf] is not None:
                 return self._settings[conf], (), ()
+        horizon = self._values(idx, ("horizon_days",))
+        if horizon:
+            if horizon not in self._settings:
+                try:
+                    self.book.with_settings(horizon_days=horizon[0][2])
+                    self._settings[horizon] = None
+                except BookError as e:
+                    self._settings[horizon] = str(e)
+            if self._settings[horizon] is not None:
+                return self._settings[horizon], (), ()
         hier_key = self._values(idx, ("rho", "loading"))
         if hier_key not in self._hierarchies:
             try:
@@ -744,11 +797,14 @@ class _Grid:
         idx = np.stack(np.unravel_index(flat, self.shape), axis=1)
         tile = lambda x: np.tile(np.asarray(x, np.float64), (p,) + (1,) * np.ndim(x))  # noqa
         leaves = {"quantity": tile(a.quantity), "price": tile(a.price), "rho": tile(a.rho),
-                  "loading": tile(a.loading), "confidence": tile(self.params.confidence)}
+                  "loading": tile(a.loading), "confidence": tile(self.params.confidence),
+                  "horizon": tile(a.horizon)}
         for ax, (t, axis) in enumerate(zip(self.targets, self.axes)):
             v = np.asarray(axis.values)[idx[:, ax]]
             if t.kind == "confidence":
                 leaves["confidence"] = v
+            elif t.kind == "horizon_days":
+                leaves["horizon"] = v / DAYS_PER_YEAR
             else:
                 leaves[t.kind][:, t.slot] = v
         cpad = a.quantity.shape[0]
@@ -767,7 +823,7 @@ class _Grid:
         dtype = a.price.dtype
         f = lambda x: jnp.asarray(x, dtype)  # noqa: E731
         return Points(f(leaves["quantity"]), f(leaves["price"]), f(leaves["rho"]),
-                      f(leaves["loading"]), f(leaves["confidence"]),
+                      f(leaves["loading"]), f(leaves["confidence"]), f(leaves["horizon"]),
                       jnp.asarray(comp), jnp.asarray(index), f(yes), f(stress))
 
 
@@ -836,7 +892,8 @@ def sweep(
         per = CHUNK_ELEMENTS // (p * grid.arrays.quantity.shape[0])
         chunk = chunk_size(grid.arrays, s.scenarios, max(BLOCK, per // BLOCK * BLOCK))
     targets = tuple((t.kind, t.slot) for t in grid.targets)
-    structure = structure_of(book, grid.arrays, grid.layout) if fast else None
+    structure = (structure_of(book, grid.arrays, grid.layout)
+                 if fast and not grid.arrays.dynamic else None)
     # Plain sweeps spread their chunks over this process's devices (the other
     # paths run on one device).
     mesh = scenario_mesh(jax.local_devices()[: None if fast else 1])
