@@ -46,6 +46,7 @@ from ._hierarchy import (
     correlation_of as correlation_of,
     default_hierarchy as default_hierarchy,
 )
+from ._horizon import ContractHorizon as ContractHorizon, contract_horizon as contract_horizon
 from ._lp import LPSolution as LPSolution, certify_hedge as certify_hedge
 from ._margin import (
     ADDONS as ADDONS,
@@ -66,9 +67,11 @@ from ._portfolio import (
 )
 from ._sensitivities import (
     DEFAULT_TEMPERATURE as DEFAULT_TEMPERATURE,
+    ESTIMATORS as ESTIMATORS,
     MarginVars as MarginVars,
     SensitivityReport as SensitivityReport,
     SensitivityResult as SensitivityResult,
+    default_estimator as default_estimator,
     differentiable_margin as differentiable_margin,
     sensitivities as sensitivities,
     sensitivity_arrays as sensitivity_arrays,
@@ -86,6 +89,7 @@ from ._shortfall import (
 )
 from ._simulation import (
     atom_cuts as atom_cuts,
+    contract_outcomes as contract_outcomes,
     event_latents as event_latents,
     outcomes as outcomes,
 )

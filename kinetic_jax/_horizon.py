@@ -23,6 +23,10 @@ _N = NormalDist()
 
 @dataclasses.dataclass(frozen=True)
 class ContractHorizon:
+    """One contract at the liquidation horizon: its implied probability, tau,
+    whether it resolves by the horizon, and its marks at the 1% and 99%
+    quantiles of its event's revealed latent (None for parlays)."""
+
     id: str
     implied_probability: float
     tau: float
@@ -70,7 +74,7 @@ def intervals(book: Book) -> list[tuple[float, float] | None]:
 
 
 def contract_horizon(book: Book) -> tuple[ContractHorizon, ...]:
-    """The per-contract horizon figures of the module doc, in book order."""
+    """Every contract's [`ContractHorizon`][] (module doc), in book order."""
     probs = book.simulation_probabilities()
     taus = book.taus()
     ids = {c.id: i for i, c in enumerate(book.contracts)}
