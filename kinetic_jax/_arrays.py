@@ -91,6 +91,8 @@ class BookArrays(eqx.Module):
     quad_cluster: Int[Array, "Q D"]  # their loaded clusters (one quadrature dimension each)
     quad_valid: Bool[Array, "Q D"]
     dynamic: bool = eqx.field(static=True, default=False)  # marks at a horizon (else v1)
+    quad_closed: bool = eqx.field(static=True, default=True)  # last dimension in closed form
+    quad_width: int = eqx.field(static=True, default=1)  # legs of the widest such parlay
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,7 +204,8 @@ def book_arrays(book: Book, dtype=None) -> tuple[BookArrays, BookLayout]:
         if t is not None:
             maturity[i] = t
     horizon = np.inf if not dynamic else book.horizon_years
-    parlays, quad_parlay, quad_cluster = _parlay_structure(book, ids, cpad, dynamic)
+    parlays, quad_parlay, quad_cluster, quad_closed = _parlay_structure(book, ids, cpad,
+                                                                        dynamic)
     quad_valid = quad_cluster >= 0
 
     f = lambda x: jnp.asarray(x, dtype)  # noqa: E731
@@ -238,6 +241,9 @@ def book_arrays(book: Book, dtype=None) -> tuple[BookArrays, BookLayout]:
         quad_cluster=i32(np.maximum(quad_cluster, 0)),
         quad_valid=jnp.asarray(quad_valid),
         dynamic=dynamic,
+        quad_closed=quad_closed,
+        quad_width=bucket(max([len(book.contracts[int(i)].legs)
+                               for i in np.asarray(quad_parlay) if i < n] or [1]), 1),
     )
     layout = BookLayout(
         contract_ids=book.contract_ids,
@@ -254,14 +260,16 @@ def _parlay_structure(book: Book, ids: dict, cpad: int, dynamic: bool):
     power of two; those whose live legs (resolving after the horizon) sit on
     distinct events in clusters with a_c a_d R_cd > 0, whose marks need the
     integral over the post-horizon factors (_marks.py); and per such parlay the
-    loaded clusters of its live legs (one quadrature dimension each, -1 padded)."""
+    loaded clusters of its live legs (one quadrature dimension each, -1 padded);
+    and whether every such parlay has a loaded cluster holding one live event, put
+    last, whose dimension the marks integrate in closed form."""
     empty = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 0), np.int64)
     if not dynamic:
-        return empty
+        return *empty, True
     null = cpad - 1
     slots = [i for i, c in enumerate(book.contracts) if c.type == "parlay"]
     if not slots:
-        return empty
+        return *empty, True
     parlays = np.full(bucket(len(slots), 1), null, np.int64)
     parlays[: len(slots)] = slots
     h = book.horizon_years
@@ -270,7 +278,7 @@ def _parlay_structure(book: Book, ids: dict, cpad: int, dynamic: bool):
     loading = dict(zip(names, book.hierarchy.loadings))
     corr = correlation_of(book.hierarchy)
     pos = {n: k for k, n in enumerate(names)}
-    quad: list[tuple[int, list[int]]] = []
+    quad: list[tuple[int, list[int], int | None]] = []
     for i in slots:
         live = [ids[leg] for leg in book.contracts[i].legs if times[ids[leg]] > h]
         shared = any(
@@ -279,18 +287,31 @@ def _parlay_structure(book: Book, ids: dict, cpad: int, dynamic: bool):
             * corr[pos[book.contracts[x].cluster], pos[book.contracts[y].cluster]] > 0
             for j, x in enumerate(live) for y in live[j + 1:])
         if shared:
-            loaded = sorted({pos[book.contracts[x].cluster] for x in live
-                             if loading[book.contracts[x].cluster] > 0})
-            quad.append((i, loaded))
+            events: dict[int, set] = {}
+            for x in live:
+                if loading[book.contracts[x].cluster] > 0:
+                    events.setdefault(pos[book.contracts[x].cluster], set()).add(
+                        book.contracts[x].event_key)
+            single = [k for k in sorted(events) if len(events[k]) == 1]
+            last = single[-1] if single else None
+            quad.append((i, [k for k in sorted(events) if k != last], last))
     if not quad:
-        return parlays, *empty[1:]
-    dims = max(len(cl) for _, cl in quad)
+        return parlays, *empty[1:], True
+    # The last dimension is integrated in closed form where it carries one live event
+    # (_marks.py): it holds that cluster (or padding), the others come first.
+    closed = all(last is not None for _, _, last in quad)
+    dims = max(len(cl) + (last is not None) for _, cl, last in quad)
     quad_parlay = np.full(bucket(len(quad), 1), null, np.int64)
     quad_cluster = np.full((len(quad_parlay), dims), -1, np.int64)
-    for r, (i, cl) in enumerate(quad):
+    for r, (i, cl, last) in enumerate(quad):
         quad_parlay[r] = i
-        quad_cluster[r, : len(cl)] = cl
-    return parlays, quad_parlay, quad_cluster
+        if closed:
+            quad_cluster[r, : len(cl)] = cl
+            quad_cluster[r, -1] = last
+        else:
+            both = cl + ([] if last is None else [last])
+            quad_cluster[r, : len(both)] = both
+    return parlays, quad_parlay, quad_cluster, closed
 
 
 def _parlays_on_event(book: Book, ids: dict, cpad: int) -> np.ndarray:

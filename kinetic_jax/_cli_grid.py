@@ -16,12 +16,14 @@ TABLE_ROWS = 40
 
 def add_parsers(sub, distributed_options) -> None:
     sw = sub.add_parser("sweep", help="margin over a grid of rho, loading, confidence, "
-                                      "quantity and price values (common random numbers)")
+                                      "horizon, quantity and price values (common random "
+                                      "numbers)")
     sw.add_argument("book", help="book file (.toml or .json)")
     sw.add_argument("--vary", action="append", required=True, metavar="NAME=START:STOP:COUNT",
                     help="an axis (repeatable; the grid is their product): NAME is "
                          "rho.<node>, loading.<cluster>, confidence, horizon_days, "
-                         "quantity.<contract> or price.<contract>; COUNT values from START to STOP, both included")
+                         "quantity.<contract> or price.<contract>; COUNT values from START "
+                         "to STOP, both included")
     sw.add_argument("--scenarios", type=int, help="Monte-Carlo draws (default: the book's)")
     sw.add_argument("--seed", type=int, help="PRNG seed (default: the book's)")
     sw.add_argument("--sensitivities", action="store_true",
