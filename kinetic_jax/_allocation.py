@@ -64,6 +64,9 @@ def liquidity_terms(book: Book, quantity: np.ndarray, price: np.ndarray) -> np.n
     s = book.settings
     oi = np.array([c.open_interest or 0.0 for c in book.contracts])
     gross = np.maximum(quantity * price, -quantity * (1 - price))
+    # Perps and futures: their notional |q| F0 (as the engine's full collateral).
+    notional = np.array([book.forward_price(c) if c.is_linear else 0.0 for c in book.contracts])
+    gross = np.where(notional > 0, np.abs(quantity) * notional, gross)
     given = oi > 0
     ratio = np.abs(quantity) / np.where(given, oi, 1.0)
     each = np.minimum(gross, s.liquidity_rate * gross * np.maximum(
@@ -104,7 +107,7 @@ def allocate(
     binding = BINDING[int(result.binding)]
     qty = book.net_quantities()
     q = np.array([qty[c.id] for c in book.contracts], np.float64)
-    p = np.array([c.price for c in book.contracts], np.float64)
+    p = np.array([c.loss_price for c in book.contracts], np.float64)
     n = len(q)
     parts = {name: np.zeros(n) for name in
              ("base", "floor", "mc_error", "liquidity", "stress", "worst_case")}

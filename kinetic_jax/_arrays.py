@@ -23,8 +23,9 @@ from ._hierarchy import correlation_of
 from ._stress import stress_matrix
 from ._worst_case import OutcomeTable, build_outcome_table
 
-PAD, ABOVE, BELOW, OUTCOME, PARLAY = 0, 1, 2, 3, 4
-_KIND = {"above": ABOVE, "binary": ABOVE, "below": BELOW, "outcome": OUTCOME, "parlay": PARLAY}
+PAD, ABOVE, BELOW, OUTCOME, PARLAY, LINEAR = 0, 1, 2, 3, 4, 5
+_KIND = {"above": ABOVE, "binary": ABOVE, "below": BELOW, "outcome": OUTCOME, "parlay": PARLAY,
+         "perp": LINEAR, "future": LINEAR}
 
 
 def row_membership(arrays: BookArrays, cluster=None) -> Float[Array, "C K+1"]:
@@ -90,6 +91,24 @@ class BookArrays(eqx.Module):
     quad_parlay: Int[Array, " Q"]  # parlays whose mark needs the factor integral
     quad_cluster: Int[Array, "Q D"]  # their loaded clusters (one quadrature dimension each)
     quad_valid: Bool[Array, "Q D"]
+    # Underlyings (SPEC-horizon.md §6.3-6.4; empty without): U underlyings, G
+    # (underlying, expiry) bridge points, sorted by expiry within an underlying.
+    event_raw: Bool[Array, " E"]  # bridge noise: the latent is the raw normal
+    on_path: Bool[Array, " C"]  # a binary, perp or future on an underlying
+    linear: Bool[Array, " C"]  # perps and futures
+    ratio: Float[Array, " C"]  # F0 / S0 of a linear instrument
+    under: Int[Array, " C"]  # its underlying
+    slot_group: Int[Array, " C"]  # its (underlying, expiry) bridge point
+    spot: Float[Array, " U"]
+    vol: Float[Array, " U"]
+    under_latent: Int[Array, " U"]  # event index of Z_u
+    under_hnoise: Int[Array, " U"]  # event index of the bridge noise at h
+    group_event: Int[Array, " G"]  # event index of the point's noise
+    group_under: Int[Array, " G"]
+    group_time: Float[Array, " G"]
+    group_prev: Float[Array, " G"]  # the previous expiry on the underlying (0 for none)
+    group_next: Float[Array, " G"]  # the next one (inf for none)
+    group_chain: Float[Array, "G G"]  # 1 where point j is at or before point g on g's path
     dynamic: bool = eqx.field(static=True, default=False)  # marks at a horizon (else v1)
     quad_closed: bool = eqx.field(static=True, default=True)  # last dimension in closed form
     quad_width: int = eqx.field(static=True, default=1)  # legs of the widest such parlay
@@ -125,7 +144,10 @@ def book_arrays(book: Book, dtype=None) -> tuple[BookArrays, BookLayout]:
     n = len(book.contracts)
     cpad = bucket(n + 1)
     events = book.events()
-    event_names = tuple(events)
+    # Underlyings add latents (their return over h), Brownian-bridge noise per
+    # (underlying, expiry) and per underlying at the horizon (see _marks.py).
+    paths = _PathNames(book)
+    event_names = tuple(events) + paths.extra
     epad = bucket(len(event_names))
     clusters = book.hierarchy.cluster_names
     cl_index = {c: k for k, c in enumerate(clusters)}
@@ -145,14 +167,17 @@ def book_arrays(book: Book, dtype=None) -> tuple[BookArrays, BookLayout]:
     legs = np.full((cpad, bucket(max_legs, 1)), cpad, np.int32)
     for i, c in enumerate(book.contracts):
         quantity[i] = qty[c.id]
-        price[i] = c.price
-        prob[i] = c.sim_probability if c.type != "parlay" else 0.5
+        price[i] = c.loss_price
+        prob[i] = c.sim_probability if c.has_event else 0.5
         given[i] = c.probability is not None
         oi[i] = c.open_interest or 0.0
         kind[i] = _KIND[c.type]
         cluster[i] = cl_index[c.cluster]
         if c.type == "parlay":
             legs[i, : len(c.legs)] = [ids[x] for x in c.legs]
+        elif c.underlying is not None:
+            event[i] = ev_index[paths.latent(c.underlying)]
+            legs[i, 0] = i
         else:
             event[i] = ev_index[c.event_key]
             legs[i, 0] = i
@@ -176,6 +201,9 @@ def book_arrays(book: Book, dtype=None) -> tuple[BookArrays, BookLayout]:
     event_cluster = np.zeros(epad, np.int32)
     for e, idx in events.items():
         event_cluster[ev_index[e]] = cl_index[book.contracts[idx[0]].cluster]
+    for u in book.underlyings:
+        event_cluster[ev_index[paths.latent(u.id)]] = cl_index[u.cluster]
+    path = paths.arrays(book, ev_index, cpad, epad)
 
     table = build_outcome_table(book, quantity[:n])
     rows = bucket(len(table.component))
@@ -198,12 +226,12 @@ def book_arrays(book: Book, dtype=None) -> tuple[BookArrays, BookLayout]:
     stress_valid = np.arange(stress_yes.shape[0]) < n_stress
 
     touch_parlay = _parlays_on_event(book, ids, cpad)
-    dynamic = book.settings.horizon_days is not None
+    dynamic = book.model_horizon_years is not None
     maturity = np.full(cpad, np.inf)
     for i, t in enumerate(book.maturities()):
         if t is not None:
             maturity[i] = t
-    horizon = np.inf if not dynamic else book.horizon_years
+    horizon = np.inf if not dynamic else book.model_horizon_years
     parlays, quad_parlay, quad_cluster, quad_closed = _parlay_structure(book, ids, cpad,
                                                                         dynamic)
     quad_valid = quad_cluster >= 0
@@ -244,6 +272,8 @@ def book_arrays(book: Book, dtype=None) -> tuple[BookArrays, BookLayout]:
         quad_closed=quad_closed,
         quad_width=bucket(max([len(book.contracts[int(i)].legs)
                                for i in np.asarray(quad_parlay) if i < n] or [1]), 1),
+        **{k: (f(v) if v.dtype.kind == "f" else jnp.asarray(v) if v.dtype == bool else i32(v))
+           for k, v in path.items()},
     )
     layout = BookLayout(
         contract_ids=book.contract_ids,
@@ -253,6 +283,89 @@ def book_arrays(book: Book, dtype=None) -> tuple[BookArrays, BookLayout]:
         table=table,
     )
     return arrays, layout
+
+
+class _PathNames:
+    """The extra event slots of a book's underlyings: per underlying its latent
+    (``underlying:ID``) and its bridge noise at h (``ID@h``), and the bridge
+    points of futures whose expiry no binary shares (``ID@EXPIRY``); bridge
+    points of binaries are their events (``Contract.event_key``)."""
+
+    def __init__(self, book: Book):
+        events = book.events()
+        self.points: dict[str, list[tuple[float, str]]] = {u.id: [] for u in book.underlyings}
+        times = book.maturities()
+        seen: set[str] = set()
+        extra = []
+        for i, c in enumerate(book.contracts):
+            if c.underlying is None or c.type == "perp":
+                continue
+            key = point_key(c)
+            if key not in seen:
+                seen.add(key)
+                self.points[c.underlying].append((times[i], key))
+                if key not in events:
+                    extra.append(key)
+        for u in book.underlyings:
+            self.points[u.id].sort()
+            extra += [self.latent(u.id), f"{u.id}@h"]
+        self.extra = tuple(extra)
+
+    @staticmethod
+    def latent(uid: str) -> str:
+        return f"underlying:{uid}"
+
+    def arrays(self, book: Book, ev_index: dict, cpad: int, epad: int) -> dict:
+        us = book.underlyings
+        upad = bucket(len(us), 1) if us else 0
+        order = [key for u in us for _, key in self.points[u.id]]
+        gpad = bucket(len(order), 1) if order else 0
+        g_index = {key: g for g, key in enumerate(order)}
+        u_index = {u.id: k for k, u in enumerate(us)}
+        out = {
+            "event_raw": np.zeros(epad, bool), "on_path": np.zeros(cpad, bool),
+            "linear": np.zeros(cpad, bool), "ratio": np.zeros(cpad),
+            "under": np.zeros(cpad, np.int32), "slot_group": np.zeros(cpad, np.int32),
+            "spot": np.ones(upad), "vol": np.full(upad, 0.2),
+            "under_latent": np.zeros(upad, np.int32), "under_hnoise": np.zeros(upad, np.int32),
+            "group_event": np.zeros(gpad, np.int32), "group_under": np.zeros(gpad, np.int32),
+            "group_time": np.ones(gpad), "group_prev": np.zeros(gpad),
+            "group_next": np.full(gpad, np.inf), "group_chain": np.zeros((gpad, gpad)),
+        }
+        for k, u in enumerate(us):
+            out["spot"][k], out["vol"][k] = u.spot, u.vol
+            out["under_latent"][k] = ev_index[self.latent(u.id)]
+            out["under_hnoise"][k] = ev_index[f"{u.id}@h"]
+            out["event_raw"][ev_index[f"{u.id}@h"]] = True
+            pts = self.points[u.id]
+            for j, (t, key) in enumerate(pts):
+                g = g_index[key]
+                out["event_raw"][ev_index[key]] = True
+                out["group_event"][g] = ev_index[key]
+                out["group_under"][g] = k
+                out["group_time"][g] = t
+                out["group_prev"][g] = pts[j - 1][0] if j else 0.0
+                out["group_next"][g] = pts[j + 1][0] if j + 1 < len(pts) else np.inf
+                for earlier in pts[: j + 1]:
+                    out["group_chain"][g, g_index[earlier[1]]] = 1.0
+        for i, c in enumerate(book.contracts):
+            if c.underlying is None:
+                continue
+            out["on_path"][i] = True
+            out["under"][i] = u_index[c.underlying]
+            if c.is_linear:
+                out["linear"][i] = True
+                out["ratio"][i] = book.forward_price(c) / book.underlying(c.underlying).spot
+            if c.type != "perp":
+                out["slot_group"][i] = g_index[point_key(c)]
+        return out
+
+
+def point_key(c) -> str:
+    """The (underlying, expiry) bridge point of a binary on an underlying or a
+    future (a binary's event key)."""
+    when = c.expiry if c.expiry is not None else f"{c.expiry_in!r}y"
+    return f"{c.underlying}@{when}"
 
 
 def _parlay_structure(book: Book, ids: dict, cpad: int, dynamic: bool):

@@ -17,8 +17,16 @@ from ._checks import check_number
 from ._dates import DAYS_PER_YEAR, check_horizon_days, date_text, iso_date, time_to
 from ._errors import BookError
 from ._hierarchy import Hierarchy, default_hierarchy
+from ._underlyings import (
+    LINEAR,
+    MAX_PNL_POINTS,
+    Underlying,
+    expiry_years,
+    validate_contract,
+    validate_underlyings,
+)
 
-CONTRACT_TYPES = ("above", "below", "binary", "outcome", "parlay")
+CONTRACT_TYPES = ("above", "below", "binary", "outcome", "parlay", "perp", "future")
 # Sum of outcome prices accepted without renormalising (numerical slack).
 OUTCOME_SUM_SLACK = 1e-6
 MAX_SCENARIOS = 1 << 24
@@ -54,6 +62,8 @@ class Settings:
     - `horizon_days`: the liquidation horizon in calendar days, in (0, 365]
       (SPEC-horizon.md §6); None (default) margins to resolution, exactly as v1.
     - `as_of`: the ISO date (``YYYY-MM-DD``) that contract dates count from.
+    - `pnl_range`, `pnl_points`: the spots of each underlying's PnL curve,
+      ``pnl_points`` from ``lo * spot`` to ``hi * spot`` (default (0.5, 1.5), 101).
     """
 
     confidence: float = 0.99
@@ -70,8 +80,24 @@ class Settings:
     sampler: str = "plain"
     horizon_days: float | None = None
     as_of: str | None = None
+    pnl_range: tuple[float, float] | None = None
+    pnl_points: int | None = None
 
     def __post_init__(self):
+        if self.pnl_range is not None:
+            r = self.pnl_range
+            if not isinstance(r, (list, tuple)) or len(r) != 2:
+                raise BookError("model.pnl_range", f"{r!r} is not [lo, hi]")
+            lo = check_number("model.pnl_range[0]", r[0])
+            hi = check_number("model.pnl_range[1]", r[1])
+            if not 0 < lo < hi:
+                raise BookError("model.pnl_range", f"{list(r)!r}: need 0 < lo < hi")
+            object.__setattr__(self, "pnl_range", (lo, hi))
+        if self.pnl_points is not None:
+            n = self.pnl_points
+            if isinstance(n, bool) or not isinstance(n, int) or not 2 <= n <= MAX_PNL_POINTS:
+                raise BookError("model.pnl_points", f"{n!r} is not an integer in "
+                                                    f"[2, {MAX_PNL_POINTS}]")
         if self.horizon_days is not None:
             check_horizon_days(self.horizon_days)
         if self.as_of is not None:
@@ -111,9 +137,9 @@ class Contract:
     """One contract. Keys that do not belong to the type must be None (or empty)."""
 
     id: str
-    cluster: str
+    cluster: str | None  # None (or "") on an underlying's contracts: the underlying's
     type: str
-    price: float
+    price: float | None  # None for a perp, and a future at spot
     event: str | None = None
     threshold: float | None = None
     outcome: str | None = None
@@ -122,6 +148,27 @@ class Contract:
     probability: float | None = None
     resolves: str | None = None  # ISO date of the event's resolution (SPEC-horizon §6.1)
     resolves_in: float | None = None  # or the same in years from model.as_of
+    underlying: str | None = None  # SPEC-horizon §6.3-6.4: binaries, perps and futures
+    strike: float | None = None
+    expiry: str | None = None  # ISO date (binaries on an underlying, futures)
+    expiry_in: float | None = None
+
+    @property
+    def is_linear(self) -> bool:
+        """A perp or future: its loss is linear in the underlying's price."""
+        return self.type in LINEAR
+
+    @property
+    def has_event(self) -> bool:
+        """True for contracts whose YES is an interval of one event's latent
+        (every type but parlays and linear instruments)."""
+        return self.type != "parlay" and self.type not in LINEAR
+
+    @property
+    def loss_price(self) -> float:
+        """The p of its loss q (p - mark): the price, 0 for a linear instrument
+        (whose mark is its value change)."""
+        return 0.0 if self.type in LINEAR else self.price
 
     @property
     def sim_probability(self) -> float:
@@ -130,8 +177,13 @@ class Contract:
 
     @property
     def event_key(self) -> str | None:
-        if self.type == "parlay":
+        """The event the contract resolves on: binaries on an underlying resolve on
+        (underlying, expiry); parlays and linear instruments on none."""
+        if not self.has_event:
             return None
+        if self.underlying is not None:
+            when = self.expiry if self.expiry is not None else f"{self.expiry_in!r}y"
+            return f"{self.underlying}@{when}"
         if self.type == "binary":
             return self.id
         return self.event if self.event is not None else self.id
@@ -206,11 +258,14 @@ class Book:
     hierarchy: Hierarchy = dataclasses.field(default_factory=default_hierarchy)
     settings: Settings = dataclasses.field(default_factory=Settings)
     stress: tuple[Stress, ...] = ()
+    underlyings: tuple[Underlying, ...] = ()
 
     def __post_init__(self):
         object.__setattr__(self, "contracts", tuple(self.contracts))
         object.__setattr__(self, "positions", tuple(self.positions))
         object.__setattr__(self, "stress", tuple(self.stress))
+        object.__setattr__(self, "underlyings", tuple(self.underlyings))
+        validate_underlyings(self)
         _validate(self)
         _validate_dates(self)
         _validate_stress(self)
@@ -223,6 +278,13 @@ class Book:
     def contract(self, cid: str) -> Contract:
         return self.contracts[self.contract_ids.index(cid)]
 
+    def underlying(self, uid: str) -> Underlying:
+        return next(u for u in self.underlyings if u.id == uid)
+
+    def forward_price(self, c: Contract) -> float:
+        """F0 of a linear instrument: a future's given price, else the spot."""
+        return c.price if c.price is not None else self.underlying(c.underlying).spot
+
     def net_quantities(self) -> dict[str, float]:
         """Net signed quantity per contract id, for every contract (0 if not held)."""
         q = {c.id: 0.0 for c in self.contracts}
@@ -234,14 +296,14 @@ class Book:
         """Event key -> indices of the (non-parlay) contracts on it, in book order."""
         out: dict[str, list[int]] = defaultdict(list)
         for i, c in enumerate(self.contracts):
-            if c.type != "parlay":
+            if c.has_event:
                 out[c.event_key].append(i)  # type: ignore[index]
         return dict(out)
 
     def simulation_probabilities(self) -> list[float]:
         """Per contract: the probability its atom is simulated with (outcome
         probabilities renormalised when their event sums above 1; parlays: nan)."""
-        probs = [c.sim_probability if c.type != "parlay" else math.nan for c in self.contracts]
+        probs = [c.sim_probability if c.has_event else math.nan for c in self.contracts]
         for idx in self.events().values():
             if self.contracts[idx[0]].type == "outcome":
                 total = sum(probs[i] for i in idx)
@@ -275,27 +337,55 @@ class Book:
         h = self.settings.horizon_days
         return None if h is None else float(h) / DAYS_PER_YEAR
 
+    @property
+    def model_horizon_years(self) -> float | None:
+        """The h the marks are computed at: the horizon; in resolution mode, for a
+        book with underlyings, its latest date (every mark an indicator, binaries
+        on underlyings on their paths; SPEC-horizon.md §6.3); else None (v1)."""
+        if self.horizon_years is not None or not self.underlyings:
+            return self.horizon_years
+        return max((t for t in self.maturities() if t is not None), default=None)
+
     def maturities(self) -> tuple[float | None, ...]:
-        """Per contract, its event's time to resolution T in years (None where
-        undated, and for parlays, which have no date of their own)."""
+        """Per contract, its time to resolution T in years: its event's date, a
+        binary on an underlying's or a future's expiry (None where undated, for
+        perps and for parlays, which have no date of their own)."""
         as_of = None if self.settings.as_of is None else iso_date("model.as_of",
                                                                     self.settings.as_of)
-        return tuple(time_to(_contract_field(i, c, ""), c.resolves, c.resolves_in, as_of,
-                             "resolves")
-                     if c.type != "parlay" else None
-                     for i, c in enumerate(self.contracts))
+        out = []
+        for i, c in enumerate(self.contracts):
+            if c.underlying is not None and c.type != "perp":
+                out.append(expiry_years(self, i, c))
+            elif c.has_event:
+                out.append(time_to(_contract_field(i, c, ""), c.resolves, c.resolves_in,
+                                   as_of, "resolves"))
+            else:
+                out.append(None)
+        return tuple(out)
 
     def taus(self) -> tuple[float | None, ...]:
         """Per contract, tau = min(1, h / T): the fraction of its event's information
-        revealed by the horizon (1 in resolution mode; None for parlays)."""
-        h = self.horizon_years
-        return tuple(None if c.type == "parlay" else
+        revealed by the horizon (1 in resolution mode; None for parlays and
+        linear instruments)."""
+        h = self.model_horizon_years
+        return tuple(None if not c.has_event else
                      1.0 if h is None or t is None or h >= t else h / t
                      for c, t in zip(self.contracts, self.maturities()))
 
 
+def _check_open_interest(i: int, c: Contract) -> None:
+    if c.open_interest is not None:
+        oi = check_number(_contract_field(i, c, "open_interest"), c.open_interest, low=0,
+                          low_open=True)
+        if not MIN_OPEN_INTEREST <= oi <= MAX_AMOUNT:
+            raise BookError(_contract_field(i, c, "open_interest"),
+                            f"{oi!r} is outside the engine's range "
+                            f"[{MIN_OPEN_INTEREST:g}, {MAX_AMOUNT:g}] contracts")
+
+
 def _validate(book: Book) -> None:
     clusters = set(book.hierarchy.cluster_names)
+    underlyings = {u.id: u for u in book.underlyings}
     ids: dict[str, int] = {}
     for i, c in enumerate(book.contracts):
         if not isinstance(c.id, str) or not c.id:
@@ -307,6 +397,18 @@ def _validate(book: Book) -> None:
         if c.type not in CONTRACT_TYPES:
             raise BookError(_contract_field(i, c, "type"),
                             f"{c.type!r} is not one of {', '.join(CONTRACT_TYPES)}")
+        if c.underlying is not None or c.is_linear:
+            validate_contract(book, i, c, underlyings)
+            object.__setattr__(c, "cluster", underlyings[c.underlying].cluster)
+            if c.expiry is not None:
+                object.__setattr__(c, "expiry", date_text(c.expiry))
+            _check_open_interest(i, c)
+            continue
+        for key in ("strike", "expiry", "expiry_in"):
+            if getattr(c, key) is not None:
+                raise BookError(_contract_field(i, c, key),
+                                f"{getattr(c, key)!r} given, but {key!r} belongs only to a "
+                                f"contract on an underlying")
         if c.cluster not in clusters:
             raise BookError(_contract_field(i, c, "cluster"), f"unknown cluster {c.cluster!r}")
         check_number(_contract_field(i, c, "price"), c.price, low=0, high=1, low_open=True,
@@ -341,13 +443,7 @@ def _validate(book: Book) -> None:
                                 "does not belong to a parlay (its probability comes from its legs)")
             check_number(_contract_field(i, c, "probability"), c.probability, low=0, high=1,
                          low_open=True, high_open=True)
-        if c.open_interest is not None:
-            oi = check_number(_contract_field(i, c, "open_interest"), c.open_interest, low=0,
-                              low_open=True)
-            if not MIN_OPEN_INTEREST <= oi <= MAX_AMOUNT:
-                raise BookError(_contract_field(i, c, "open_interest"),
-                                f"{oi!r} is outside the engine's range "
-                                f"[{MIN_OPEN_INTEREST:g}, {MAX_AMOUNT:g}] contracts")
+        _check_open_interest(i, c)
     # Parlay legs.
     for i, c in enumerate(book.contracts):
         if c.type != "parlay":
@@ -362,6 +458,10 @@ def _validate(book: Book) -> None:
                 raise BookError(field, f"unknown contract {leg!r}")
             if book.contracts[ids[leg]].type == "parlay":
                 raise BookError(field, f"{leg!r} is a parlay; legs must not be parlays")
+            if book.contracts[ids[leg]].underlying is not None:
+                raise BookError(field, f"{leg!r} is written on underlying "
+                                       f"{book.contracts[ids[leg]].underlying!r}; parlay legs "
+                                       f"on underlyings are not supported")
             if leg in seen:
                 raise BookError(field, f"leg {leg!r} is listed twice")
             seen.add(leg)
@@ -408,6 +508,11 @@ def _validate(book: Book) -> None:
             raise BookError(f"positions[{j}].contract", f"unknown contract {p.contract!r}")
         field = f"positions[{j}] (contract {p.contract!r}).quantity"
         q = check_number(field, p.quantity, low=-MAX_AMOUNT, high=MAX_AMOUNT)
+        c = book.contracts[ids[p.contract]]
+        if c.is_linear and q != 0 and book.settings.horizon_days is None:
+            raise BookError(f"positions[{j}] (contract {p.contract!r})",
+                            f"a {c.type} position needs a liquidation horizon (model."
+                            f"horizon_days or --horizon): its loss to resolution is undefined")
         total += abs(q)
         if total > MAX_AMOUNT:
             raise BookError(field, f"the book's positions add up to {total:.4g} contracts "
@@ -422,7 +527,7 @@ def _validate_dates(book: Book) -> None:
     parlay, every binary dated under a horizon, at most 3 loaded clusters among a
     parlay's live legs."""
     for i, c in enumerate(book.contracts):
-        if c.type == "parlay":
+        if not c.has_event:
             for key in ("resolves", "resolves_in"):
                 if getattr(c, key) is not None:
                     raise BookError(_contract_field(i, c, key),
@@ -443,7 +548,7 @@ def _validate_dates(book: Book) -> None:
     if book.settings.horizon_days is None:
         return
     for i, (c, t) in enumerate(zip(book.contracts, times)):
-        if c.type != "parlay" and t is None:
+        if c.has_event and t is None:
             raise BookError(_contract_field(i, c, "resolves"),
                             f"missing: model.horizon_days = {book.settings.horizon_days!r} "
                             f"needs every binary's resolution date (resolves or resolves_in)")
@@ -520,6 +625,9 @@ def _validate_stress(book: Book) -> None:
                 raise BookError(field, f"unknown contract {cid!r}")
             if book.contracts[index[cid]].type == "parlay":
                 raise BookError(field, f"{cid!r} is a parlay; resolve its legs instead")
+            if not book.contracts[index[cid]].has_event:
+                raise BookError(field, f"{cid!r} is a {book.contracts[index[cid]].type}; it "
+                                       f"does not resolve YES or NO")
             if value not in ("YES", "NO"):
                 raise BookError(field, f"{value!r} is not 'YES' or 'NO'")
         event_restrictions(book, i, s)
@@ -543,7 +651,8 @@ def _check_cuts(book, event, idx, tol, prob, what) -> None:
     cuts), within `tol`. One sweep over the sorted thresholds, O(n log n): the
     largest violation is the largest cut below each threshold minus the
     smallest cut at it, or the spread of the cuts at one threshold."""
-    cs = sorted(((book.contracts[i].threshold, i) for i in idx), key=lambda t: t[0])
+    level = lambda c: c.threshold if c.threshold is not None else c.strike  # noqa: E731
+    cs = sorted(((level(book.contracts[i]), i) for i in idx), key=lambda t: t[0])
     cut = {i: _latent_cut(book.contracts[i], prob(book.contracts[i])) for i in idx}
     worst, pair = tol + 1e-12, None
     below: int | None = None  # the contract with the largest cut at a lower threshold
@@ -566,7 +675,7 @@ def _check_cuts(book, event, idx, tol, prob, what) -> None:
         ca, cb = book.contracts[pair[0]], book.contracts[pair[1]]
         raise BookError(
             f"contracts (event {event!r})",
-            f"inconsistent ladder: {ca.id!r} ({ca.type} {ca.threshold!r} at {prob(ca)!r}) and "
-            f"{cb.id!r} ({cb.type} {cb.threshold!r} at {prob(cb)!r}) imply cuts that violate "
+            f"inconsistent ladder: {ca.id!r} ({ca.type} {level(ca)!r} at {prob(ca)!r}) and "
+            f"{cb.id!r} ({cb.type} {level(cb)!r} at {prob(cb)!r}) imply cuts that violate "
             f"nesting by {worst:.4f} in probability (tolerance {tol:g}; {what})",
         )

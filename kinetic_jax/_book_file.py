@@ -19,13 +19,17 @@ from ._book import Book, Contract, Position, Settings, Stress
 from ._dates import iso_date
 from ._errors import BookError
 from ._hierarchy import Cluster, Hierarchy, Node, default_hierarchy
+from ._underlyings import LINEAR, Underlying
 
-_TOP = {"model", "addons", "hierarchy", "clusters", "contracts", "positions", "stress"}
+_TOP = {"model", "addons", "hierarchy", "clusters", "contracts", "positions", "stress",
+        "underlyings"}
 _MODEL = {"confidence", "scenarios", "seed", "ladder_tolerance", "outcome_overround",
-          "stress_addon", "sampler", "horizon_days", "as_of"}
+          "stress_addon", "sampler", "horizon_days", "as_of", "pnl_range",
+          "pnl_points"}
 _ADDONS = {"mc_error", "mc_error_z", "liquidity", "liquidity_threshold", "liquidity_rate"}
 _CONTRACT = {"id", "cluster", "type", "price", "event", "threshold", "outcome", "legs",
-             "open_interest", "probability", "resolves", "resolves_in"}
+             "open_interest", "probability", "resolves", "resolves_in", "underlying", "strike",
+             "expiry", "expiry_in"}
 MAX_BOOK_BYTES = 16 * 1024 * 1024
 # A book nests 4 deep ({"contracts": [{"legs": [...]}]}); deeper text is refused
 # before it reaches the decoders (which recurse once per level).
@@ -170,7 +174,8 @@ def parse_book(data: Mapping) -> Book:
             raise BookError(f"{f}.id", "missing")
         cid = _string(f"{f}.id", entry["id"])
         f = f"{f} (id {cid!r})"
-        _keys(f, entry, _CONTRACT, {"cluster", "type", "price"})
+        on_underlying = "underlying" in entry or entry.get("type") in LINEAR
+        _keys(f, entry, _CONTRACT, {"type"} if on_underlying else {"cluster", "type", "price"})
         legs = entry.get("legs")
         if legs is not None:
             if not isinstance(legs, list):
@@ -178,17 +183,20 @@ def parse_book(data: Mapping) -> Book:
             legs = tuple(_string(f"{f}.legs[{j}]", x) for j, x in enumerate(legs))
             if not legs:
                 raise BookError(f"{f}.legs", "[] is empty")
-        opt_str = {k: _string(f"{f}.{k}", entry[k]) for k in ("event", "outcome") if k in entry}
-        opt_num = {k: _num(f"{f}.{k}", entry[k])
-                   for k in ("threshold", "open_interest", "probability", "resolves_in")
+        opt_str = {k: _string(f"{f}.{k}", entry[k]) for k in ("event", "outcome", "underlying")
                    if k in entry}
-        if "resolves" in entry:
-            opt_str["resolves"] = iso_date(f"{f}.resolves", entry["resolves"]).isoformat()
+        opt_num = {k: _num(f"{f}.{k}", entry[k])
+                   for k in ("threshold", "open_interest", "probability", "resolves_in",
+                             "strike", "expiry_in")
+                   if k in entry}
+        for k in ("resolves", "expiry"):
+            if k in entry:
+                opt_str[k] = iso_date(f"{f}.{k}", entry[k]).isoformat()
         contracts.append(Contract(
             id=cid,
-            cluster=_string(f"{f}.cluster", entry["cluster"]),
+            cluster=_string(f"{f}.cluster", entry["cluster"]) if "cluster" in entry else None,
             type=_string(f"{f}.type", entry["type"]),
-            price=_num(f"{f}.price", entry["price"]),
+            price=_num(f"{f}.price", entry["price"]) if "price" in entry else None,
             legs=legs or (),
             **opt_str,
             **opt_num,
@@ -203,7 +211,20 @@ def parse_book(data: Mapping) -> Book:
                                             entry["quantity"])))
     stress = [_stress_entry(i, entry)
               for i, entry in enumerate(_array("stress", data.get("stress", [])))]
-    return Book(tuple(contracts), tuple(positions), hierarchy, settings, tuple(stress))
+    underlyings = []
+    for i, entry in enumerate(_array("underlyings", data.get("underlyings", []))):
+        f = f"underlyings[{i}]"
+        entry = _table(f, entry)
+        _keys(f, entry, {"id", "cluster", "spot", "vol", "lot_size"},
+              {"id", "cluster", "spot", "vol"})
+        uid = _string(f"{f}.id", entry["id"])
+        f = f"{f} (id {uid!r})"
+        underlyings.append(Underlying(
+            uid, _string(f"{f}.cluster", entry["cluster"]), _num(f"{f}.spot", entry["spot"]),
+            _num(f"{f}.vol", entry["vol"]),
+            _num(f"{f}.lot_size", entry["lot_size"]) if "lot_size" in entry else 1.0))
+    return Book(tuple(contracts), tuple(positions), hierarchy, settings, tuple(stress),
+                tuple(underlyings))
 
 
 def _stress_entry(i: int, entry: Any) -> Stress:
@@ -290,7 +311,8 @@ def book_to_dict(book: Book) -> dict:
                   "ladder_tolerance": s.ladder_tolerance,
                   "outcome_overround": s.outcome_overround, "stress_addon": s.stress_addon,
                   "sampler": s.sampler,
-                  **{k: getattr(s, k) for k in ("horizon_days", "as_of")
+                  **{k: (list(getattr(s, k)) if k == "pnl_range" else getattr(s, k))
+                     for k in ("horizon_days", "as_of", "pnl_range", "pnl_points")
                      if getattr(s, k) is not None}},
         "addons": {k: getattr(s, k) for k in sorted(_ADDONS)},
         "hierarchy": [{"node": n.name, **({"parent": n.parent} if n.parent else {}), "rho": n.rho}
@@ -301,14 +323,21 @@ def book_to_dict(book: Book) -> dict:
         "positions": [{"contract": p.contract, "quantity": p.quantity} for p in book.positions],
     }
     for c in book.contracts:
-        entry = {"id": c.id, "cluster": c.cluster, "type": c.type, "price": c.price}
+        entry = {"id": c.id, "type": c.type}
+        if c.underlying is None:
+            entry["cluster"] = c.cluster
+        if c.price is not None:
+            entry["price"] = c.price
         for key in ("event", "threshold", "outcome", "open_interest", "probability", "resolves",
-                    "resolves_in"):
+                    "resolves_in", "underlying", "strike", "expiry", "expiry_in"):
             if getattr(c, key) is not None:
                 entry[key] = getattr(c, key)
         if c.legs:
             entry["legs"] = list(c.legs)
         out["contracts"].append(entry)
+    if book.underlyings:
+        out["underlyings"] = [{"id": u.id, "cluster": u.cluster, "spot": u.spot, "vol": u.vol,
+                               "lot_size": u.lot_size} for u in book.underlyings]
     if book.stress:
         out["stress"] = [{"name": x.name, "factors": dict(x.factors), "resolve": dict(x.resolve)}
                          for x in book.stress]

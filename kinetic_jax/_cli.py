@@ -35,6 +35,11 @@ def _common(p: argparse.ArgumentParser) -> None:
                       help="margin to resolution (v1), ignoring the book's horizon")
     p.add_argument("--as-of", metavar="DATE", dest="as_of",
                    help="the date (YYYY-MM-DD) contract dates count from (default: the book's)")
+    p.add_argument("--pnl-range", nargs=2, type=float, metavar=("LO", "HI"), dest="pnl_range",
+                   help="spots of each underlying's PnL curve, as multiples of spot "
+                        "(default 0.5 1.5)")
+    p.add_argument("--pnl-points", type=int, metavar="N", dest="pnl_points",
+                   help="points of each underlying's PnL curve (default 101)")
 
 
 def distributed_options(p: argparse.ArgumentParser) -> None:
@@ -142,7 +147,7 @@ def _load(args):
 
     book = load_book(args.book)
     changes = {k: getattr(args, k, None) for k in ("scenarios", "seed", "confidence", "sampler",
-                                                   "as_of")}
+                                                   "as_of", "pnl_range", "pnl_points")}
     changes["horizon_days"] = getattr(args, "horizon", None)
     for name in args.no_addon:
         changes["stress_addon" if name == "stress" else name] = False
@@ -153,9 +158,11 @@ def _load(args):
         return book.with_overrides(**changes)
     except BookError as e:
         flag = e.field.split(".")[-1]
-        if e.field in ("model.horizon_days", "model.as_of") and flag in changes:
-            raise BookError("--horizon" if flag == "horizon_days" else "--as-of",
-                            e.detail) from None
+        flags = {"model.horizon_days": "--horizon", "model.as_of": "--as-of",
+                 "model.pnl_range": "--pnl-range", "model.pnl_range[0]": "--pnl-range",
+                 "model.pnl_range[1]": "--pnl-range", "model.pnl_points": "--pnl-points"}
+        if e.field in flags and e.field.split(".")[-1].split("[")[0] in changes:
+            raise BookError(flags[e.field], e.detail) from None
         if flag in ("scenarios", "seed", "confidence"):
             # Name the flag given: "--confidence 0.9999" can leave the book's
             # scenario count without a tail, which is reported on model.scenarios.

@@ -30,8 +30,10 @@ def format_margin_report(report: MarginReport, title: str = "") -> str:
         horizon_line(r),
         "",
         f"  {'Full collateral':<24}{money(r.full_collateral):>16}",
-        f"  {'Worst-case loss':<24}{money(r.worst_case_loss):>16}"
-        + ("" if r.worst_case_exact else "   (upper bound: book too large to solve exactly)"),
+        (f"  {'Worst-case loss':<24}{'unbounded':>16}   (net short an underlying: no cap)"
+         if r.worst_case_loss is None else
+         f"  {'Worst-case loss':<24}{money(r.worst_case_loss):>16}"
+         + ("" if r.worst_case_exact else "   (upper bound: book too large to solve exactly)")),
         f"  {'Portfolio margin':<24}{money(r.margin):>16}   binding: {r.binding}",
         f"  {'Capital released':<24}{r.capital_released:>16.1%}",
         "",
@@ -68,12 +70,29 @@ def format_margin_report(report: MarginReport, title: str = "") -> str:
     if r.horizon_days is not None:
         lines += ["", "Contracts at the horizon (tau = h / T revealed; marks at the latent's "
                       "1% and 99% quantiles)"]
-        lines.append(f"  {'contract':<24}{'price':>8}{'tau':>8}  {'stressed marks':<16}")
+        lines.append(f"  {'contract':<24}{'price':>8}{'tau':>10}  {'stressed marks':<16}")
         for c in r.contracts:
             marks = ("-" if c.stressed_marks is None
                      else f"{c.stressed_marks[0]:.3f} .. {c.stressed_marks[1]:.3f}")
+            if c.tau is None:  # a perp or future
+                continue
             tau = "resolved" if c.resolved_by_horizon else f"{c.tau:.4f}"
-            lines.append(f"  {c.id[:23]:<24}{c.implied_probability:>8.3f}{tau:>8}  {marks}")
+            lines.append(f"  {c.id[:23]:<24}{c.implied_probability:>8.3f}{tau:>10}  {marks}")
+    if r.underlyings:
+        lines += ["", "Underlyings (net delta in units; hedge: perp lots that flatten it)"]
+        lines.append(f"  {'underlying':<12}{'spot':>14}{'vol':>7}{'net delta':>14}"
+                     f"{'hedge qty':>14}{'hedge lots':>12}{'PnL lo..hi spot':>28}")
+        for u in r.underlyings:
+            span = f"{u.pnl[0]:,.0f} .. {u.pnl[-1]:,.0f}"
+            lines.append(f"  {u.id:<12}{u.spot:>14,.2f}{u.vol:>7.2f}{u.net_delta:>14,.4f}"
+                         f"{u.hedge_quantity:>14,.4f}{u.hedge_lots_rounded:>12,d}{span:>28}")
+        binaries = [c for c in r.contracts if c.effective_strike is not None]
+        if binaries:
+            lines += ["", "Binaries on underlyings (price-implied against model probability)"]
+            lines.append(f"  {'contract':<24}{'implied':>9}{'model':>9}{'eff. strike':>16}")
+            for c in binaries:
+                lines.append(f"  {c.id[:23]:<24}{c.implied_probability:>9.3f}"
+                             f"{c.model_probability:>9.3f}{c.effective_strike:>16,.2f}")
     lines += ["", "Inter-cluster factor correlation (LCA rule)"]
     names = r.correlation_clusters
     width = max(8, max(len(n) for n in names) + 1)

@@ -256,7 +256,7 @@ def optimise_hedge(
         raise BookError("steps", f"{steps!r} is outside [1, 100000]")
     qty = book.net_quantities()
     if max_quantity is None:
-        max_quantity = max([abs(v) for v in qty.values()], default=0.0) or 1000.0
+        max_quantity = _default_bound(book, instruments, qty)
     max_quantity, cost = _finite("max_quantity", max_quantity), _finite("cost", cost)
     if max_quantity <= 0:
         raise BookError("max_quantity", f"{max_quantity!r} must be positive")
@@ -365,6 +365,20 @@ def whole_lots(
 
 
 _problem_jit = eqx.filter_jit(hedge_problem)
+
+
+def _default_bound(book: Book, instruments, qty: dict) -> float:
+    """The default box: the largest |position| (contracts); when every instrument
+    is a perp or future, in units of the underlying: the notional that matches the
+    book's full collateral at the smallest F0, and at least twice the largest
+    linear position."""
+    if instruments and all(book.contract(cid).is_linear for cid in instruments):
+        full = sum(abs(q) * (book.forward_price(c) if c.is_linear else max(c.price, 1 - c.price))
+                   for c in book.contracts for q in [qty[c.id]])
+        f0 = min(book.forward_price(book.contract(cid)) for cid in instruments)
+        largest = max([abs(qty[c.id]) for c in book.contracts if c.is_linear], default=0.0)
+        return max(full / f0, 2 * largest) or 1.0
+    return max([abs(v) for v in qty.values()], default=0.0) or 1000.0
 
 
 def build_hedge_problem(

@@ -16,6 +16,7 @@ import math
 from statistics import NormalDist
 
 from ._book import Book
+from ._underlyings import binary_figures
 
 STRESS_QUANTILES = (0.01, 0.99)
 _N = NormalDist()
@@ -28,13 +29,17 @@ class ContractHorizon:
     quantiles of its event's revealed latent (None for parlays)."""
 
     id: str
-    implied_probability: float
-    tau: float
+    implied_probability: float | None  # None for perps and futures
+    tau: float | None  # None for perps and futures
     resolved_by_horizon: bool
     stressed_marks: tuple[float, float] | None
+    model_probability: float | None = None  # binaries on underlyings (SPEC-horizon §6.3)
+    effective_strike: float | None = None
 
     def to_dict(self) -> dict:
         return {"id": self.id, "implied_probability": self.implied_probability,
+                "model_probability": self.model_probability,
+                "effective_strike": self.effective_strike,
                 "tau": self.tau, "resolved_by_horizon": self.resolved_by_horizon,
                 "stressed_marks": (None if self.stressed_marks is None
                                    else list(self.stressed_marks))}
@@ -77,11 +82,27 @@ def contract_horizon(book: Book) -> tuple[ContractHorizon, ...]:
     """Every contract's [`ContractHorizon`][] (module doc), in book order."""
     probs = book.simulation_probabilities()
     taus = book.taus()
+    times = book.maturities()
+    h = book.model_horizon_years
     ids = {c.id: i for i, c in enumerate(book.contracts)}
     cuts = intervals(book)
     zs = [_N.inv_cdf(q) for q in STRESS_QUANTILES]
     out = []
     for i, c in enumerate(book.contracts):
+        if c.is_linear:
+            resolved = c.type == "future" and h is not None and times[i] <= h
+            out.append(ContractHorizon(c.id, None, None, resolved, None))
+            continue
+        if c.underlying is not None:
+            # On the underlying's path: Z_u revealed; expiring by h, on the bridge,
+            # P(YES | Z_u) is the interval mark with tau' = T / h.
+            lo, hi = cuts[i]
+            t = times[i]
+            frac = h / t if t > h else t / h
+            marks = tuple(interval_mark(z, frac, lo, hi) for z in zs)
+            out.append(ContractHorizon(c.id, c.price, taus[i], taus[i] >= 1, marks,
+                                       **binary_figures(book, i, c)))
+            continue
         if c.type == "parlay":
             tau = min(taus[ids[leg]] for leg in c.legs)
             out.append(ContractHorizon(c.id, c.price, tau, tau >= 1, None))

@@ -103,6 +103,28 @@ def gross(quantity: Float[Array, " C"], price: Float[Array, " C"]) -> Float[Arra
     return jnp.maximum(quantity * price, -quantity * (1 - price))
 
 
+def book_gross(arrays: BookArrays) -> Float[Array, " C"]:
+    """[`gross`][] per slot; a linear instrument's is its notional |q| F0
+    (SPEC-horizon.md §6.6)."""
+    g = gross(arrays.quantity, arrays.price)
+    if arrays.spot.shape[0]:
+        notional = jnp.abs(arrays.quantity) * arrays.ratio * arrays.spot[arrays.under]
+        g = jnp.where(arrays.linear, notional, g)
+    return g
+
+
+def linear_worst_case(arrays: BookArrays) -> Float[Array, ""]:
+    """The linear instruments' part of the cap: with e_u = sum q F0 / S0 per
+    underlying, sum e_u S0 when every e_u >= 0 (prices cannot go below 0), and
+    +inf — no cap — when the book is net short any underlying."""
+    if not arrays.spot.shape[0]:
+        return jnp.zeros((), arrays.price.dtype)
+    n_u = arrays.spot.shape[0]
+    e = jax.ops.segment_sum(jnp.where(arrays.linear, arrays.quantity * arrays.ratio, 0.0),
+                            arrays.under, num_segments=n_u)
+    return jnp.where(jnp.any(e < 0), jnp.inf, jnp.sum(jnp.maximum(e, 0.0) * arrays.spot))
+
+
 def cluster_losses(
     arrays: BookArrays, yes: Float[Array, "N C"], quantity: Float[Array, " C"] | None = None
 ) -> Float[Array, "N K"]:
@@ -149,7 +171,7 @@ def margin_from_statistics(
     floor = jnp.sum(top2)
     floor_se = jnp.sum(se[:-1][which])
     stressed = jnp.maximum(base, floor)
-    gross_c = gross(arrays.quantity, arrays.price)
+    gross_c = book_gross(arrays)
     mc = params.mc_error * params.mc_error_z * jnp.where(base >= floor, se[-1], floor_se)
     given = arrays.open_interest > 0
     ratio = jnp.abs(arrays.quantity) / jnp.where(given, arrays.open_interest, 1.0)
@@ -168,7 +190,7 @@ def margin_from_statistics(
     uncapped = stressed + jnp.sum(addons)
     worst = table_worst_case(
         arrays.quantity, arrays.price, arrays.wc_component, arrays.wc_index, arrays.wc_yes
-    )
+    ) + linear_worst_case(arrays)
     margin = jnp.maximum(0.0, jnp.minimum(worst, uncapped))
     binding = jnp.where(worst <= uncapped, 0, jnp.where(base >= floor, 1, 2))
     full = jnp.sum(gross_c)

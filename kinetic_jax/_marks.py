@@ -111,6 +111,46 @@ def atom_marks(z, tau, lo, hi, temperature=None):
     return jnp.where(resolved, indicator(z, lo, hi, temperature), live)
 
 
+def path_values(latents, arrays):
+    """Contracts on underlyings (SPEC-horizon.md §6.3-6.5): each slot's latent —
+    Z_u for a binary expiring after h, X = B_u(T) / sqrt(T) on the Brownian bridge
+    for one expiring by h — and each linear slot's value change per unit,
+    (F0 / S0)(S_t - S0) at t = min(T, h) with S_t = S0 exp(sigma B_u(t) - sigma^2 t / 2).
+
+    The bridge: with W an independent Brownian motion sampled at the underlying's
+    sorted expiries (increments from the points' raw noise) and at h,
+    B_u(T) = (T / h) B_u(h) + W(T) - (T / h) W(h) for T <= h, B_u(h) = sqrt(h) Z_u.
+    """
+    h = arrays.horizon
+    z_u = latents[:, arrays.under_latent]  # (N, U)
+    b_h = jnp.sqrt(h) * z_u
+    t = arrays.group_time
+    xi = latents[:, arrays.group_event]  # (N, G)
+    incr = safe_sqrt(jnp.maximum(t - arrays.group_prev, 0.0)) * xi
+    w = jnp.matmul(incr, arrays.group_chain.T, precision=lax.Precision.HIGHEST)  # W(T_g)
+    # W(h) = W(T_m) + sqrt(h - T_m) xi_h, T_m the last expiry at or before h.
+    last = ((t <= h) & (arrays.group_next > h)).astype(w.dtype)
+    n_u = arrays.spot.shape[0]
+    seg = lambda v: jax.ops.segment_sum(v.T, arrays.group_under, num_segments=n_u).T  # noqa: E731
+    w_m = seg(w * last)
+    t_m = seg((t * last)[None, :])[0]
+    w_h = w_m + safe_sqrt(jnp.maximum(h - t_m, 0.0)) * latents[:, arrays.under_hnoise]
+    frac = jnp.where(t <= h, t / h, 0.0)
+    b_t = frac * b_h[:, arrays.group_under] + w - frac * w_h[:, arrays.group_under]  # (N, G)
+    x_t = b_t / jnp.sqrt(t)
+    g = arrays.slot_group
+    slot_t = arrays.maturity
+    bridged = arrays.on_path & (slot_t <= h)
+    x = jnp.where(bridged, x_t[:, g], latents[:, arrays.event])
+    # Linear instruments: the path at min(T, h).
+    when = jnp.minimum(slot_t, h)
+    b = jnp.where(bridged, b_t[:, g], b_h[:, arrays.under])
+    sigma = arrays.vol[arrays.under]
+    s0 = arrays.spot[arrays.under]
+    value = arrays.ratio * s0 * jnp.expm1(sigma * b - 0.5 * sigma * sigma * when)
+    return x, value
+
+
 def _merged_legs(arrays, lo, hi, legs):
     """For each row of leg indices `legs` (null index C = always YES): each leg's
     interval intersected with the other legs' on the same event, and whether it
@@ -138,7 +178,12 @@ def horizon_marks(
     """Every slot's mark at the horizon given the revealed event latents Z
     (module doc); resolved atoms smoothed at `temperature` if given."""
     tau = event_tau(arrays)
-    yes = atom_marks(latents[:, arrays.event], tau, lo, hi, temperature)
+    x = latents[:, arrays.event]
+    if arrays.spot.shape[0]:
+        x, value = path_values(latents, arrays)
+    yes = atom_marks(x, tau, lo, hi, temperature)
+    if arrays.spot.shape[0]:
+        yes = jnp.where(arrays.linear, value, yes)
     if arrays.parlays.shape[0] == 0:
         return yes
     # Parlays: the product over their (merged) legs...

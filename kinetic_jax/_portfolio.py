@@ -28,6 +28,7 @@ from ._sampler import simulate
 from ._sharding import replicate, scenario_mesh
 from ._shortfall import tail_size
 from ._stress import StressResult, stress_losses
+from ._underlyings import UnderlyingReport, underlying_reports
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +51,7 @@ class MarginReport:
     """
 
     full_collateral: float
-    worst_case_loss: float
+    worst_case_loss: float | None  # None: no cap (net short an underlying)
     worst_case_exact: bool
     margin: float
     base: float
@@ -74,6 +75,9 @@ class MarginReport:
     horizon_days: float | None = None  # liquidation horizon (None: to resolution)
     as_of: str | None = None
     contracts: tuple[ContractHorizon, ...] = ()  # per contract: tau, stressed marks, ...
+    capped: bool = True  # False when net short an underlying (SPEC-horizon.md §6.6)
+    linear_notional: float = 0.0  # sum |q| F0 of perps and futures
+    underlyings: tuple[UnderlyingReport, ...] = ()
 
     @property
     def horizon_covers_all(self) -> bool:
@@ -132,6 +136,9 @@ class MarginReport:
             "horizon_days": self.horizon_days,
             "as_of": self.as_of,
             "contracts": [c.to_dict() for c in self.contracts],
+            "capped": self.capped,
+            "linear_notional": self.linear_notional,
+            "underlyings": [u.to_dict() for u in self.underlyings],
         }
 
 
@@ -232,7 +239,8 @@ def margin_with_losses(
 
 def _report(book: Book, layout, result: MarginResult) -> MarginReport:
     r = jax.tree.map(lambda x: np.asarray(x, dtype=np.float64), result)
-    values = [r.margin, r.base, r.floor, r.worst_case_loss, *r.cluster_es]
+    capped = not np.isposinf(r.worst_case_loss)
+    values = [r.margin, r.base, r.floor, *r.cluster_es] + ([r.worst_case_loss] if capped else [])
     if not all(math.isfinite(float(v)) for v in values):
         raise EngineError("the engine produced a non-finite figure; please report this book")
     s = book.settings
@@ -244,7 +252,7 @@ def _report(book: Book, layout, result: MarginResult) -> MarginReport:
     binding = BINDING[int(r.binding)]
     return MarginReport(
         full_collateral=float(r.full_collateral),
-        worst_case_loss=float(r.worst_case_loss),
+        worst_case_loss=float(r.worst_case_loss) if capped else None,
         worst_case_exact=layout.table.exact_at_book,
         margin=float(r.margin),
         base=float(r.base),
@@ -271,6 +279,10 @@ def _report(book: Book, layout, result: MarginResult) -> MarginReport:
         horizon_days=s.horizon_days,
         as_of=s.as_of,
         contracts=contract_horizon(book),
+        capped=capped,
+        linear_notional=sum(abs(qty[c.id]) * book.forward_price(c) for c in book.contracts
+                            if c.is_linear),
+        underlyings=underlying_reports(book),
     )
 
 

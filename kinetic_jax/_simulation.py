@@ -134,7 +134,10 @@ def latents_from_noise(noise: Noise, arrays: BookArrays) -> Float[Array, "N E"]:
     chol = jnp.linalg.cholesky(corr)
     factors = jnp.matmul(noise.factors, chol.T, precision=HIGHEST)
     a = arrays.loading[arrays.event_cluster]
-    return factors[:, arrays.event_cluster] * a + jnp.sqrt(1 - a * a) * noise.events
+    latents = factors[:, arrays.event_cluster] * a + jnp.sqrt(1 - a * a) * noise.events
+    if arrays.spot.shape[0]:  # underlyings: Brownian-bridge noise is used raw (_marks.py)
+        latents = jnp.where(arrays.event_raw, noise.events, latents)
+    return latents
 
 
 def event_latents(

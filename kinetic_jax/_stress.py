@@ -244,7 +244,7 @@ def stress_losses(book: Book) -> tuple[StressResult, ...]:
     p_yes = stress_matrix(book)
     qty = book.net_quantities()
     q = np.array([qty[c.id] for c in book.contracts])
-    price = np.array([c.price for c in book.contracts])
+    price = np.array([c.loss_price for c in book.contracts])
     names = book.hierarchy.cluster_names
     member = np.array([[c.cluster == k for k in names] for c in book.contracts], float)
     member = member.reshape(len(book.contracts), len(names))
