@@ -220,6 +220,9 @@ def _sensitivities(args) -> int:
           f"{report.allocation_total:>12,.2f}")
     if report.horizon_days is not None:
         print(f"  {'dM / d horizon_days ($ per day)':<50}{report.horizon_days:>12,.2f}")
+    for uid in report.spot:
+        print(f"  {f'dM / d spot [{uid}] ($ per $)':<50}{report.spot[uid]:>12,.4f}")
+        print(f"  {f'dM / d vol [{uid}] ($ per unit vol)':<50}{report.vol[uid]:>12,.2f}")
     print("\nClusters (Euler allocation)")
     for name, v in sorted(report.clusters.items(), key=lambda kv: -abs(kv[1])):
         print(f"  {name:<22}{v:>12,.2f}")

@@ -70,23 +70,28 @@ _SINGLE = ("smooth", "straight_through", "hard")
 
 class MarginVars(eqx.Module):
     """The differentiable inputs of a margin call. `horizon` is the liquidation
-    horizon in years (inf in resolution mode, where nothing depends on it)."""
+    horizon in years (inf in resolution mode, where nothing depends on it);
+    `spot` and `vol` are the underlyings' (empty without)."""
 
     quantity: Float[Array, " C"]
     price: Float[Array, " C"]
     rho: Float[Array, " M"]
     loading: Float[Array, " K"]
     horizon: Float[Array, ""]
+    spot: Float[Array, " U"]
+    vol: Float[Array, " U"]
 
     @classmethod
     def of(cls, arrays: BookArrays) -> MarginVars:
-        return cls(arrays.quantity, arrays.price, arrays.rho, arrays.loading, arrays.horizon)
+        return cls(arrays.quantity, arrays.price, arrays.rho, arrays.loading, arrays.horizon,
+                   arrays.spot, arrays.vol)
 
     def into(self, arrays: BookArrays) -> BookArrays:
         return eqx.tree_at(
-            lambda a: (a.quantity, a.price, a.rho, a.loading, a.horizon),
+            lambda a: (a.quantity, a.price, a.rho, a.loading, a.horizon, a.spot, a.vol),
             arrays,
-            (self.quantity, self.price, self.rho, self.loading, self.horizon),
+            (self.quantity, self.price, self.rho, self.loading, self.horizon, self.spot,
+             self.vol),
         )
 
 
@@ -268,6 +273,8 @@ class SensitivityReport:
       dollars).
     - `horizon_days`: dM / d horizon_days, dollars per calendar day of
       liquidation horizon (None in resolution mode).
+    - `spot`, `vol`: dM / d spot and dM / d vol per underlying (dollars per
+      dollar of spot, per unit of annualised vol; SPEC-horizon.md §6.6).
     - `base` and `cluster_es`: the same derivatives for the base and for each
       cluster's ES.
     - `rho_standard_error`, `loading_standard_error` (and ``d_quantity_se``,
@@ -294,6 +301,8 @@ class SensitivityReport:
     allocation_total: float = 0.0
     allocation_parts: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
     horizon_days: float | None = None
+    spot: dict[str, float] = dataclasses.field(default_factory=dict)
+    vol: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {
@@ -316,6 +325,8 @@ class SensitivityReport:
             "allocation_total": self.allocation_total,
             "allocation_parts": self.allocation_parts,
             "horizon_days": self.horizon_days,
+            "spot": self.spot,
+            "vol": self.vol,
         }
 
 
@@ -323,7 +334,7 @@ def default_estimator(book: Book) -> str:
     """``"conditional"`` to resolution; ``"hybrid"`` under a liquidation horizon
     (SPEC-horizon.md §6.6: live marks are smooth, so differentiated pathwise;
     only the atoms resolved by the horizon are smoothed)."""
-    return "conditional" if book.settings.horizon_days is None else "hybrid"
+    return "conditional" if book.model_horizon_years is None else "hybrid"
 
 
 def sensitivities(
@@ -357,10 +368,11 @@ def sensitivities(
     estimator = default_estimator(book) if estimator is None else estimator
     if estimator not in ESTIMATORS:
         raise BookError("estimator", f"{estimator!r} is not one of {', '.join(ESTIMATORS)}")
-    if estimator == "conditional" and book.settings.horizon_days is not None:
+    if estimator == "conditional" and book.model_horizon_years is not None:
         raise BookError("estimator", "'conditional' integrates out each event's jump at "
-                                     "resolution; with a liquidation horizon the live marks "
-                                     "are smooth: use 'hybrid' (the default there)")
+                                     "resolution; with a liquidation horizon (or "
+                                     "underlyings) the marks are smooth: use 'hybrid' (the "
+                                     "default there)")
     s = book.settings
     arrays, layout, params = margin_inputs(book, dtype=dtype)
     sens = sensitivity_jit(arrays, params, jax.random.key(s.seed), s.scenarios,
@@ -433,6 +445,8 @@ def _report(book, layout, sens: SensitivityResult, temperature, estimator):
                     for k, name in enumerate(clusters)},
         horizon_days=(None if book.settings.horizon_days is None
                       else float(jac.horizon[0]) / DAYS_PER_YEAR),
+        spot={u.id: float(jac.spot[0, k]) for k, u in enumerate(book.underlyings)},
+        vol={u.id: float(jac.vol[0, k]) for k, u in enumerate(book.underlyings)},
         rho_standard_error=({} if err is None else
                             {name: float(err.rho[0, j]) for j, name in enumerate(nodes)}),
         loading_standard_error=({} if err is None else

@@ -141,7 +141,7 @@ def test_grad_under_jit_and_vmap_matches_a_loop():
 
 
 def eqx_set_rho(v: MarginVars, rho) -> MarginVars:
-    return MarginVars(v.quantity, v.price, rho, v.loading, v.horizon)
+    return MarginVars(v.quantity, v.price, rho, v.loading, v.horizon, v.spot, v.vol)
 
 
 @pytest.mark.parametrize("px, py, rho", [(0.001, 0.999, 0.68), (0.999, 0.001, 0.68),

@@ -364,7 +364,8 @@ def test_stress_addon_is_differentiable_in_quantity_and_price():
     key = jax.random.key(s.seed)
 
     def addon(q, p):
-        a = kj.MarginVars(q, p, arrays.rho, arrays.loading, arrays.horizon).into(arrays)
+        a = kj.MarginVars(q, p, arrays.rho, arrays.loading, arrays.horizon, arrays.spot,
+                           arrays.vol).into(arrays)
         return kj.margin_arrays(a, params, key, s.scenarios, top).addons[2]
 
     g_q, g_p = jax.grad(addon, argnums=(0, 1))(arrays.quantity, arrays.price)
@@ -372,7 +373,8 @@ def test_stress_addon_is_differentiable_in_quantity_and_price():
     # d addon / d q_A = (p_A - P_A) - d max(base, floor) / d q_A; the scenario part
     # is exact, so check it through the difference with the base's own gradient.
     def stressed(q, p):
-        a = kj.MarginVars(q, p, arrays.rho, arrays.loading, arrays.horizon).into(arrays)
+        a = kj.MarginVars(q, p, arrays.rho, arrays.loading, arrays.horizon, arrays.spot,
+                           arrays.vol).into(arrays)
         r = kj.margin_arrays(a, params, key, s.scenarios, top)
         return jnp.maximum(r.base, r.floor)
 
