@@ -22,7 +22,8 @@ def add_parsers(sub, distributed_options) -> None:
     sw.add_argument("--vary", action="append", required=True, metavar="NAME=START:STOP:COUNT",
                     help="an axis (repeatable; the grid is their product): NAME is "
                          "rho.<node>, loading.<cluster>, confidence, horizon_days, "
-                         "quantity.<contract> or price.<contract>; COUNT values from START "
+                         "quantity.<contract>, price.<contract>, spot.<underlying> or "
+                         "vol.<underlying>; COUNT values from START "
                          "to STOP, both included")
     sw.add_argument("--scenarios", type=int, help="Monte-Carlo draws (default: the book's)")
     sw.add_argument("--seed", type=int, help="PRNG seed (default: the book's)")

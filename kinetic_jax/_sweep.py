@@ -3,8 +3,8 @@ quantity and price values, all points on the same scenarios (common random
 numbers, SPEC.md §5.3).
 
 A sweep is a product grid of axes (``rho.<node>``, ``loading.<cluster>``,
-``confidence``, ``horizon_days``, ``quantity.<contract>``, ``price.<contract>``;
-linspace values,
+``confidence``, ``horizon_days``, ``quantity.<contract>``, ``price.<contract>``,
+``spot.<underlying>``, ``vol.<underlying>``; linspace values,
 both ends included). Every point is validated on the host by the same
 [`Book`][]/[`Hierarchy`][]/[`Settings`][] checks a margin call runs, so an
 invalid point carries exactly the message `kinetic-jax margin` would print for
@@ -81,7 +81,7 @@ from ._simulation import (
 from ._stress import stress_matrix
 from ._worst_case import OutcomeTable, build_outcome_table
 
-KINDS = ("rho", "loading", "confidence", "quantity", "price", "horizon_days")
+KINDS = ("rho", "loading", "confidence", "quantity", "price", "horizon_days", "spot", "vol")
 MAX_POINTS_PER_CALL = 64
 SENSITIVITY_POINTS_PER_CALL = 4
 CHUNK_ELEMENTS = 1 << 25  # (point, scenario, contract) entries per streamed chunk
@@ -170,7 +170,8 @@ def _resolve(book: Book, axis: Axis) -> _Target:
         return _Target(axis.name, "", -1)
     if kind not in KINDS or kind in ("confidence", "horizon_days") or not target:
         raise BookError(field, "NAME is not rho.<node>, loading.<cluster>, confidence, "
-                               "horizon_days, quantity.<contract> or price.<contract>")
+                               "horizon_days, quantity.<contract>, price.<contract>, "
+                               "spot.<underlying> or vol.<underlying>")
     if kind == "rho":
         if target not in h.node_names:
             raise BookError(field, f"unknown hierarchy node {target!r} (nodes: "
@@ -181,6 +182,12 @@ def _resolve(book: Book, axis: Axis) -> _Target:
             raise BookError(field, f"unknown cluster {target!r} (clusters: "
                                    f"{', '.join(h.cluster_names)})")
         return _Target(kind, target, h.cluster_names.index(target))
+    if kind in ("spot", "vol"):
+        ids = [u.id for u in book.underlyings]
+        if target not in ids:
+            raise BookError(field, f"unknown underlying {target!r} (underlyings: "
+                                   f"{', '.join(ids) or 'none'})")
+        return _Target(kind, target, ids.index(target))
     if target not in book.contract_ids:
         raise BookError(field, f"unknown contract {target!r}")
     return _Target(kind, target, book.contract_ids.index(target))
@@ -195,6 +202,8 @@ class Points(eqx.Module):
     loading: Float[Array, "P K"]
     confidence: Float[Array, " P"]
     horizon: Float[Array, " P"]  # liquidation horizon in years (inf: to resolution)
+    spot: Float[Array, "P U"]
+    vol: Float[Array, "P U"]
     wc_component: Int[Array, "P R"]
     wc_index: Int[Array, "P R W"]
     wc_yes: Float[Array, "P R W"]
@@ -205,11 +214,11 @@ def at_point(arrays: BookArrays, params: MarginParams, point: Points
              ) -> tuple[BookArrays, MarginParams]:
     """The book and parameters of one point (an unbatched slice of [`Points`][])."""
     arrays = eqx.tree_at(
-        lambda a: (a.quantity, a.price, a.rho, a.loading, a.horizon, a.wc_component,
-                   a.wc_index, a.wc_yes, a.stress_yes),
+        lambda a: (a.quantity, a.price, a.rho, a.loading, a.horizon, a.spot, a.vol,
+                   a.wc_component, a.wc_index, a.wc_yes, a.stress_yes),
         arrays,
-        (point.quantity, point.price, point.rho, point.loading, point.horizon,
-         point.wc_component, point.wc_index, point.wc_yes, point.stress_yes),
+        (point.quantity, point.price, point.rho, point.loading, point.horizon, point.spot,
+         point.vol, point.wc_component, point.wc_index, point.wc_yes, point.stress_yes),
     )
     return arrays, eqx.tree_at(lambda p: p.confidence, params, point.confidence)
 
@@ -512,7 +521,8 @@ def sweep_chunk_general(arrays: BookArrays, params: MarginParams, key, points: P
         (_, result), (d_q, d_conf) = jax.value_and_grad(margin_of, argnums=(0, 1),
                                                         has_aux=True)(a.quantity, p.confidence)
         cond = None
-        if any(kind in ("price", "rho", "loading", "horizon_days") for kind, _ in targets):
+        if any(kind in ("price", "rho", "loading", "horizon_days", "spot", "vol")
+               for kind, _ in targets):
             if a.dynamic:
                 # Under a horizon: live marks pathwise, resolved atoms smoothed (hybrid;
                 # SPEC-horizon.md §6.6); no batch standard errors.
@@ -535,6 +545,9 @@ def sweep_chunk_general(arrays: BookArrays, params: MarginParams, key, points: P
                 mean, err = cond
                 d[name] = mean.horizon[0] / DAYS_PER_YEAR
                 e[name] = err.horizon[0] / DAYS_PER_YEAR
+            elif kind in ("spot", "vol"):
+                mean, err = cond
+                d[name], e[name] = getattr(mean, kind)[0, slot], getattr(err, kind)[0, slot]
             else:
                 mean, err = cond
                 d[name], e[name] = getattr(mean, kind)[0, slot], getattr(err, kind)[0, slot]
@@ -734,6 +747,19 @@ class _Grid:
                     self._settings[horizon] = str(e)
             if self._settings[horizon] is not None:
                 return self._settings[horizon], (), ()
+        under = self._values(idx, ("spot", "vol"))
+        if under:
+            if under not in self._settings:
+                try:
+                    us = list(self.book.underlyings)
+                    for kind, slot, v in under:
+                        us[slot] = dataclasses.replace(us[slot], **{kind: v})
+                    dataclasses.replace(self.book, underlyings=tuple(us))
+                    self._settings[under] = None
+                except BookError as e:
+                    self._settings[under] = str(e)
+            if self._settings[under] is not None:
+                return self._settings[under], (), ()
         hier_key = self._values(idx, ("rho", "loading"))
         if hier_key not in self._hierarchies:
             try:
@@ -798,7 +824,7 @@ class _Grid:
         tile = lambda x: np.tile(np.asarray(x, np.float64), (p,) + (1,) * np.ndim(x))  # noqa
         leaves = {"quantity": tile(a.quantity), "price": tile(a.price), "rho": tile(a.rho),
                   "loading": tile(a.loading), "confidence": tile(self.params.confidence),
-                  "horizon": tile(a.horizon)}
+                  "horizon": tile(a.horizon), "spot": tile(a.spot), "vol": tile(a.vol)}
         for ax, (t, axis) in enumerate(zip(self.targets, self.axes)):
             v = np.asarray(axis.values)[idx[:, ax]]
             if t.kind == "confidence":
@@ -824,7 +850,8 @@ class _Grid:
         f = lambda x: jnp.asarray(x, dtype)  # noqa: E731
         return Points(f(leaves["quantity"]), f(leaves["price"]), f(leaves["rho"]),
                       f(leaves["loading"]), f(leaves["confidence"]), f(leaves["horizon"]),
-                      jnp.asarray(comp), jnp.asarray(index), f(yes), f(stress))
+                      f(leaves["spot"]), f(leaves["vol"]), jnp.asarray(comp),
+                      jnp.asarray(index), f(yes), f(stress))
 
 
 def sweep(
