@@ -108,6 +108,14 @@ from ._sweep import (
     sweep as sweep,
 )
 from ._synthetic import ladder_book as ladder_book, random_book as random_book
+from ._underlyings import (
+    Underlying as Underlying,
+    UnderlyingReport as UnderlyingReport,
+    effective_strike as effective_strike,
+    mark_at_spot as mark_at_spot,
+    model_probability as model_probability,
+    underlying_reports as underlying_reports,
+)
 from ._whatif import (
     MarginSession as MarginSession,
     WhatIfReport as WhatIfReport,
