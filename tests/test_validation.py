@@ -113,7 +113,7 @@ for name, hier, path, field in [
     ("unknown-top", False, ("portfolio",), "book.portfolio"),
     ("unknown-model", False, ("model", "scenario"), "model.scenario"),
     ("unknown-addons", False, ("addons",), "addons.buffer"),
-    ("unknown-contract", False, ("contracts", 0, "strike_price"), _c(0, "BTC-100K") + ".strike_price"),
+    ("unknown-contract", False, ("contracts", 0, "strik"), _c(0, "BTC-100K") + ".strik"),
     ("unknown-position", False, ("positions", 1, "qty"), "positions[1].qty"),
     ("unknown-hierarchy", True, ("hierarchy", 1, "weight"), "hierarchy[1].weight"),
     ("unknown-cluster-key", True, ("clusters", 2, "beta"), "clusters[2].beta"),
