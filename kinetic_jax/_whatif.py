@@ -3,7 +3,8 @@
 A [`MarginSession`][] simulates the book once and keeps on the device what a
 change of quantities needs:
 
-    yes       (C, N)      the outcome matrix, uint8 (contract slots x scenarios)
+    yes       (C, N)      the outcome matrix, uint8 (contract slots x scenarios);
+                          under a horizon the marks, in the values' dtype
     losses    (K + 1, N)  each scenario's loss per cluster and for the book
     weights   (N,)        likelihood ratios (1 for plain sampling, 0 on padding)
 
@@ -85,7 +86,7 @@ MIN_TRADES = 8  # trade vectors are padded to a power of two >= this
 class SessionState(eqx.Module):
     """What a what-if needs from the simulation (see module doc)."""
 
-    yes: UInt8[Array, "C Np"]
+    yes: UInt8[Array, "C Np"] | Float[Array, "C Np"]  # marks (values' dtype) at a horizon
     losses: Float[Array, "K+1 Np"]
     weights: Float[Array, " Np"]
 
@@ -96,7 +97,9 @@ def _outcome_step(arrays: BookArrays, scenarios: int):
         yes = contract_outcomes(latents_from_noise(noise, arrays), arrays)
         valid = index < scenarios
         losses = jnp.where(valid[:, None], row_losses(arrays, yes), -jnp.inf)
-        return yes.astype(jnp.uint8), losses, jnp.where(valid, jnp.exp(log_w), 0.0)
+        # 0/1 outcomes fit in a byte; marks at a horizon (and linear values) do not.
+        kept = yes.astype(arrays.price.dtype if arrays.dynamic else jnp.uint8)
+        return kept, losses, jnp.where(valid, jnp.exp(log_w), 0.0)
 
     return fn
 
@@ -401,6 +404,12 @@ class MarginSession:
             raise BookError(f"trades ({e.field})", e.detail) from None
         s = book.settings
         arrays, layout = book_arrays(book, self._dtype)
+        if arrays.dynamic:
+            # Marks of new contracts on existing events (and parlays over them) need
+            # the whole revealed state: simulate the extended book, as a full call does.
+            state, _ = _simulate(arrays, self._params.confidence, self._key, s.scenarios,
+                                 s.sampler, None)
+            return book, arrays, layout, state
         old = self.book.contracts
         n_old = len(old)
         ids = {c.id: i for i, c in enumerate(book.contracts)}
