@@ -688,7 +688,10 @@ def create_app(
                                                       "(null if unavailable)"),
         histogram: bool = Query(True, description="include the loss histogram"),
     ):
-        """Margins a book: `report` (SPEC.md §4, MarginReport.to_dict()), `waterfall`,
+        """Margins a book: `report` (SPEC.md §4, MarginReport.to_dict(), the object
+        `kinetic-jax margin --json` prints: with `horizon_days` (null: to resolution),
+        `as_of` and per contract `contracts` [{id, implied_probability, tau,
+        resolved_by_horizon, stressed_marks}], SPEC-horizon.md §6.7), `waterfall`,
         `histogram` (the simulated loss distribution of the book with `var` and `es`
         of the same draws), `sensitivities`, `hierarchy`, `timing`."""
         kinds = ("margin", "sensitivities") if sensitivities else ("margin",)

@@ -31,6 +31,7 @@ SETTING_BOUNDS: dict[str, tuple] = {
     "liquidity": ("boolean", None, None, False, False),
     "liquidity_threshold": ("number", 0, 1, False, False),
     "liquidity_rate": ("number", 0, 10, False, False),
+    "horizon_days": ("number", 0, 365, True, False),  # None: to resolution (SPEC-horizon §6.1)
 }
 # Per-contract and per-position amounts (kinetic_jax._book: MAX_AMOUNT, MIN_OPEN_INTEREST).
 MAX_AMOUNT = 1e15
@@ -39,6 +40,12 @@ CONTRACT_TYPES = ("above", "below", "binary", "outcome", "parlay")
 KEYS_OF_TYPE = {"above": ["event", "threshold"], "below": ["event", "threshold"],
                 "binary": [], "outcome": ["event", "outcome"], "parlay": ["legs"]}
 CONFIDENCE_CHOICES = (0.9, 0.95, 0.975, 0.99, 0.995, 0.999)
+# The page's horizon control: resolution (None) or these liquidation horizons in
+# days (OCC STANS margins over 2 days, CME SPAN 2 over 1). A book may set any
+# value in the bounds above; the page shows it as an extra choice.
+HORIZON_CHOICES = (1, 2, 5, 10)
+# Formats of the string settings (JSON schema "format").
+SETTING_FORMATS = {"as_of": "date"}
 SETTING_DESCRIPTIONS = {
     "confidence": "ES level alpha", "scenarios": "Monte-Carlo draws",
     "seed": "PRNG seed", "ladder_tolerance": "accepted ladder nesting violation",
@@ -47,6 +54,10 @@ SETTING_DESCRIPTIONS = {
     "liquidity": "liquidity add-on", "liquidity_threshold": "|q| / open interest threshold",
     "liquidity_rate": "liquidity add-on rate",
     "stress_addon": "stress add-on: the worst stress-scenario loss above max(base, floor)",
+    "sampler": "scenario sampler",
+    "horizon_days": "liquidation horizon in calendar days (SPEC-horizon.md §6): the loss over "
+                    "the horizon, positions marked at it; absent or null: to resolution (v1)",
+    "as_of": "the date (YYYY-MM-DD) contract dates (`resolves`) count from",
 }
 
 
@@ -56,10 +67,14 @@ def setting_defaults() -> dict:
 
 
 def setting_tables() -> dict[str, str]:
-    """Setting name -> its book table (``model`` or ``addons``), as
-    ``kinetic_jax.book_to_dict`` writes them."""
+    """Setting name -> its book table (``model`` or ``addons``), for every field
+    of ``kinetic_jax.Settings``: as ``kinetic_jax.book_to_dict`` writes them.
+    It always writes the ``[addons]`` table whole, and leaves out the ``[model]``
+    settings that are unset (None: `horizon_days`, `as_of`), so a setting it
+    does not write for the default book is a ``[model]`` one."""
     empty = kj.book_to_dict(kj.Book(()))
-    return {name: table for table in ("model", "addons") for name in empty[table]}
+    written = {name: table for table in ("model", "addons") for name in empty[table]}
+    return {f.name: written.get(f.name, "model") for f in dataclasses.fields(kj.Settings)}
 
 
 def setting_bounds(name: str) -> tuple:
@@ -74,12 +89,18 @@ def setting_bounds(name: str) -> tuple:
 
 def _bound_schema(name: str, limits: service.Limits) -> dict:
     kind, low, high, low_open, high_open = setting_bounds(name)
-    out: dict = {"type": kind, "default": setting_defaults()[name],
+    default = setting_defaults()[name]
+    # A setting that is None by default may be given as null (= not given).
+    out: dict = {"type": kind if default is not None else [kind, "null"], "default": default,
                  "description": SETTING_DESCRIPTIONS.get(name, name.replace("_", " "))}
+    if name in SETTING_FORMATS:
+        out["format"] = SETTING_FORMATS[name]
     if low is not None:
         out["exclusiveMinimum" if low_open else "minimum"] = low
     if high is not None:
         out["exclusiveMaximum" if high_open else "maximum"] = high
+    if name == "horizon_days":
+        out["examples"] = list(HORIZON_CHOICES)
     if name == "scenarios":  # the service's own, narrower set
         out["enum"] = list(limits.scenarios)
         out["minimum"], out["maximum"] = min(limits.scenarios), max(limits.scenarios)
@@ -154,6 +175,12 @@ def book_schema(limits: service.Limits) -> dict:
                                           "maximum": MAX_AMOUNT},
                         "probability": {"type": "number", "exclusiveMinimum": 0,
                                         "exclusiveMaximum": 1},
+                        "resolves": {"type": "string", "format": "date",
+                                     "description": "the event's resolution date, after "
+                                                    "model.as_of (one date per event; not on "
+                                                    "a parlay)"},
+                        "resolves_in": {"type": "number", "exclusiveMinimum": 0,
+                                        "description": "or the time to resolution in years"},
                     },
                 },
             },
@@ -208,6 +235,7 @@ def config(limits: service.Limits, max_body_bytes: int) -> dict:
                           "min": low, "max": high, "min_open": low_open, "max_open": high_open}
     settings["scenarios"]["choices"] = list(limits.scenarios)
     settings["confidence"]["choices"] = list(CONFIDENCE_CHOICES)
+    settings["horizon_days"]["choices"] = list(HORIZON_CHOICES)
     return {
         "contract_types": list(CONTRACT_TYPES),
         "keys_of_type": KEYS_OF_TYPE,
@@ -221,16 +249,16 @@ def config(limits: service.Limits, max_body_bytes: int) -> dict:
 
 
 BOOK_EXAMPLE: dict = {
-    "model": {"confidence": 0.99, "scenarios": 131072, "seed": 0},
+    "model": {"confidence": 0.99, "scenarios": 131072, "seed": 0, "as_of": "2026-06-01"},
     "contracts": [
         {"id": "BTC-100K-DEC", "cluster": "BTC", "type": "above", "event": "BTC-DEC",
-         "threshold": 100000, "price": 0.55},
+         "threshold": 100000, "price": 0.55, "resolves": "2026-12-31"},
         {"id": "BTC-110K-DEC", "cluster": "BTC", "type": "above", "event": "BTC-DEC",
-         "threshold": 110000, "price": 0.33},
+         "threshold": 110000, "price": 0.33, "resolves": "2026-12-31"},
         {"id": "PRES-A", "cluster": "Election", "type": "outcome", "event": "PRES-2028",
-         "outcome": "A", "price": 0.40},
+         "outcome": "A", "price": 0.40, "resolves": "2028-11-07"},
         {"id": "PRES-B", "cluster": "Election", "type": "outcome", "event": "PRES-2028",
-         "outcome": "B", "price": 0.30},
+         "outcome": "B", "price": 0.30, "resolves": "2028-11-07"},
     ],
     "positions": [
         {"contract": "BTC-100K-DEC", "quantity": 1000},

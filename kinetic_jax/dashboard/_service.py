@@ -32,6 +32,12 @@ MAX_CONTRACTS = 2000
 MAX_CONTRACTS_PER_EVENT = 500
 MAX_PARLAYS = 64
 MAX_POSITIONS = 4000
+# Under a liquidation horizon, a parlay whose live legs share correlated loaded
+# factors is marked by a Gauss-Hermite integral over those factors (at most 3):
+# scenarios x parlays x legs x QUADRATURE_NODES ** factors evaluations. The
+# reference book at 1,048,576 scenarios needs 2^32 (one parlay on BTC and ETH).
+MAX_QUADRATURE = 1 << 32
+QUADRATURE_NODES = 32  # per factor (kinetic_jax._marks.NODES; SPEC-horizon §6.5)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +48,9 @@ class Limits:
     event, so its size grows with the square of the contracts of one event:
     `max_contracts_per_event` bounds it; `max_contracts`, `max_positions` and
     `max_cells` (scenarios x contracts) bound the simulation; `max_parlays`
-    bounds the joint enumeration of parlay-linked events.
+    bounds the joint enumeration of parlay-linked events; `max_quadrature`
+    bounds the parlay marks at a liquidation horizon (scenarios x parlays x legs
+    x Gauss-Hermite nodes).
     """
 
     max_contracts: int = MAX_CONTRACTS
@@ -50,6 +58,7 @@ class Limits:
     max_parlays: int = MAX_PARLAYS
     max_positions: int = MAX_POSITIONS
     max_cells: int = MAX_CELLS
+    max_quadrature: int = MAX_QUADRATURE
     scenarios: tuple[int, ...] = SCENARIO_CHOICES
 
     def __post_init__(self):
@@ -110,9 +119,34 @@ class ProgramCache:
 
 def program_key(kind: str, book: Book) -> tuple:
     """The name of the program a request runs: its kind, scenario count and
-    contracts padded to a power of two (the engine pads shapes to buckets)."""
+    contracts padded to a power of two (the engine pads shapes to buckets); under
+    a liquidation horizon (a program of its own) also the shape of its parlay
+    quadrature, which depends on the parlays' legs still live at the horizon."""
     n = max(1, len(book.contracts))
-    return kind, book.settings.scenarios, 1 << (n - 1).bit_length()
+    key = (kind, book.settings.scenarios, 1 << (n - 1).bit_length())
+    if book.settings.horizon_days is None:
+        return key
+    return (*key, "horizon", *quadrature_shape(book))
+
+
+def quadrature_shape(book: Book) -> tuple[int, int, int]:
+    """``(parlays, legs, factors)`` of the Gauss-Hermite parlay marks of `book`
+    at its horizon, as ``kinetic_jax.book_arrays`` lays them out (padded);
+    ``(0, 0, 0)`` in resolution mode or without such parlays."""
+    if book.settings.horizon_days is None:
+        return 0, 0, 0
+    arrays, _ = kj.book_arrays(book)
+    parlays, factors = arrays.quad_cluster.shape
+    return parlays, (arrays.legs.shape[1] if parlays else 0), factors
+
+
+def quadrature_work(book: Book) -> int:
+    """Gauss-Hermite evaluations of `book`'s parlay marks: scenarios x parlays x
+    legs x QUADRATURE_NODES ** factors (0 in resolution mode)."""
+    parlays, legs, factors = quadrature_shape(book)
+    if not parlays:
+        return 0
+    return book.settings.scenarios * parlays * legs * QUADRATURE_NODES ** factors
 
 
 _counter: kj.CompileCounter | None = None
@@ -179,6 +213,17 @@ def check_limits(book: Book, limits: Limits = Limits()) -> None:
             "model.scenarios",
             f"{n:,} scenarios x {len(book.contracts)} contracts = {cells:,} simulated outcomes, "
             f"above the service's limit of {limits.max_cells:,}; lower the scenario count",
+        )
+    work = quadrature_work(book)
+    if work > limits.max_quadrature:
+        parlays, legs, factors = quadrature_shape(book)
+        raise BookError(
+            "model.horizon_days",
+            f"{book.settings.horizon_days!r} days leaves {parlays:,} parlay(s) (padded) with "
+            f"live legs on {factors} correlated loaded factor(s): {n:,} scenarios x {parlays:,} "
+            f"x {legs} legs x {QUADRATURE_NODES}^{factors} nodes = {work:,} quadrature "
+            f"evaluations, above the service's limit of {limits.max_quadrature:,}; lower the "
+            f"scenario count",
         )
 
 

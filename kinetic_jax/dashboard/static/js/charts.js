@@ -1,7 +1,7 @@
 // Tiles, charts and the cluster table. plotly.js (served by this server) is
 // loaded after the first paint; every label taken from the book is escaped,
 // so a contract id is shown as text, never rendered as markup.
-import { $, S, el, money, money2, pct } from "./state.js";
+import { $, S, el, horizonText, money, money2, pct } from "./state.js";
 
 const BINDING_TEXT = {
   base: "joint expected shortfall of the book",
@@ -50,13 +50,17 @@ export function renderResult(elapsed) {
   $("t-worst-n").textContent = rep.worst_case_exact ? "exact netting of every outcome" : "upper bound (book too large to solve exactly)";
   $("t-margin").textContent = money(rep.margin);
   $("t-margin-n").textContent = `±${money(rep.standard_error)} s.e. · ES ${rep.confidence}`;
+  // The horizon in force: the one this result was computed at.
+  const horizon = horizonText(rep);
+  $("t-horizon").textContent = horizon;
+  $("t-horizon").dataset.horizon = rep.horizon_days === null || rep.horizon_days === undefined ? "resolution" : String(rep.horizon_days);
   $("t-released").textContent = pct(rep.capital_released);
   $("t-binding").textContent = rep.binding;
   $("t-binding-n").textContent = BINDING_TEXT[rep.binding] || "";
   renderClusters();
   const t = res.timing;
   $("footer").textContent = `Margin computed in ${Math.round(elapsed)} ms (engine ${Math.round(t.margin_ms)} ms) · ` +
-    `${rep.scenarios.toLocaleString("en-US")} scenarios · seed ${rep.seed} · ES level ${rep.confidence} · ` +
+    `${horizon} · ${rep.scenarios.toLocaleString("en-US")} scenarios · seed ${rep.seed} · ES level ${rep.confidence} · ` +
     `base ${money2(rep.base)} ± ${money2(rep.base_standard_error)} · floor ${money2(rep.floor)} · sqrt(ESᵀRES) ${money2(rep.aggregate_diagnostic)}`;
   return Promise.all([renderWaterfall(), renderHeatmap(), renderHistogram()]);
 }
@@ -164,7 +168,9 @@ export function renderSensitivities() {
   const dollars = metric !== "d_quantity";
   const more = items.length > shown.length ? ` (top ${shown.length} of ${items.length} by size)` : "";
   const sum = metric === "allocation" ? `allocation sum ${money(s.allocation_total)}` : `Euler sum ${money(s.euler_total)}`;
-  hint.textContent = `margin ${money(s.margin)} · ${sum}${more} · orange raises, green lowers the margin` +
+  const perDay = s.horizon_days === null || s.horizon_days === undefined ? ""
+    : ` · ∂M/∂horizon ${money2(s.horizon_days)} per day`;
+  hint.textContent = `margin ${money(s.margin)} · ${sum}${perDay}${more} · orange raises, green lowers the margin` +
     (S.sensMs ? ` · ${Math.round(S.sensMs)} ms` : "");
   return plot("sensitivities", [{
     type: "bar", orientation: "h", y: shown.map((x) => plotText(x[0])), x: shown.map((x) => x[1]),

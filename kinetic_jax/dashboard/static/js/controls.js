@@ -1,7 +1,7 @@
 // The model panel: correlation sliders, loadings, settings, add-ons, and the
 // hierarchy tree. Choices and bounds come from /api/config.
 import {
-  $, S, defaultOf, el, ensureExplicitHierarchy, hooks, locateServerError, money, parseNum,
+  $, ISO_DATE, S, defaultOf, el, ensureExplicitHierarchy, hooks, locateServerError, money, parseNum,
   setting,
 } from "./state.js";
 
@@ -89,6 +89,9 @@ export function renderControls() {
   choices($("scenarios"), setting("scenarios").choices || [], S.model.scenarios ?? defaultOf("scenarios"),
     (x) => x.toLocaleString("en-US"));
   $("seed").value = S.model.seed ?? defaultOf("seed");
+  $("as_of").value = S.model.as_of ?? "";
+  $("as_of").classList.remove("invalid");
+  renderHorizon();
   for (const name of ["mc_error", "liquidity"]) $(name).checked = S.addons[name] ?? defaultOf(name);
   $("stress_addon").checked = S.model.stress_addon ?? defaultOf("stress_addon");
   for (const name of ["mc_error_z", "liquidity_threshold", "liquidity_rate"]) $(name).value = S.addons[name] ?? defaultOf(name);
@@ -113,11 +116,43 @@ function numberControl(name, target) {
   });
 }
 
+// The horizon control: Resolution (no model.horizon_days: v1) and the choices of
+// /api/config, plus the book's own value when it is another one.
+export function renderHorizon() {
+  const current = S.model.horizon_days ?? null;
+  const choices = (setting("horizon_days").choices || []).slice();
+  if (current !== null && !choices.includes(current)) choices.push(current);
+  choices.sort((a, b) => a - b);
+  const button = (value, text, title) => el("button", {
+    type: "button", class: "seg-b" + (value === current ? " on" : ""), "data-horizon": value === null ? "resolution" : String(value),
+    "aria-pressed": value === current ? "true" : "false", title, text,
+    onclick: () => setHorizon(value),
+  });
+  $("horizon").replaceChildren(
+    button(null, "Resolution", "Margin every contract to its resolution (v1)"),
+    ...choices.map((d) => button(d, `${d} d`, `Margin the loss over a ${d}-day liquidation horizon`)));
+}
+
+function setHorizon(value) {
+  if ((S.model.horizon_days ?? null) === value) return;
+  if (value === null) delete S.model.horizon_days; else S.model.horizon_days = value;
+  renderHorizon();
+  hooks.schedule(0);
+}
+
 // `on`: {compute, rerun, logy, sens, addRow, addScenario, exportToml, importToml, reset}.
 export function wireControls(on) {
   $("confidence").addEventListener("change", (e) => { S.model.confidence = Number(e.target.value); hooks.schedule(0); });
   $("scenarios").addEventListener("change", (e) => { S.model.scenarios = Number(e.target.value); hooks.schedule(0); });
   numberControl("seed", () => S.model);
+  $("as_of").addEventListener("input", (e) => {
+    const v = e.target.value.trim();
+    const ok = v === "" || ISO_DATE.test(v);
+    e.target.classList.toggle("invalid", !ok);
+    if (!ok) return;
+    if (v === "") delete S.model.as_of; else S.model.as_of = v;
+    hooks.schedule();
+  });
   for (const name of ["mc_error_z", "liquidity_threshold", "liquidity_rate"]) numberControl(name, () => S.addons);
   for (const name of ["mc_error", "liquidity"]) {
     $(name).addEventListener("change", (e) => { S.addons[name] = e.target.checked; hooks.schedule(0); });

@@ -4,7 +4,7 @@
 export const S = {
   model: {}, addons: {}, hierarchy: null, clusters: null,   // book parts besides contracts
   stress: [],        // one per stress scenario: {uid, name, factors: [[node, value text]], resolve: [[contract, "YES"|"NO"]]}
-  rows: [],          // one per contract: {uid, id, cluster, type, event, threshold, outcome, legs, price, open_interest, probability, quantity}
+  rows: [],          // one per contract: {uid, id, cluster, type, event, threshold, outcome, legs, resolves, price, open_interest, probability, quantity}
   ui: { auto: true, logy: false, sens: "euler", filter: "All" },
   uid: 0,
   rowErrors: {},     // uid -> {key: message} (client checks)
@@ -63,6 +63,8 @@ export function applyBook(book) {
     id: c.id, cluster: c.cluster, type: c.type,
     event: fmtNum(c.event), threshold: fmtNum(c.threshold), outcome: fmtNum(c.outcome),
     legs: (c.legs || []).join(", "),
+    // One cell for the date: resolves (YYYY-MM-DD) or resolves_in (years).
+    resolves: c.resolves != null ? String(c.resolves) : fmtNum(c.resolves_in),
     price: fmtNum(c.price), open_interest: fmtNum(c.open_interest),
     probability: c.probability, quantity: fmtNum(qty[c.id] || 0),
   }));
@@ -86,6 +88,7 @@ export const parseNum = (s) => {
   if (t === "" || !/^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$/.test(t)) return NaN;
   return Number(t);
 };
+export const ISO_DATE = /^\d{4}-\d{2}-\d{2}$/;
 export const splitLegs = (s) => String(s).split(/[,\s]+/).map((x) => x.trim()).filter(Boolean);
 export const keysOf = (type) => CONFIG.keys_of_type[type] || [];
 // The event a row belongs to (as the server keys events): its event, else its id.
@@ -117,6 +120,10 @@ function checkRow(r, ids) {
     else if (!Number.isFinite(t)) err.threshold = "threshold must be a number";
   }
   if (r.type === "outcome" && !String(r.outcome).trim()) err.outcome = "outcome name is required";
+  const when = String(r.resolves ?? "").trim();
+  if (r.type !== "parlay" && when && !ISO_DATE.test(when) && !(parseNum(when) > 0)) {
+    err.resolves = `resolves ${when} is neither a date (YYYY-MM-DD) nor years to resolution (> 0)`;
+  }
   if (r.type === "parlay") {
     const legs = splitLegs(r.legs);
     if (legs.length < 2) err.legs = "a parlay needs at least 2 legs (comma-separated contract ids)";
@@ -149,6 +156,13 @@ export function rowContract(r) {
   if (keys.includes("threshold")) c.threshold = parseNum(r.threshold);
   if (keys.includes("outcome")) c.outcome = String(r.outcome).trim();
   if (keys.includes("legs")) c.legs = splitLegs(r.legs);
+  const when = String(r.resolves ?? "").trim();
+  if (r.type !== "parlay" && when) {
+    // A date is `resolves`, a number `resolves_in` (years); anything else is sent
+    // as typed, so the server names it.
+    if (!ISO_DATE.test(when) && Number.isFinite(parseNum(when))) c.resolves_in = parseNum(when);
+    else c.resolves = when;
+  }
   if (String(r.open_interest).trim() !== "") c.open_interest = parseNum(r.open_interest);
   if (r.probability !== undefined && r.probability !== null && r.type !== "parlay") c.probability = r.probability;
   return c;
@@ -195,7 +209,10 @@ export function ensureExplicitHierarchy() {
 export function locateServerError(err) {
   if (!err || !Array.isArray(err.path) || !err.path.length) return null;
   const [head, index, key] = err.path;
-  if (head === "contracts" && Number.isInteger(index)) return { uid: S.sentRows[index], key: typeof key === "string" ? key : "id" };
+  if (head === "contracts" && Number.isInteger(index)) {
+    const cell = typeof key !== "string" ? "id" : key === "resolves_in" ? "resolves" : key;
+    return { uid: S.sentRows[index], key: cell };
+  }
   if (head === "positions" && Number.isInteger(index)) return { uid: S.sentPositions[index], key: key === "contract" || typeof key !== "string" ? "id" : key };
   if (head === "contracts" && err.event) {
     const uids = S.rows.filter((r) => eventOf(r) === err.event).map((r) => r.uid);
@@ -212,4 +229,12 @@ export function locateServerError(err) {
   if (head === "model") return { control: "model" };
   if (head === "addons") return { control: "addons" };
   return null;
+}
+
+// The horizon a report was computed at, in words: "to resolution" or
+// "2-day horizon, as of 2026-06-01".
+export function horizonText(report) {
+  if (!report || report.horizon_days === null || report.horizon_days === undefined) return "to resolution";
+  const h = `${report.horizon_days}-day horizon`;
+  return report.as_of ? `${h}, as of ${report.as_of}` : h;
 }

@@ -1,7 +1,7 @@
 // The positions table: one row per contract, edited in place.
 import {
-  $, CONFIG, S, checkAll, clusterNames, el, hideBanner, hooks, keysOf, locateServerError, money,
-  parseNum, showBanner,
+  $, CONFIG, S, checkAll, clusterNames, el, eventOf, hideBanner, hooks, horizonText, keysOf,
+  locateServerError, money, parseNum, showBanner,
 } from "./state.js";
 import { previewRow } from "./whatif.js";
 
@@ -9,6 +9,29 @@ function grossOf(r) {
   const p = parseNum(r.price), q = parseNum(r.quantity === "" ? "0" : r.quantity);
   if (!Number.isFinite(p) || !Number.isFinite(q)) return null;
   return Math.max(q * p, -q * (1 - p));
+}
+
+// Per contract id, its figures at the horizon (report.contracts) from the result
+// on show; null in resolution mode, where tau is 1 and the marks are the 0/1
+// indicators, so the two columns are hidden.
+function horizonFigures() {
+  const rep = S.result && S.result.report;
+  if (!rep || rep.horizon_days === null || rep.horizon_days === undefined) return null;
+  return new Map((rep.contracts || []).map((c) => [c.id, c]));
+}
+const mark = (x) => x.toFixed(3);
+function tauCell(h) {
+  if (!h) return el("td", { class: "num hz tau", text: "–" });
+  const text = h.resolved_by_horizon ? "resolved" : h.tau.toPrecision(3);
+  return el("td", { class: "num hz tau" + (h.resolved_by_horizon ? " resolved" : ""), "data-tau": String(h.tau), text,
+    title: h.resolved_by_horizon ? "resolves by the horizon (τ = 1): marked at its outcome"
+      : `τ = ${h.tau}: ${(100 * h.tau).toFixed(2)}% of the event's information is revealed by the horizon` });
+}
+function marksCell(h) {
+  const m = h && h.stressed_marks;
+  if (!m) return el("td", { class: "num hz marks", text: "–", title: h ? "a parlay: its mark depends on several events" : "" });
+  return el("td", { class: "num hz marks", "data-marks": JSON.stringify(m), text: `${mark(m[0])} / ${mark(m[1])}`,
+    title: `implied probability ${mark(h.implied_probability)}; mark at the horizon ${mark(m[0])} (Z at its 1% quantile) … ${mark(m[1])} (Z at 99%)` });
 }
 
 function renderChips() {
@@ -23,8 +46,25 @@ function renderChips() {
 
 function cellInput(r, key, { cls = "", disabled = false, placeholder = "" } = {}) {
   const input = el("input", { class: cls, value: r[key] ?? "", disabled, placeholder, "data-key": key, spellcheck: "false" });
-  input.addEventListener("input", () => { r[key] = input.value; onRowEdit(r, input); previewRow(r); });
+  input.addEventListener("input", () => {
+    r[key] = input.value;
+    if (key === "resolves") sameDateOnEvent(r);
+    onRowEdit(r, input); previewRow(r);
+  });
   return input;
+}
+
+// One date per event (SPEC-horizon §6.10): a date typed on one row is set on
+// every other contract of its event too.
+function sameDateOnEvent(r) {
+  const event = eventOf(r);
+  if (event === null) return;
+  for (const x of S.rows) {
+    if (x === r || x.type === "parlay" || eventOf(x) !== event) continue;
+    x.resolves = r.resolves;
+    const cell = document.querySelector(`#positions tr[data-uid="${x.uid}"] [data-key="resolves"]`);
+    if (cell) cell.value = x.resolves;
+  }
 }
 function cellSelect(r, key, options) {
   const s = el("select", { "data-key": key }, ...options.map((o) => el("option", { value: o, text: o, selected: o === r[key] })));
@@ -67,6 +107,8 @@ export function renderPositions() {
   tbody.replaceChildren();
   const names = clusterNames();
   const types = CONFIG.contract_types;
+  const horizon = horizonFigures();
+  $("positions").classList.toggle("hz-off", !horizon);
   for (const r of S.rows) {
     if (S.ui.filter !== "All" && r.cluster !== S.ui.filter) continue;
     const keys = keysOf(r.type);
@@ -79,15 +121,18 @@ export function renderPositions() {
       el("td", { class: "w-thr" }, cellInput(r, "threshold", { cls: "num", disabled: !keys.includes("threshold") })),
       el("td", { class: "w-out" }, cellInput(r, "outcome", { disabled: !keys.includes("outcome") })),
       el("td", { class: "w-legs" }, cellInput(r, "legs", { disabled: !keys.includes("legs"), placeholder: keys.includes("legs") ? "LEG-A, LEG-B" : "" })),
+      el("td", { class: "w-res" }, cellInput(r, "resolves", { disabled: r.type === "parlay", placeholder: r.type === "parlay" ? "" : "YYYY-MM-DD" })),
       el("td", { class: "w-price" }, cellInput(r, "price", { cls: "num" })),
       el("td", { class: "w-oi" }, cellInput(r, "open_interest", { cls: "num" })),
       el("td", { class: "w-qty" }, cellInput(r, "quantity", { cls: "num qty" })),
       el("td", { class: "num gross", text: money(grossOf(r)) }),
+      tauCell(horizon && horizon.get(String(r.id).trim())),
+      marksCell(horizon && horizon.get(String(r.id).trim())),
       el("td", {}, el("button", { type: "button", class: "del", title: "Delete row", text: "×",
         onclick: () => deleteRow(r) })),
     );
     tbody.append(tr);
-    tbody.append(el("tr", { class: "err-line", "data-err-for": r.uid, hidden: true }, el("td", { colspan: 12 })));
+    tbody.append(el("tr", { class: "err-line", "data-err-for": r.uid, hidden: true }, el("td", { colspan: 15 })));
   }
   renderPositionsErrorsOnly();
   if (focusKey) {
@@ -95,7 +140,8 @@ export function renderPositions() {
     if (inp) { inp.focus(); if (focusKey[2] != null && inp.setSelectionRange) try { inp.setSelectionRange(focusKey[2], focusKey[2]); } catch (e) { /* selects */ } }
   }
   const held = S.rows.filter((r) => parseNum(r.quantity) !== 0).length;
-  $("pos-hint").textContent = `${S.rows.length} contracts, ${held} positions (q > 0 long YES, q < 0 short YES)`;
+  $("pos-hint").textContent = `${S.rows.length} contracts, ${held} positions (q > 0 long YES, q < 0 short YES)` +
+    (horizon ? ` · τ and marks at the ${horizonText(S.result.report)}` : "");
 }
 
 // Updates only the error marks (keeps focus and caret while typing).
@@ -126,7 +172,7 @@ export function addRow() {
   const ids = new Set(S.rows.map((r) => r.id));
   while (ids.has(`${cluster.toUpperCase()}-NEW-${n}`)) n++;
   const r = { uid: ++S.uid, id: `${cluster.toUpperCase()}-NEW-${n}`, cluster, type: "binary", event: "",
-    threshold: "", outcome: "", legs: "", price: "0.5", open_interest: "", probability: undefined, quantity: "0" };
+    threshold: "", outcome: "", legs: "", resolves: "", price: "0.5", open_interest: "", probability: undefined, quantity: "0" };
   // Insert after the last row of the same cluster.
   let at = -1;
   S.rows.forEach((x, i) => { if (x.cluster === cluster) at = i; });
