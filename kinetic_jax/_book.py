@@ -530,9 +530,12 @@ def _validate_dates(book: Book) -> None:
         if not c.has_event:
             for key in ("resolves", "resolves_in"):
                 if getattr(c, key) is not None:
+                    value = getattr(c, key)
+                    shown = date_text(value) if key == "resolves" else value
                     raise BookError(_contract_field(i, c, key),
-                                    f"{date_text(getattr(c, key))!r} given, but a parlay has "
-                                    f"no date of its own (its legs' dates apply)")
+                                    f"{shown!r} given, but a {c.type} has no resolution date "
+                                    f"of its own" + (" (its legs' dates apply)"
+                                                     if c.type == "parlay" else ""))
         elif c.resolves is not None:
             object.__setattr__(c, "resolves", date_text(c.resolves))
     times = book.maturities()

@@ -24,14 +24,18 @@ independent given Z *and* the post-horizon factors F^W, with
 so the mark is the product of leg marks when no two of the parlay's legs sit in
 correlated loaded clusters (a_c a_d R_cd = 0, e.g. independent games), and
 otherwise a Gauss–Hermite integral over the (at most three) loaded factors of
-its legs, `NODES` nodes per dimension, on a product grid (never one inner draw).
+its legs, 64 to 256 nodes per dimension by the largest loading (the integrand
+steepens as a -> 1), on a product grid (never one inner draw).
 With F^W = chol(R_sub) U, U ~ N(0, I), the last coordinate of U moves only the
 last cluster's factor; where that cluster holds one live event of the parlay,
 the expectation over it is exact in closed form (the leg's interval probability
-with that term's variance added), so the grid spans one dimension fewer: 32
-nodes, not 1,024, for a parlay on two loaded clusters.
-Which parlays need the integral is fixed when the book is laid out (from the
-hierarchy's values), so changing the horizon never changes a program's shapes.
+with that term's variance added), so the grid spans one dimension fewer: 64
+nodes, not 4,096, for a parlay on two clusters loaded 0.9.
+Which parlays need the integral, and over which clusters, is fixed when the book
+is laid out (from the hierarchy's values and the legs live at the book's horizon):
+a horizon that makes a leg live or resolved changes these shapes (one more
+program); any other change of the horizon does not. Sweeps over the horizon lay
+the book out at the axis's shortest horizon.
 
 Without a horizon (``BookArrays.dynamic`` False) none of this runs: outcomes are
 the v1 indicators, through v1's code.
@@ -49,7 +53,8 @@ from jaxtyping import Array, Float
 from ._hierarchy import correlation_matrix
 
 NODES = 32
-"""Gauss–Hermite nodes per factor dimension (SPEC-horizon.md §6.5: at least 32)."""
+"""The fewest Gauss–Hermite nodes per factor dimension (SPEC-horizon.md §6.5); a
+book uses ``BookArrays.quad_nodes`` (64 to 256 by its largest loading)."""
 _QUAD_ELEMENTS = 1 << 22  # (scenario, parlay, node, leg) entries per quadrature step
 
 
@@ -159,7 +164,7 @@ def _merged_legs(arrays, lo, hi, legs):
     valid = legs < c
     safe = jnp.where(valid, legs, 0)
     width = legs.shape[-1]
-    ev = jnp.where(valid, arrays.event[safe], -1 - jnp.arange(width))
+    ev = jnp.where(valid, arrays.event[safe], (-1 - jnp.arange(width)).astype(arrays.event.dtype))
     same = ev[..., :, None] == ev[..., None, :]
     lo_m = jnp.max(jnp.where(same, lo[safe][..., None, :], -jnp.inf), axis=-1)
     hi_m = jnp.min(jnp.where(same, hi[safe][..., None, :], jnp.inf), axis=-1)
@@ -219,7 +224,7 @@ def _quadrature_marks(latents, arrays, lo, hi, tau, temperature):
     # parlay: E over it of that leg's probability is the same interval probability
     # with the variance of its term added, so the grid spans the others only.
     closed = arrays.quad_closed
-    points, weights = gauss_hermite(dims - 1 if closed else dims)
+    points, weights = gauss_hermite(dims - 1 if closed else dims, arrays.quad_nodes)
     if closed:
         points = np.concatenate([points, np.zeros((points.shape[0], 1))], axis=1)
     corr = correlation_matrix(arrays.rho, arrays.lca)

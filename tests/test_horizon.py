@@ -533,10 +533,9 @@ def test_shared_factor_parlay_marks_against_quadrature(engine_marks, pid):
     """P(all legs | Z) with legs in BTC/ETH/SPX (loading 0.9; crypto rho 0.68,
     risk 0.35; two BTC events: correlation a^2) vs an independent float64
     quadrature of the post-horizon normal law (2 or 3 legs; legs on one event
-    intersected; resolved legs: indicators), to 1e-6 (the engine's 32-node
-    Gauss–Hermite error here is ~2e-7), and 2e-5 for two events in one cluster,
-    where the integrand is the product of two steep Phi's of F (error 8.5e-6; see
-    the xfail below)."""
+    intersected; resolved legs: indicators), to 1e-6, and 2e-5 for two events in
+    one cluster, where the integrand is the product of two steep Phi's of F (the
+    tight bound is test_gauss_hermite_error_meets_the_spec)."""
     book, marks = engine_marks
     tol = 2e-5 if pid == "PBB" else 1e-6
     for row in range(len(Z_ROWS)):
@@ -570,13 +569,10 @@ def test_conditionally_independent_parlay_mark_is_the_product(engine_marks, pid)
     assert np.all((product > 0) & (product < 1))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "SPEC-horizon §6.5 promises abs. error < 1e-8 with >= 32 Gauss-Hermite nodes, but "
-    "at loading 0.9 the integrand Phi(a F / sqrt(1 - a^2) + c) has slope 2.06 in F: "
-    "_marks.NODES = 32 errs by up to 2.4e-7 for BTC x ETH (64 nodes: ~2e-12) and by "
-    "8.5e-6 for two BTC events (a product of two such Phi's; 64 nodes: 1.9e-9)"))
 @pytest.mark.parametrize("pid", ["PX", "PW", "PBB"])
 def test_gauss_hermite_error_meets_the_spec(engine_marks, pid):
+    """SPEC-horizon §6.5: abs. error < 1e-8 (64 nodes at loading 0.9; 32 erred by
+    2.4e-7 for BTC x ETH and 8.5e-6 for two BTC events)."""
     book, marks = engine_marks
     for row in range(len(Z_ROWS)):
         legs, resolved = _live_legs(book, pid, row)
@@ -591,12 +587,9 @@ def _high_loading() -> Hierarchy:
                                     if c.name in ("BTC", "ETH") else c for c in h.clusters))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "32 Gauss-Hermite nodes over F^W cannot resolve Phi(a F / sqrt(1 - a^2) + c) as the "
-    "loading a -> 1: the BTC x ETH parlay mark errs by ~6e-4 at a = 0.97 (~6e-3 at 0.99), "
-    "far above float32 rounding"))
 def test_parlay_marks_at_a_high_loading():
-    """Loading 0.97 (valid: loadings are in [0, 1)): the same 2-D marks to 1e-6."""
+    """Loading 0.97 (valid: loadings are in [0, 1)): the same 2-D marks to 1e-6 (the
+    layout picks 128 Gauss–Hermite nodes for it; 32 erred by ~6e-4)."""
     with jax.enable_x64(True):
         book = dataclasses.replace(_marks_book(), hierarchy=_high_loading())
         marks = _engine_marks(book)
