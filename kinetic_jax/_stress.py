@@ -17,6 +17,20 @@ conditional on the restriction, and a parlay's is the product over its legs'
 events of the conditional probability of the intersection of its legs' atoms.
 The scenario's loss is sum_i q_i (p_i - P(YES_i)), per cluster too.
 
+Under a liquidation horizon (SPEC-horizon.md §6; not specified there) the
+scenario is what the horizon reveals: the loss is sum_i q_i (p_i - E[m_h,i | f]),
+and since the mark is P(YES | Z) with Z_e | f = a f_c + s eta^Z_e,
+
+    E[m_h | f] = P(X_e in (lo, hi] | f),  X_e | f ~ N(sqrt(r) a f_c, 1 - r a^2),
+
+with r the fraction of the event revealed: tau = min(1, h / T) (r = 1, v1, for
+an event resolving by h), and for a binary on an underlying expiring by h, on
+the Brownian bridge, r = T / h. A perp or future's expected value change is exact,
+(F0 / S0) S0 (exp(sigma sqrt(h) a f_c - sigma^2 h a^2 / 2) - 1) (S_t at
+t = min(T, h)). Parlays take the product over their legs' events, exact when the
+legs share no loaded factor after the horizon, an approximation otherwise (their
+post-horizon factors F^W are not fixed by the scenario).
+
 Regions are handled exactly as unions of intervals in u; a piece shorter than
 1e-9 in u is dropped, the tolerance the worst-case table uses to merge cuts, so
 a resolution is possible exactly when the worst-case table has an outcome for
@@ -173,10 +187,13 @@ def scenario_probabilities(book: Book, i: int, stress: Stress,
     events = book.events()
     event_of = {j: e for e, idx in events.items() for j in idx}
 
+    reveal = revealed_fractions(book)
+
     def law(event: str) -> tuple[float, float]:
         k = clusters.index(book.contracts[events[event][0]].cluster)
         a = float(loadings[k])
-        return a * f[k], math.sqrt(1.0 - a * a)
+        r = reveal[events[event][0]]
+        return math.sqrt(r) * a * f[k], math.sqrt(1.0 - r * a * a)
 
     def conditional(event: str, region: Region) -> float:
         shift, scale = law(event)
@@ -189,7 +206,16 @@ def scenario_probabilities(book: Book, i: int, stress: Stress,
         return min(1.0, _mass(intersect(region, allowed), shift, scale) / denominator)
 
     out = np.empty(len(book.contracts))
+    h = book.model_horizon_years
+    times = book.maturities()
     for j, c in enumerate(book.contracts):
+        if c.is_linear:  # expected value change per unit (module doc)
+            u = book.underlying(c.underlying)
+            k = clusters.index(u.cluster)
+            a, t = float(loadings[k]), min(times[j] or h, h)
+            drift = u.vol * math.sqrt(t) * a * f[k] - u.vol ** 2 * t * a * a / 2
+            out[j] = book.forward_price(c) * math.expm1(drift)
+            continue
         if c.type != "parlay":
             out[j] = conditional(event_of[j], [atoms[j]])
             continue
@@ -199,6 +225,24 @@ def scenario_probabilities(book: Book, i: int, stress: Stress,
             e = event_of[leg_j]
             by_event[e] = intersect(by_event.get(e, [(0.0, 1.0)]), [atoms[leg_j]])
         out[j] = math.prod(conditional(e, region) for e, region in by_event.items())
+    return out
+
+
+def revealed_fractions(book: Book) -> list[float]:
+    """Per contract, the fraction r of its event's latent revealed by the
+    horizon (module doc): 1 in resolution mode and for events resolving by h,
+    h / T for the others, T / h for a binary on an underlying expiring by h."""
+    h = book.model_horizon_years
+    if h is None:
+        return [1.0] * len(book.contracts)
+    out = []
+    for c, t in zip(book.contracts, book.maturities()):
+        if t is None:
+            out.append(1.0)
+        elif t > h:
+            out.append(h / t)
+        else:
+            out.append(t / h if c.underlying is not None else 1.0)
     return out
 
 

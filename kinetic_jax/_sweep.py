@@ -791,10 +791,17 @@ class _Grid:
         # Stress probabilities move with prices, rho and loadings, but enter the
         # margin only through the stress add-on: recomputed only when it is on.
         if self.book.stress and self.book.settings.stress_addon:
-            stress_key = book_key + hier_key
+            stress_key = book_key + hier_key + horizon + under
             if stress_key not in self._stress:
-                self._stress[stress_key] = stress_matrix(
-                    dataclasses.replace(point_book, hierarchy=hierarchy))
+                stressed = dataclasses.replace(point_book, hierarchy=hierarchy)
+                if horizon:  # stress losses depend on what the horizon reveals
+                    stressed = stressed.with_settings(horizon_days=horizon[0][2])
+                if under:
+                    us = list(stressed.underlyings)
+                    for kind, slot, v in under:
+                        us[slot] = dataclasses.replace(us[slot], **{kind: v})
+                    stressed = dataclasses.replace(stressed, underlyings=tuple(us))
+                self._stress[stress_key] = stress_matrix(stressed)
         return None, table_key, stress_key
 
     def _point_book(self, key: tuple) -> Book:
