@@ -113,6 +113,7 @@ class BookArrays(eqx.Module):
     quad_closed: bool = eqx.field(static=True, default=True)  # last dimension in closed form
     quad_width: int = eqx.field(static=True, default=1)  # legs of the widest such parlay
     quad_nodes: int = eqx.field(static=True, default=64)  # Gauss–Hermite nodes per dimension
+    quad_one_sided: bool = eqx.field(static=True, default=False)  # legs all above or all below
 
 
 @dataclasses.dataclass(frozen=True)
@@ -275,6 +276,7 @@ def book_arrays(book: Book, dtype=None) -> tuple[BookArrays, BookLayout]:
                                for i in np.asarray(quad_parlay) if i < n] or [1]), 1),
         quad_nodes=quadrature_nodes(max([book.hierarchy.loadings[k] for k in
                                          quad_cluster[quad_valid]] or [0.0])),
+        quad_one_sided=_one_sided(book, ids, quad_parlay[quad_parlay < n]),
         **{k: (f(v) if v.dtype.kind == "f" else jnp.asarray(v) if v.dtype == bool else i32(v))
            for k, v in path.items()},
     )
@@ -362,6 +364,21 @@ class _PathNames:
             if c.type != "perp":
                 out["slot_group"][i] = g_index[point_key(c)]
         return out
+
+
+def _one_sided(book: Book, ids: dict, parlays) -> bool:
+    """True when every leg of these parlays is one-sided once legs on one event
+    are intersected: above/binary or below, one direction per event."""
+    for i in parlays:
+        side: dict[str, set] = {}
+        for leg in book.contracts[int(i)].legs:
+            c = book.contracts[ids[leg]]
+            if c.type == "outcome":
+                return False
+            side.setdefault(c.event_key, set()).add(c.type == "below")
+        if any(len(v) > 1 for v in side.values()):
+            return False
+    return True
 
 
 def quadrature_nodes(loading: float) -> int:

@@ -252,11 +252,21 @@ def _quadrature_marks(latents, arrays, lo, hi, tau, temperature):
     pts = jnp.asarray(points, dtype).reshape(g // step, step, dims)
     wts = jnp.asarray(weights, dtype).reshape(g // step, step)
 
+    if arrays.quad_one_sided:
+        # Every leg is one-sided (above / below): one Phi per leg and node,
+        # P(X > c) = Phi((mean - c) / sd), P(X <= c) = Phi((c - mean) / sd).
+        up = jnp.isfinite(lo_m)
+        cut = jnp.where(up, lo_m, jnp.where(jnp.isfinite(hi_m), hi_m, 0.0))
+        sign = jnp.where(up, 1.0, -1.0).astype(dtype)
+
     def body(total, block):
         u, w = block  # (S, D), (S,)
         f = jnp.einsum("sd,qld->sql", u, coef)  # (S, Q, L)
         mean = mean_z[:, None] + (scale * f)[None]  # (N, S, Q, L)
-        p = interval_probability(mean, sd, lo_m, hi_m)
+        if arrays.quad_one_sided:
+            p = ndtr(sign * (mean - cut) / sd)
+        else:
+            p = interval_probability(mean, sd, lo_m, hi_m)
         prod = jnp.prod(jnp.where(live, p, 1.0), axis=-1)  # (N, S, Q)
         return total + jnp.einsum("nsq,s->nq", prod, w), None
 
