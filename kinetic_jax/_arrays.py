@@ -233,6 +233,8 @@ def book_arrays(book: Book, dtype=None) -> tuple[BookArrays, BookLayout]:
     for i, t in enumerate(book.maturities()):
         if t is not None:
             maturity[i] = t
+        elif book.contracts[i].has_event and book.horizon_years is None:
+            maturity[i] = 0.0  # resolution mode beside underlyings: resolved, as in v1
     horizon = np.inf if not dynamic else book.model_horizon_years
     parlays, quad_parlay, quad_cluster, quad_closed = _parlay_structure(book, ids, cpad,
                                                                         dynamic)
@@ -414,7 +416,7 @@ def _parlay_structure(book: Book, ids: dict, cpad: int, dynamic: bool):
         return *empty, True
     parlays = np.full(bucket(len(slots), 1), null, np.int64)
     parlays[: len(slots)] = slots
-    h = book.horizon_years
+    h = book.model_horizon_years
     times = book.maturities()
     names = book.hierarchy.cluster_names
     loading = dict(zip(names, book.hierarchy.loadings))
@@ -422,7 +424,8 @@ def _parlay_structure(book: Book, ids: dict, cpad: int, dynamic: bool):
     pos = {n: k for k, n in enumerate(names)}
     quad: list[tuple[int, list[int], int | None]] = []
     for i in slots:
-        live = [ids[leg] for leg in book.contracts[i].legs if times[ids[leg]] > h]
+        live = [ids[leg] for leg in book.contracts[i].legs
+                if times[ids[leg]] is not None and times[ids[leg]] > h]
         shared = any(
             book.contracts[x].event_key != book.contracts[y].event_key
             and loading[book.contracts[x].cluster] * loading[book.contracts[y].cluster]

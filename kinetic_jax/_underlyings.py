@@ -165,9 +165,9 @@ def mark_at_spot(kind: str, price: float, t: float, h: float, spot: float, vol: 
     Brownian bridge."""
     s = np.asarray(s, np.float64)
     lo, hi = ((_inv(1 - price), math.inf) if kind == "above" else (-math.inf, _inv(price)))
-    if h <= 0:  # instant revaluation: X | S = (ln(S/S0) + sigma^2 T/2) / (sigma sqrt T)
-        mean = (np.log(s / spot) + vol * vol * t / 2) / (vol * math.sqrt(t))
-        sd = 0.0
+    if h <= 0:  # instant revaluation: B(0+) = ln(S/S0) / sigma, X = B(T) / sqrt(T)
+        mean = np.log(s / spot) / (vol * math.sqrt(t))
+        sd = 1.0
     else:
         z = (np.log(s / spot) + vol * vol * h / 2) / (vol * math.sqrt(h))
         if t > h:

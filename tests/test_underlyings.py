@@ -470,11 +470,6 @@ def test_pnl_curve_against_revaluation():
     assert lin[1].linear_exposure == pytest.approx(-5 * 6030 / 6000)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "engine bug: _underlyings.mark_at_spot at h = 0 uses mean (ln(S/S0) + sigma^2 T/2) / "
-    "(sigma sqrt T) with sd 0, i.e. the payoff 1{S > K*} at expiry, not §6.7's instant "
-    "revaluation with K* (Black's digital now: mean ln(S/S0) / (sigma sqrt T), sd 1), so "
-    "pnl(S0) = sum q (1{S0 > K*} - p) != 0"))
 def test_pnl_curve_without_a_horizon_is_instant_revaluation():
     """Without a horizon, h = 0: instant revaluation with K* (Black's digital with
     the time to expiry T), so pnl(S0) = 0 exactly."""
@@ -532,7 +527,7 @@ def test_v1_book_has_no_underlying_path():
 
 @pytest.mark.slow
 def test_v1_clusters_unchanged_beside_an_underlying():
-    """The reference book (its parlays left out: see the xfail below) plus a binary
+    """The reference book (its parlays left out) plus a binary
     on a new underlying, in resolution mode (the marks at the book's latest date are
     indicators): every cluster's ES and VaR but the underlying's are v1's, draw for
     draw."""
@@ -560,11 +555,6 @@ def test_v1_clusters_unchanged_beside_an_underlying():
 RESOLUTION = dataclasses.replace(BOOK.settings, horizon_days=None)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "engine bug: in resolution mode with underlyings (h = the book's latest date) an "
-    "undated plain contract keeps maturity inf in _arrays.book_arrays, so "
-    "_marks.event_tau gives tau = h / inf = 0: its mark is its price in every scenario "
-    "(no loss) instead of v1's indicator"))
 def test_undated_plain_contract_keeps_v1_law_beside_an_underlying():
     """A long game (q 1000 at 0.4) has ES_99 = 400 exactly (it loses 400 w.p. 0.6)."""
     game = Contract("G", "Sports", "binary", 0.4)
@@ -578,10 +568,6 @@ def test_undated_plain_contract_keeps_v1_law_beside_an_underlying():
     assert sports.es == pytest.approx(400.0, rel=1e-6)
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason=(
-    "engine bug: _arrays._parlay_structure compares leg dates with book.horizon_years, "
-    "None in resolution mode, where a book with underlyings is dynamic (h = "
-    "book.model_horizon_years): TypeError for any parlay beside an underlying"))
 def test_parlay_beside_an_underlying_in_resolution_mode():
     """Two independent games (resolution: indicators) in a short parlay (q -1000 at
     0.2, YES w.p. 0.4 * 0.5): ES_99 = 800 exactly."""
