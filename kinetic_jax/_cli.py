@@ -205,13 +205,17 @@ def _sensitivities(args) -> int:
           f"{report.estimator}" + (f", temperature {report.temperature:g}" if smoothed else
                                    "; ± is one Monte-Carlo standard error"))
     print("\nPositions, largest Euler contribution first")
-    print(f"  {'contract':<22}{'quantity':>11}{'price':>7}{'dM/dq':>10}{'dM/dp':>12}"
+    print(f"  {'contract':<22}{'quantity':>11}{'price':>7}{'dM/dq':>12}{'dM/dp':>12}"
           f"{'± s.e.':>9}{'Euler $':>12}{'Alloc $':>12}")
     ranked = sorted(report.positions.items(), key=lambda kv: -abs(kv[1]["euler"]))
     for cid, p in ranked[: args.top]:
         se = f"{p['d_price_se']:>9,.1f}" if "d_price_se" in p else f"{'':>9}"
-        print(f"  {cid:<22}{p['quantity']:>11,.0f}{p['price']:>7.2f}{p['d_quantity']:>10.4f}"
-              f"{p['d_price']:>12,.1f}{se}{p['euler']:>12,.2f}{p['allocation']:>12,.2f}")
+        qty = p["quantity"]
+        qty = f"{qty:,.0f}" if qty == round(qty) else f"{qty:,.4f}"  # perps: fractional
+        price = "-" if p["price"] is None else f"{p['price']:.2f}"
+        d_price = "-" if p["d_price"] is None else f"{p['d_price']:,.1f}"
+        print(f"  {cid:<22}{qty:>11}{price:>7}{p['d_quantity']:>12,.4f}"
+              f"{d_price:>12}{se}{p['euler']:>12,.2f}{p['allocation']:>12,.2f}")
     if len(ranked) > args.top:
         print(f"  ... {len(ranked) - args.top} more (--top N, or --json)")
     print(f"  {'sum of Euler allocations':<50}{report.euler_total:>12,.2f}")

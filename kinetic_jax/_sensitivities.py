@@ -407,6 +407,8 @@ def _report(book, layout, sens: SensitivityResult, temperature, estimator):
         c = book.contracts[i]
         entry = {"quantity": qty[cid], "price": c.price,
                  "d_quantity": float(jac.quantity[0, i]), "d_price": float(jac.price[0, i])}
+        if c.is_linear:  # no probability price: d_price has no meaning (spot, vol do)
+            entry["price"] = entry["d_price"] = None
         if err is not None:
             entry["d_quantity_se"] = float(err.quantity[0, i])
             entry["d_price_se"] = float(err.price[0, i])

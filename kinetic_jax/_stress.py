@@ -26,10 +26,11 @@ and since the mark is P(YES | Z) with Z_e | f = a f_c + s eta^Z_e,
 with r the fraction of the event revealed: tau = min(1, h / T) (r = 1, v1, for
 an event resolving by h), and for a binary on an underlying expiring by h, on
 the Brownian bridge, r = T / h. A perp or future's expected value change is exact,
-(F0 / S0) S0 (exp(sigma sqrt(h) a f_c - sigma^2 h a^2 / 2) - 1) (S_t at
-t = min(T, h)). Parlays take the product over their legs' events, exact when the
-legs share no loaded factor after the horizon, an approximation otherwise (their
-post-horizon factors F^W are not fixed by the scenario).
+(F0 / S0) S0 (exp(sigma sqrt(t r) a f_c - sigma^2 t r a^2 / 2) - 1), S_t at
+t = min(T, h), r = t / h (a future expiring by h settles on the bridge).
+Parlays take the product over their legs' events, exact when the legs share no
+loaded factor after the horizon, an approximation otherwise (their post-horizon
+factors F^W are not fixed by the scenario).
 
 Regions are handled exactly as unions of intervals in u; a piece shorter than
 1e-9 in u is dropped, the tolerance the worst-case table uses to merge cuts, so
@@ -212,8 +213,11 @@ def scenario_probabilities(book: Book, i: int, stress: Stress,
         if c.is_linear:  # expected value change per unit (module doc)
             u = book.underlying(c.underlying)
             k = clusters.index(u.cluster)
+            # S_t at t = min(T, h); for t < h, B(t) on the bridge: given f,
+            # B(t) ~ N(sqrt(t r) a f, t - t r a^2) with r = t / h.
             a, t = float(loadings[k]), min(times[j] or h, h)
-            drift = u.vol * math.sqrt(t) * a * f[k] - u.vol ** 2 * t * a * a / 2
+            r = t / h
+            drift = (u.vol * math.sqrt(t * r) * a * f[k] - u.vol ** 2 * t * r * a * a / 2)
             out[j] = book.forward_price(c) * math.expm1(drift)
             continue
         if c.type != "parlay":

@@ -688,6 +688,21 @@ def _table_leaves(table: OutcomeTable, cpad: int, rows: int, width: int):
     return comp.astype(np.int32), index, yes
 
 
+def _moved_underlyings(book: Book, moves: tuple) -> Book:
+    """`book` with the (kind, slot, value) spot / vol moves applied; futures with a
+    price of their own keep their basis F0 / S0 (as the simulated losses do)."""
+    us = list(book.underlyings)
+    scale: dict[str, float] = {}
+    for kind, slot, v in moves:
+        if kind == "spot":
+            scale[us[slot].id] = v / us[slot].spot
+        us[slot] = dataclasses.replace(us[slot], **{kind: v})
+    contracts = tuple(dataclasses.replace(c, price=c.price * scale[c.underlying])
+                      if c.type == "future" and c.price is not None and c.underlying in scale
+                      else c for c in book.contracts)
+    return dataclasses.replace(book, contracts=contracts, underlyings=tuple(us))
+
+
 class _Grid:
     """Host side of a sweep: the targets, each point's validation and its values."""
 
@@ -751,10 +766,7 @@ class _Grid:
         if under:
             if under not in self._settings:
                 try:
-                    us = list(self.book.underlyings)
-                    for kind, slot, v in under:
-                        us[slot] = dataclasses.replace(us[slot], **{kind: v})
-                    dataclasses.replace(self.book, underlyings=tuple(us))
+                    _moved_underlyings(self.book, under)
                     self._settings[under] = None
                 except BookError as e:
                     self._settings[under] = str(e)
@@ -797,10 +809,7 @@ class _Grid:
                 if horizon:  # stress losses depend on what the horizon reveals
                     stressed = stressed.with_settings(horizon_days=horizon[0][2])
                 if under:
-                    us = list(stressed.underlyings)
-                    for kind, slot, v in under:
-                        us[slot] = dataclasses.replace(us[slot], **{kind: v})
-                    stressed = dataclasses.replace(stressed, underlyings=tuple(us))
+                    stressed = _moved_underlyings(stressed, under)
                 self._stress[stress_key] = stress_matrix(stressed)
         return None, table_key, stress_key
 
