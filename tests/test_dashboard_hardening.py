@@ -423,7 +423,8 @@ def test_config_is_derived_from_the_engine(client):
         assert entry["default"] == getattr(defaults, name), name
         assert entry["table"] in ("model", "addons")
     assert set(cfg["settings"]) == {f for f in kj.Settings.__dataclass_fields__}
-    assert cfg["contract_types"] == ["above", "below", "binary", "outcome", "parlay"]
+    assert cfg["contract_types"] == ["above", "below", "binary", "outcome", "parlay", "perp",
+                                     "future"]
     assert cfg["clusters"] == list(kj.default_hierarchy().cluster_names)
     assert cfg["settings"]["scenarios"]["choices"] == list(service.SCENARIO_CHOICES)
     assert cfg["limits"]["max_body_bytes"] == app_module.MAX_BODY_BYTES

@@ -306,15 +306,22 @@ def test_bad_dates_are_a_422_naming_the_field(client):
 # The service's bound on the horizon's parlay quadrature
 # ---------------------------------------------------------------------------
 def test_quadrature_work_is_bounded(state_path):
-    assert service.QUADRATURE_NODES == NODES
+    """The bound counts what the engine evaluates: its node count per dimension
+    (BookArrays.quad_nodes, 64 at loading 0.9) over its grid (the last factor in
+    closed form: one dimension fewer), for the legs it marks (quad_width)."""
     reference = kj.load_book(REFERENCE)
     big = reference.with_settings(scenarios=max(service.SCENARIO_CHOICES), horizon_days=2)
-    # One parlay (BTC x ETH: two correlated loaded factors), legs padded to 4.
-    assert service.quadrature_shape(big) == (1, 4, 2)
-    assert service.quadrature_work(big) == (1 << 20) * 4 * NODES**2 == service.MAX_QUADRATURE
+    arrays, _ = kj.book_arrays(big)
+    # One parlay (BTC x ETH: two correlated loaded factors), two legs.
+    quad = service.quadrature(big)
+    assert quad == (1, arrays.quad_width, 2, arrays.quad_nodes, arrays.quad_closed)
+    assert (quad.legs, quad.nodes, quad.closed, quad.points) == (2, 64, True, 64)
+    assert arrays.quad_nodes > NODES  # the engine no longer uses the module's 32
+    assert service.quadrature_work(big) == (1 << 20) * 2 * 64 < service.MAX_QUADRATURE
     assert service.quadrature_work(reference) == 0  # resolution mode: no quadrature
-    service.check_limits(big)  # the default admits the reference book at every count
-    limits = service.Limits(max_quadrature=SCENARIOS * 4 * NODES**2 - 1)
+    for n in service.SCENARIO_CHOICES:  # the default admits the reference book at every count
+        service.check_limits(big.with_settings(scenarios=n))
+    limits = service.Limits(max_quadrature=SCENARIOS * 2 * 64 - 1)
     with local_client(create_app(None, state_path, limits=limits)) as c:
         err = error_of(c.post("/api/margin", json=horizon_book()), 422, "model.horizon_days")
         assert "quadrature" in err["detail"] and "lower the scenario count" in err["detail"]
@@ -327,7 +334,7 @@ def test_a_horizon_names_its_own_program():
     v1 = service.program_key("margin", book)
     two = service.program_key("margin", book.with_settings(horizon_days=2))
     five = service.program_key("margin", book.with_settings(horizon_days=5))
-    assert two != v1 and two[:3] == v1 and two == five
+    assert two != v1 and two[:3] == v1 and two == five and two[3] == "horizon"
 
 
 # ---------------------------------------------------------------------------

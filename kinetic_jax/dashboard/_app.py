@@ -691,9 +691,14 @@ def create_app(
         """Margins a book: `report` (SPEC.md §4, MarginReport.to_dict(), the object
         `kinetic-jax margin --json` prints: with `horizon_days` (null: to resolution),
         `as_of` and per contract `contracts` [{id, implied_probability, tau,
-        resolved_by_horizon, stressed_marks}], SPEC-horizon.md §6.7), `waterfall`,
-        `histogram` (the simulated loss distribution of the book with `var` and `es`
-        of the same draws), `sensitivities`, `hierarchy`, `timing`."""
+        resolved_by_horizon, stressed_marks, model_probability, effective_strike}],
+        per underlying `underlyings` [{id, spot, vol, net_delta, hedge_quantity,
+        hedge_lots, linear_exposure, pnl_curve}], `capped` (false: `worst_case_loss`
+        null) and `linear_notional`, SPEC-horizon.md §6.7, §6.9), `underlyings` (per
+        underlying its PnL curve by leg, `pnl_binaries` and `pnl_linear`, its
+        `portfolio_value` and the ids of its `linear` and `binaries` contracts),
+        `waterfall`, `histogram` (the simulated loss distribution of the book with
+        `var` and `es` of the same draws), `sensitivities`, `hierarchy`, `timing`."""
         kinds = ("margin", "sensitivities") if sensitivities else ("margin",)
         return await compute(request, kinds, engine.margin_pool, service.margin_response,
                              bins, sensitivities, histogram)

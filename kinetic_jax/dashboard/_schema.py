@@ -32,13 +32,39 @@ SETTING_BOUNDS: dict[str, tuple] = {
     "liquidity_threshold": ("number", 0, 1, False, False),
     "liquidity_rate": ("number", 0, 10, False, False),
     "horizon_days": ("number", 0, 365, True, False),  # None: to resolution (SPEC-horizon §6.1)
+    "pnl_points": ("integer", 2, 10001, False, False),  # spots on each PnL curve (§6.7)
 }
+# Settings that are not scalars: their JSON schema, written out (checked against
+# kinetic_jax.Settings in tests/test_dashboard_perps.py).
+SETTING_SCHEMAS: dict[str, dict] = {
+    # [lo, hi] multiples of spot, 0 < lo < hi (the order is checked by the engine).
+    "pnl_range": {"type": ["array", "null"], "minItems": 2, "maxItems": 2,
+                  "items": {"type": "number", "exclusiveMinimum": 0}},
+}
+# The [[underlyings]] tables (SPEC-horizon §6.3; kinetic_jax._underlyings
+# validate_underlyings): key -> (low, high, low_open, high_open).
+UNDERLYING_BOUNDS: dict[str, tuple] = {
+    "spot": (0, 1e12, True, False),
+    "vol": (0, 5, True, False),
+    "lot_size": (0, 1e12, True, False),
+}
+# A binary's strike on an underlying, a future's price F0 (kinetic_jax._underlyings
+# validate_contract): (low, high, low_open, high_open).
+STRIKE_BOUNDS = (0, 1e15, True, False)
+FUTURE_PRICE_BOUNDS = (0, 1e12, True, False)
 # Per-contract and per-position amounts (kinetic_jax._book: MAX_AMOUNT, MIN_OPEN_INTEREST).
 MAX_AMOUNT = 1e15
 MIN_OPEN_INTEREST = 1e-6
-CONTRACT_TYPES = ("above", "below", "binary", "outcome", "parlay")
+CONTRACT_TYPES = ("above", "below", "binary", "outcome", "parlay", "perp", "future")
+LINEAR_TYPES = ("perp", "future")
 KEYS_OF_TYPE = {"above": ["event", "threshold"], "below": ["event", "threshold"],
-                "binary": [], "outcome": ["event", "outcome"], "parlay": ["legs"]}
+                "binary": [], "outcome": ["event", "outcome"], "parlay": ["legs"],
+                "perp": ["underlying"], "future": ["underlying", "expiry"]}
+# The keys of a contract written on an underlying (SPEC-horizon §6.3-6.4): binaries
+# above/below with a strike and an expiry, perps (no price, no date) and futures.
+KEYS_ON_UNDERLYING = {"above": ["underlying", "strike", "expiry"],
+                      "below": ["underlying", "strike", "expiry"],
+                      "perp": ["underlying"], "future": ["underlying", "expiry"]}
 CONFIDENCE_CHOICES = (0.9, 0.95, 0.975, 0.99, 0.995, 0.999)
 # The page's horizon control: resolution (None) or these liquidation horizons in
 # days (OCC STANS margins over 2 days, CME SPAN 2 over 1). A book may set any
@@ -57,7 +83,10 @@ SETTING_DESCRIPTIONS = {
     "sampler": "scenario sampler",
     "horizon_days": "liquidation horizon in calendar days (SPEC-horizon.md §6): the loss over "
                     "the horizon, positions marked at it; absent or null: to resolution (v1)",
-    "as_of": "the date (YYYY-MM-DD) contract dates (`resolves`) count from",
+    "as_of": "the date (YYYY-MM-DD) contract dates (`resolves`, `expiry`) count from",
+    "pnl_range": "[lo, hi]: each underlying's PnL curve spans lo * spot .. hi * spot "
+                 "(0 < lo < hi; null: [0.5, 1.5])",
+    "pnl_points": "spots on each underlying's PnL curve (null: 101)",
 }
 
 
@@ -81,6 +110,8 @@ def setting_bounds(name: str) -> tuple:
     """(JSON type, low, high, low_open, high_open) of a setting."""
     if name in SETTING_BOUNDS:
         return SETTING_BOUNDS[name]
+    if name in SETTING_SCHEMAS:
+        return ("array", None, None, False, False)
     default = setting_defaults()[name]
     kind = {bool: "boolean", int: "integer", float: "number", str: "string"}.get(
         type(default), "string")
@@ -93,6 +124,7 @@ def _bound_schema(name: str, limits: service.Limits) -> dict:
     # A setting that is None by default may be given as null (= not given).
     out: dict = {"type": kind if default is not None else [kind, "null"], "default": default,
                  "description": SETTING_DESCRIPTIONS.get(name, name.replace("_", " "))}
+    out.update(SETTING_SCHEMAS.get(name, {}))
     if name in SETTING_FORMATS:
         out["format"] = SETTING_FORMATS[name]
     if low is not None:
@@ -108,6 +140,80 @@ def _bound_schema(name: str, limits: service.Limits) -> dict:
     return out
 
 
+def _bounded(bounds: tuple, **extra) -> dict:
+    low, high, low_open, high_open = bounds
+    return {"type": "number", "exclusiveMinimum" if low_open else "minimum": low,
+            "exclusiveMaximum" if high_open else "maximum": high, **extra}
+
+
+def underlying_schema() -> dict:
+    """One ``[[underlyings]]`` table, with the engine's bounds."""
+    props = {"id": {"type": "string", "minLength": 1, "description": "unique in the book"},
+             "cluster": {"type": "string", "description": "its cluster: the cluster's loaded "
+                                                          "latent is its return over h"}}
+    notes = {"spot": "S0", "vol": "annualised lognormal volatility",
+             "lot_size": "the lot hedges are counted in (default 1)"}
+    props.update({k: _bounded(b, description=notes[k]) for k, b in UNDERLYING_BOUNDS.items()})
+    props["lot_size"]["default"] = 1
+    return {"type": "object", "additionalProperties": False,
+            "required": ["id", "cluster", "spot", "vol"], "properties": props}
+
+
+def contract_schema() -> dict:
+    """One contract: a plain one (SPEC.md §3: `cluster`, `price` in (0, 1)) or one
+    written on an underlying (`underlying`; perps have no price, futures a price
+    F0 > 0, binaries a `strike` and an `expiry`)."""
+    on_underlying = {"anyOf": [{"required": ["underlying"]},
+                               {"required": ["type"],
+                                "properties": {"type": {"enum": list(LINEAR_TYPES)}}}]}
+    is_type = lambda *types: {"required": ["type"],  # noqa: E731
+                              "properties": {"type": {"enum": list(types)}}}
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["id", "type"],
+        "properties": {
+            "id": {"type": "string"},
+            "cluster": {"type": "string", "description": "required, except on an underlying "
+                                                         "(whose cluster it must then equal)"},
+            "type": {"enum": list(CONTRACT_TYPES)},
+            "price": {"type": "number", "exclusiveMinimum": 0,
+                      "description": "in (0, 1) (a future: its price F0 > 0, default the "
+                                     "spot; a perp: none)"},
+            "event": {"type": "string", "description": "above/below/outcome"},
+            "threshold": {**_NUM, "description": "above/below (required)"},
+            "outcome": {"type": "string", "description": "outcome (required)"},
+            "legs": {"type": "array", "items": {"type": "string"}, "minItems": 2,
+                     "description": "parlay (required)"},
+            "open_interest": {"type": "number", "minimum": MIN_OPEN_INTEREST,
+                              "maximum": MAX_AMOUNT},
+            "probability": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+            "resolves": {"type": "string", "format": "date",
+                         "description": "the event's resolution date, after model.as_of "
+                                        "(one date per event; not on a parlay)"},
+            "resolves_in": {"type": "number", "exclusiveMinimum": 0,
+                            "description": "or the time to resolution in years"},
+            "underlying": {"type": "string", "description": "an underlyings[].id: a binary "
+                                                            "(above/below), perp or future on "
+                                                            "it"},
+            "strike": _bounded(STRIKE_BOUNDS, description="a binary on an underlying "
+                                                          "(required)"),
+            "expiry": {"type": "string", "format": "date",
+                       "description": "a binary on an underlying or a future: its expiry, "
+                                      "after model.as_of (required)"},
+            "expiry_in": {"type": "number", "exclusiveMinimum": 0,
+                          "description": "or the time to expiry in years"},
+        },
+        "allOf": [
+            {"if": on_underlying, "else": {"required": ["cluster", "price"]}},
+            {"if": is_type("future"),
+             "then": {"properties": {"price": _bounded(FUTURE_PRICE_BOUNDS)}},
+             "else": {"properties": {"price": {"exclusiveMaximum": 1}}}},
+            {"if": is_type("perp"), "then": {"not": {"required": ["price"]}}},
+        ],
+    }
+
+
 def book_schema(limits: service.Limits) -> dict:
     """The JSON schema of a book, with the service's `limits`."""
     tables = setting_tables()
@@ -116,7 +222,9 @@ def book_schema(limits: service.Limits) -> dict:
              for t in ("model", "addons")}
     return {
         "title": "Book",
-        "description": "A book in the structure of SPEC.md §3 (the TOML book file as JSON). "
+        "description": "A book in the structure of SPEC.md §3 (the TOML book file as JSON), "
+                       "with SPEC-horizon.md §6.8's additions (`underlyings`, contracts on "
+                       "them, `model.horizon_days`, `as_of`, `pnl_range`, `pnl_points`). "
                        "Unknown keys are errors. Give `hierarchy` and `clusters` together, "
                        "or neither for the default hierarchy.",
         "type": "object",
@@ -156,33 +264,14 @@ def book_schema(limits: service.Limits) -> dict:
                 "description": f"at most {limits.max_contracts:,} contracts, "
                                f"{limits.max_contracts_per_event:,} on one event, "
                                f"{limits.max_parlays:,} parlays",
-                "items": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "required": ["id", "cluster", "type", "price"],
-                    "properties": {
-                        "id": {"type": "string"},
-                        "cluster": {"type": "string"},
-                        "type": {"enum": list(CONTRACT_TYPES)},
-                        "price": {"type": "number", "exclusiveMinimum": 0,
-                                  "exclusiveMaximum": 1},
-                        "event": {"type": "string", "description": "above/below/outcome"},
-                        "threshold": {**_NUM, "description": "above/below (required)"},
-                        "outcome": {"type": "string", "description": "outcome (required)"},
-                        "legs": {"type": "array", "items": {"type": "string"}, "minItems": 2,
-                                 "description": "parlay (required)"},
-                        "open_interest": {"type": "number", "minimum": MIN_OPEN_INTEREST,
-                                          "maximum": MAX_AMOUNT},
-                        "probability": {"type": "number", "exclusiveMinimum": 0,
-                                        "exclusiveMaximum": 1},
-                        "resolves": {"type": "string", "format": "date",
-                                     "description": "the event's resolution date, after "
-                                                    "model.as_of (one date per event; not on "
-                                                    "a parlay)"},
-                        "resolves_in": {"type": "number", "exclusiveMinimum": 0,
-                                        "description": "or the time to resolution in years"},
-                    },
-                },
+                "items": contract_schema(),
+            },
+            "underlyings": {
+                "type": "array",
+                "description": "assets that binaries (above/below with `underlying`, "
+                               "`strike`, `expiry`), perps and futures are written on "
+                               "(SPEC-horizon.md §6.3-6.4)",
+                "items": underlying_schema(),
             },
             "positions": {
                 "type": "array",
@@ -238,7 +327,12 @@ def config(limits: service.Limits, max_body_bytes: int) -> dict:
     settings["horizon_days"]["choices"] = list(HORIZON_CHOICES)
     return {
         "contract_types": list(CONTRACT_TYPES),
+        "linear_types": list(LINEAR_TYPES),
         "keys_of_type": KEYS_OF_TYPE,
+        "keys_on_underlying": KEYS_ON_UNDERLYING,
+        "underlying_bounds": {k: dict(zip(("min", "max", "min_open", "max_open"), b))
+                              for k, b in {**UNDERLYING_BOUNDS, "strike": STRIKE_BOUNDS,
+                                           "future_price": FUTURE_PRICE_BOUNDS}.items()},
         "settings": settings,
         "clusters": list(kj.default_hierarchy().cluster_names),
         "amounts": {"max_quantity": MAX_AMOUNT, "max_total_quantity": MAX_AMOUNT,

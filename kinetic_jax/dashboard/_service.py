@@ -11,6 +11,8 @@ import dataclasses
 import math
 import threading
 import time
+import typing
+import weakref
 from collections.abc import Hashable
 from importlib import resources
 from typing import Any
@@ -19,6 +21,7 @@ import numpy as np
 
 import kinetic_jax as kj
 from kinetic_jax import Book, BookError
+from kinetic_jax._underlyings import DEFAULT_PNL_POINTS as PNL_POINTS
 
 # Service limits (the engine itself allows more; a web service must bound the work).
 # Scenario counts: powers of two only, so that at most len(SCENARIO_CHOICES)
@@ -34,10 +37,15 @@ MAX_PARLAYS = 64
 MAX_POSITIONS = 4000
 # Under a liquidation horizon, a parlay whose live legs share correlated loaded
 # factors is marked by a Gauss-Hermite integral over those factors (at most 3):
-# scenarios x parlays x legs x QUADRATURE_NODES ** factors evaluations. The
-# reference book at 1,048,576 scenarios needs 2^32 (one parlay on BTC and ETH).
+# scenarios x parlays x legs x nodes ** grid dimensions evaluations, with the
+# engine's node count (64 to 256 by loading) and grid (the last factor in closed
+# form where it can be): see `Quadrature`. The reference book needs 2^27 at
+# 1,048,576 scenarios (one parlay on BTC and ETH: 2 legs x 64 nodes).
 MAX_QUADRATURE = 1 << 32
-QUADRATURE_NODES = 32  # per factor (kinetic_jax._marks.NODES; SPEC-horizon §6.5)
+# Each underlying's PnL curves: pnl_points spots x the binaries held on it, each
+# a closed-form mark (kinetic_jax.mark_at_spot), for the report and the page's
+# per-leg split.
+MAX_PNL_CELLS = 1 << 21
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +58,8 @@ class Limits:
     `max_cells` (scenarios x contracts) bound the simulation; `max_parlays`
     bounds the joint enumeration of parlay-linked events; `max_quadrature`
     bounds the parlay marks at a liquidation horizon (scenarios x parlays x legs
-    x Gauss-Hermite nodes).
+    x Gauss-Hermite grid points, [`Quadrature`][]); `max_pnl_cells` bounds the
+    PnL curves across spot (points x binaries held on an underlying).
     """
 
     max_contracts: int = MAX_CONTRACTS
@@ -59,6 +68,7 @@ class Limits:
     max_positions: int = MAX_POSITIONS
     max_cells: int = MAX_CELLS
     max_quadrature: int = MAX_QUADRATURE
+    max_pnl_cells: int = MAX_PNL_CELLS
     scenarios: tuple[int, ...] = SCENARIO_CHOICES
 
     def __post_init__(self):
@@ -117,36 +127,97 @@ class ProgramCache:
                     "evictions": self.evictions}
 
 
+def is_dynamic(book: Book) -> bool:
+    """Whether the engine marks `book` at a horizon (a liquidation horizon, or
+    underlyings, whose resolution mode runs to the book's latest date): a
+    program of its own, with arrays shaped by the book's structure."""
+    return book.settings.horizon_days is not None or bool(book.underlyings)
+
+
+_arrays_of: tuple = (None, None)  # (weak reference to a book, its BookArrays)
+
+
+def engine_arrays(book: Book) -> kj.BookArrays:
+    """``kinetic_jax.book_arrays(book)``, kept for the last book asked about: the
+    limits (on the parse thread) and the program key (on the engine thread) of
+    one request read the same layout, built once."""
+    global _arrays_of
+    ref, arrays = _arrays_of
+    if ref is not None and ref() is book:
+        return arrays
+    arrays, _ = kj.book_arrays(book)
+    _arrays_of = (weakref.ref(book), arrays)
+    return arrays
+
+
 def program_key(kind: str, book: Book) -> tuple:
     """The name of the program a request runs: its kind, scenario count and
-    contracts padded to a power of two (the engine pads shapes to buckets); under
-    a liquidation horizon (a program of its own) also the shape of its parlay
-    quadrature, which depends on the parlays' legs still live at the horizon."""
+    contracts padded to a power of two (the engine pads shapes to buckets); for
+    a book marked at a horizon (`is_dynamic`) also the engine's array layout
+    (every array's shape and the static fields, e.g. the parlay quadrature's
+    nodes and width, the underlyings' bridge points), on which its program
+    depends."""
     n = max(1, len(book.contracts))
     key = (kind, book.settings.scenarios, 1 << (n - 1).bit_length())
-    if book.settings.horizon_days is None:
+    if not is_dynamic(book):
         return key
-    return (*key, "horizon", *quadrature_shape(book))
+    arrays = engine_arrays(book)
+    layout = tuple((f.name, tuple(v.shape) if hasattr(v, "shape") else v)
+                   for f in dataclasses.fields(arrays) for v in (getattr(arrays, f.name),))
+    return (*key, "horizon", layout)
 
 
-def quadrature_shape(book: Book) -> tuple[int, int, int]:
-    """``(parlays, legs, factors)`` of the Gauss-Hermite parlay marks of `book`
-    at its horizon, as ``kinetic_jax.book_arrays`` lays them out (padded);
-    ``(0, 0, 0)`` in resolution mode or without such parlays."""
-    if book.settings.horizon_days is None:
-        return 0, 0, 0
-    arrays, _ = kj.book_arrays(book)
+class Quadrature(typing.NamedTuple):
+    """The Gauss-Hermite parlay marks of a book at its horizon, as the engine lays
+    them out (``kinetic_jax.book_arrays``: `quad_cluster`, `quad_width`,
+    `quad_nodes`, `quad_closed`; kinetic_jax._marks): `parlays` (padded) marked by
+    the integral, `legs` evaluated per parlay, `factors` loaded clusters, `nodes`
+    per dimension, and `closed` when the last factor is integrated in closed form
+    (the grid then spans one dimension fewer)."""
+
+    parlays: int = 0
+    legs: int = 0
+    factors: int = 0
+    nodes: int = 0
+    closed: bool = False
+
+    @property
+    def points(self) -> int:
+        """Grid points per (scenario, parlay): nodes ** (factors - closed)."""
+        return self.nodes ** (self.factors - int(self.closed)) if self.parlays else 0
+
+    def work(self, scenarios: int) -> int:
+        """Interval probabilities evaluated: scenarios x parlays x legs x points."""
+        return scenarios * self.parlays * self.legs * self.points
+
+
+def quadrature(book: Book) -> Quadrature:
+    """`book`'s [`Quadrature`][] (all zero in v1 resolution mode or without such
+    parlays)."""
+    if not is_dynamic(book):
+        return Quadrature()
+    arrays = engine_arrays(book)
     parlays, factors = arrays.quad_cluster.shape
-    return parlays, (arrays.legs.shape[1] if parlays else 0), factors
+    if not parlays:
+        return Quadrature()
+    return Quadrature(parlays, int(arrays.quad_width), factors, int(arrays.quad_nodes),
+                      bool(arrays.quad_closed))
 
 
 def quadrature_work(book: Book) -> int:
-    """Gauss-Hermite evaluations of `book`'s parlay marks: scenarios x parlays x
-    legs x QUADRATURE_NODES ** factors (0 in resolution mode)."""
-    parlays, legs, factors = quadrature_shape(book)
-    if not parlays:
+    """Gauss-Hermite evaluations of `book`'s parlay marks (`Quadrature.work`)."""
+    return quadrature(book).work(book.settings.scenarios)
+
+
+def pnl_cells(book: Book) -> int:
+    """Closed-form marks on the PnL curves: pnl_points x binaries held on an
+    underlying (0 without underlyings)."""
+    if not book.underlyings:
         return 0
-    return book.settings.scenarios * parlays * legs * QUADRATURE_NODES ** factors
+    qty = book.net_quantities()
+    held = sum(c.underlying is not None and not c.is_linear and qty[c.id] != 0
+               for c in book.contracts)
+    return (book.settings.pnl_points or PNL_POINTS) * max(1, held)
 
 
 _counter: kj.CompileCounter | None = None
@@ -214,16 +285,26 @@ def check_limits(book: Book, limits: Limits = Limits()) -> None:
             f"{n:,} scenarios x {len(book.contracts)} contracts = {cells:,} simulated outcomes, "
             f"above the service's limit of {limits.max_cells:,}; lower the scenario count",
         )
-    work = quadrature_work(book)
+    quad = quadrature(book)
+    work = quad.work(n)
     if work > limits.max_quadrature:
-        parlays, legs, factors = quadrature_shape(book)
+        grid = quad.factors - int(quad.closed)
         raise BookError(
             "model.horizon_days",
-            f"{book.settings.horizon_days!r} days leaves {parlays:,} parlay(s) (padded) with "
-            f"live legs on {factors} correlated loaded factor(s): {n:,} scenarios x {parlays:,} "
-            f"x {legs} legs x {QUADRATURE_NODES}^{factors} nodes = {work:,} quadrature "
-            f"evaluations, above the service's limit of {limits.max_quadrature:,}; lower the "
-            f"scenario count",
+            f"{book.settings.horizon_days!r} days leaves {quad.parlays:,} parlay(s) (padded) "
+            f"with live legs on {quad.factors} correlated loaded factor(s): {n:,} scenarios x "
+            f"{quad.parlays:,} x {quad.legs} legs x {quad.nodes}^{grid} Gauss-Hermite points "
+            f"= {work:,} quadrature evaluations, above the service's limit of "
+            f"{limits.max_quadrature:,}; lower the scenario count",
+        )
+    cells = pnl_cells(book)
+    if cells > limits.max_pnl_cells:
+        points = book.settings.pnl_points or PNL_POINTS
+        raise BookError(
+            "model.pnl_points",
+            f"{points:,} points x {cells // points:,} binaries held on underlyings = "
+            f"{cells:,} marks on the PnL curves, above the service's limit of "
+            f"{limits.max_pnl_cells:,}; lower model.pnl_points",
         )
 
 
@@ -276,22 +357,65 @@ def sensitivities(book: Book) -> dict:
     return finite(kj.sensitivities(book).to_dict())
 
 
+def underlying_views(book: Book, report: kj.MarginReport) -> list[dict]:
+    """Per underlying, what the page's "Perps x binaries" view adds to the
+    report's ``underlyings`` (SPEC-horizon.md §6.7), on the same spots as its
+    ``pnl_curve``: the curve split by leg, ``pnl_binaries`` = sum over the
+    binaries held on it of q (m_h(S) - p) (``kinetic_jax.mark_at_spot`` at the
+    report's horizon; h = 0 without one) and ``pnl_linear`` = e_u (S - S0) (its
+    perps and futures), so that their sum is the report's curve;
+    ``portfolio_value`` = sum of q p over those binaries (linear positions are
+    worth 0 at the mark); and the ids of its ``linear`` and ``binaries``
+    contracts, in book order."""
+    qty = book.net_quantities()
+    times = book.maturities()
+    h = book.horizon_years or 0.0
+    out = []
+    for u, rep in zip(book.underlyings, report.underlyings, strict=True):
+        spots = np.asarray(rep.pnl_spot, np.float64)
+        binaries = np.zeros_like(spots)
+        value = 0.0
+        linear, legs = [], []
+        for i, c in enumerate(book.contracts):
+            if c.underlying != u.id:
+                continue
+            if c.is_linear:
+                linear.append(c.id)
+                continue
+            legs.append(c.id)
+            q = qty[c.id]
+            if q == 0:
+                continue
+            value += q * c.price
+            marks = kj.mark_at_spot(c.type, c.price, times[i], h, u.spot, u.vol, spots)
+            binaries += q * (marks - c.price)
+        out.append({"id": u.id, "portfolio_value": value,
+                    "pnl_binaries": binaries.tolist(),
+                    "pnl_linear": (rep.linear_exposure * (spots - u.spot)).tolist(),
+                    "linear": linear, "binaries": legs})
+    return out
+
+
 def margin_response(book: Book, bins: int, with_sensitivities: bool,
                     with_histogram: bool = True) -> dict:
     """Everything the page shows for one book (the histogram and the
     sensitivities optional: the page asks for them in follow-up requests, so
-    the tiles come back after one engine call)."""
+    the tiles come back after one engine call): `report` is
+    ``MarginReport.to_dict()`` unchanged (what ``kinetic-jax margin --json``
+    prints); `underlyings` adds the per-underlying view (`underlying_views`)."""
     t0 = time.perf_counter()
     # One compiled program and one simulation for the report and the histogram
     # (every request shape shares it, so nothing compiles after warm-up).
     report, losses = kj.margin_with_losses(book)
     t1 = time.perf_counter()
     hist = histogram(losses, bins, report) if with_histogram else None
+    views = underlying_views(book, report)
     t2 = time.perf_counter()
     sens = sensitivities(book) if with_sensitivities else None
     t3 = time.perf_counter()
     out = {
         "report": report.to_dict(),
+        "underlyings": views,
         "waterfall": report.waterfall(),
         "histogram": hist,
         "sensitivities": sens,

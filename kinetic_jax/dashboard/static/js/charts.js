@@ -46,8 +46,12 @@ const baseLayout = (extra = {}) => ({
 export function renderResult(elapsed) {
   const res = S.result, rep = res.report;
   $("t-full").textContent = money(rep.full_collateral);
-  $("t-worst").textContent = money(rep.worst_case_loss);
-  $("t-worst-n").textContent = rep.worst_case_exact ? "exact netting of every outcome" : "upper bound (book too large to solve exactly)";
+  // No cap (SPEC-horizon §6.6): a book net short an underlying can lose without bound.
+  const capped = rep.capped !== false && rep.worst_case_loss !== null && rep.worst_case_loss !== undefined;
+  $("t-worst").textContent = capped ? money(rep.worst_case_loss) : "no cap";
+  $("t-worst").dataset.capped = capped ? "true" : "false";
+  $("t-worst-n").textContent = !capped ? "net short an underlying: the loss is unbounded"
+    : rep.worst_case_exact ? "exact netting of every outcome" : "upper bound (book too large to solve exactly)";
   $("t-margin").textContent = money(rep.margin);
   $("t-margin-n").textContent = `±${money(rep.standard_error)} s.e. · ES ${rep.confidence}`;
   // The horizon in force: the one this result was computed at.

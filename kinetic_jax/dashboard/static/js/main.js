@@ -8,6 +8,7 @@ import {
   $, S, applyBook, buildBook, checkAll, clusterNames, el, hideBanner, hooks, locateServerError,
   setConfig, showBanner,
 } from "./state.js";
+import { renderPerps, renderViews, wirePerps } from "./perps.js";
 import { addScenario, renderStress } from "./stress.js";
 import { addRow, renderPositions, renderPositionsErrorsOnly } from "./table.js";
 import { markApplied } from "./whatif.js";
@@ -86,6 +87,7 @@ async function compute() {
     S.hist = r.data.histogram; S.histGen = gen;
     renderTree();
     await renderResult(elapsed).catch((e) => showBanner(`Charts unavailable: ${e.message}`));
+    await renderPerps();
     saveState(book);
     requestFollowUps(book, gen);
   } else if (r.superseded) {
@@ -181,7 +183,7 @@ async function importToml(e) {
   S.imported = file.name;
   renderSourceLine();
   S.result = null;
-  renderControls(); renderPositions(); renderStress();
+  renderControls(); renderPositions(); renderStress(); renderViews();
   showBanner(`Imported ${file.name}.`, true);
   compute();
 }
@@ -194,7 +196,7 @@ async function resetBook() {
   S.imported = null;
   renderSourceLine();
   S.ui = { ...S.ui, ...(r.data.ui || {}), filter: "All" };
-  renderControls(); renderPositions(); renderStress();
+  renderControls(); renderPositions(); renderStress(); renderViews();
   compute();
 }
 
@@ -208,6 +210,7 @@ async function start() {
     logy: () => { renderHistogram(); saveUi(); },
     sens: () => { renderSensitivities(); saveUi(); },
   });
+  wirePerps({ saveUi });
   const r = await api("GET", "/api/state");
   if (!r.ok) { reportFailure(r, "load the dashboard state"); return; }
   S.source = r.data.source; S.savedAt = r.data.saved_at;
@@ -219,6 +222,7 @@ async function start() {
   renderPositions();
   renderStress();
   renderTree();
+  renderViews();
   await compute();
   window.__dashboardReady = true;
 }

@@ -1,12 +1,20 @@
 // The positions table: one row per contract, edited in place.
 import {
-  $, CONFIG, S, checkAll, clusterNames, el, eventOf, hideBanner, hooks, horizonText, keysOf,
-  locateServerError, money, parseNum, showBanner,
+  $, CONFIG, S, checkAll, clusterNames, el, eventOf, hideBanner, hooks, horizonText, isLinear, keysOf,
+  locateServerError, money, onUnderlying, parseNum, showBanner, underlyingOf,
 } from "./state.js";
 import { previewRow } from "./whatif.js";
 
+// A binary's full collateral q·p (long) or |q|·(1 − p) (short); a perp's or a
+// future's |q|·F0 (1× notional, F0 the future's price or the spot).
 function grossOf(r) {
-  const p = parseNum(r.price), q = parseNum(r.quantity === "" ? "0" : r.quantity);
+  const q = parseNum(r.quantity === "" ? "0" : r.quantity);
+  if (isLinear(r)) {
+    const u = underlyingOf(String(r.underlying || "").trim());
+    const f0 = String(r.price ?? "").trim() ? parseNum(r.price) : u && u.spot;
+    return Number.isFinite(f0) && Number.isFinite(q) ? Math.abs(q) * f0 : null;
+  }
+  const p = parseNum(r.price);
   if (!Number.isFinite(p) || !Number.isFinite(q)) return null;
   return Math.max(q * p, -q * (1 - p));
 }
@@ -21,7 +29,7 @@ function horizonFigures() {
 }
 const mark = (x) => x.toFixed(3);
 function tauCell(h) {
-  if (!h) return el("td", { class: "num hz tau", text: "–" });
+  if (!h || h.tau === null || h.tau === undefined) return el("td", { class: "num hz tau", text: "–", title: h ? "a perp or future: marked at the spot" : "" });
   const text = h.resolved_by_horizon ? "resolved" : h.tau.toPrecision(3);
   return el("td", { class: "num hz tau" + (h.resolved_by_horizon ? " resolved" : ""), "data-tau": String(h.tau), text,
     title: h.resolved_by_horizon ? "resolves by the horizon (τ = 1): marked at its outcome"
@@ -29,7 +37,7 @@ function tauCell(h) {
 }
 function marksCell(h) {
   const m = h && h.stressed_marks;
-  if (!m) return el("td", { class: "num hz marks", text: "–", title: h ? "a parlay: its mark depends on several events" : "" });
+  if (!m) return el("td", { class: "num hz marks", text: "–", title: !h ? "" : h.tau === null ? "a perp or future: its value moves with the spot" : "a parlay: its mark depends on several events" });
   return el("td", { class: "num hz marks", "data-marks": JSON.stringify(m), text: `${mark(m[0])} / ${mark(m[1])}`,
     title: `implied probability ${mark(h.implied_probability)}; mark at the horizon ${mark(m[0])} (Z at its 1% quantile) … ${mark(m[1])} (Z at 99%)` });
 }
@@ -57,18 +65,25 @@ function cellInput(r, key, { cls = "", disabled = false, placeholder = "" } = {}
 // One date per event (SPEC-horizon §6.10): a date typed on one row is set on
 // every other contract of its event too.
 function sameDateOnEvent(r) {
+  // On an underlying the expiry names the (underlying, expiry) point: a row moves alone.
+  if (onUnderlying(r)) return;
   const event = eventOf(r);
   if (event === null) return;
   for (const x of S.rows) {
-    if (x === r || x.type === "parlay" || eventOf(x) !== event) continue;
+    if (x === r || x.type === "parlay" || onUnderlying(x) || eventOf(x) !== event) continue;
     x.resolves = r.resolves;
     const cell = document.querySelector(`#positions tr[data-uid="${x.uid}"] [data-key="resolves"]`);
     if (cell) cell.value = x.resolves;
   }
 }
-function cellSelect(r, key, options) {
-  const s = el("select", { "data-key": key }, ...options.map((o) => el("option", { value: o, text: o, selected: o === r[key] })));
-  s.addEventListener("change", () => { r[key] = s.value; onRowEdit(r, s, true); });
+function cellSelect(r, key, options, { disabled = false, labels = {} } = {}) {
+  const s = el("select", { "data-key": key, disabled }, ...options.map((o) => el("option", { value: o, text: labels[o] ?? o, selected: o === r[key] })));
+  s.addEventListener("change", () => {
+    r[key] = s.value;
+    // A contract on an underlying is in the underlying's cluster.
+    if (key === "underlying" && underlyingOf(s.value)) r.cluster = underlyingOf(s.value).cluster;
+    onRowEdit(r, s, true);
+  });
   return s;
 }
 
@@ -109,20 +124,27 @@ export function renderPositions() {
   const types = CONFIG.contract_types;
   const horizon = horizonFigures();
   $("positions").classList.toggle("hz-off", !horizon);
+  const underlyings = ["", ...S.underlyings.map((u) => u.id)];
   for (const r of S.rows) {
     if (S.ui.filter !== "All" && r.cluster !== S.ui.filter) continue;
-    const keys = keysOf(r.type);
+    // On an underlying: the threshold cell is the strike, the date cell the expiry.
+    const on = onUnderlying(r);
+    const keys = on ? (CONFIG.keys_on_underlying[r.type] || []) : keysOf(r.type);
+    const level = on ? keys.includes("strike") : keys.includes("threshold");
+    const dated = on ? keys.includes("expiry") : r.type !== "parlay";
     const q = parseNum(r.quantity);
-    const tr = el("tr", { "data-uid": r.uid, "data-id": r.id, class: q > 0 ? "long" : q < 0 ? "short" : "" },
-      el("td", { class: "w-cluster" }, cellSelect(r, "cluster", names.includes(r.cluster) ? names : [...names, r.cluster])),
+    const tr = el("tr", { "data-uid": r.uid, "data-id": r.id, "data-underlying": r.underlying || "", class: q > 0 ? "long" : q < 0 ? "short" : "" },
+      el("td", { class: "w-cluster" }, cellSelect(r, "cluster", names.includes(r.cluster) ? names : [...names, r.cluster], { disabled: on })),
       el("td", { class: "w-id" }, cellInput(r, "id")),
       el("td", { class: "w-type" }, cellSelect(r, "type", types)),
-      el("td", { class: "w-event" }, cellInput(r, "event", { disabled: !keys.includes("event"), placeholder: keys.includes("event") ? r.id : "" })),
-      el("td", { class: "w-thr" }, cellInput(r, "threshold", { cls: "num", disabled: !keys.includes("threshold") })),
-      el("td", { class: "w-out" }, cellInput(r, "outcome", { disabled: !keys.includes("outcome") })),
-      el("td", { class: "w-legs" }, cellInput(r, "legs", { disabled: !keys.includes("legs"), placeholder: keys.includes("legs") ? "LEG-A, LEG-B" : "" })),
-      el("td", { class: "w-res" }, cellInput(r, "resolves", { disabled: r.type === "parlay", placeholder: r.type === "parlay" ? "" : "YYYY-MM-DD" })),
-      el("td", { class: "w-price" }, cellInput(r, "price", { cls: "num" })),
+      el("td", { class: "w-und" }, cellSelect(r, "underlying", underlyings.includes(r.underlying || "") ? underlyings : [...underlyings, r.underlying],
+        { disabled: underlyings.length < 2 && !r.underlying, labels: { "": "–" } })),
+      el("td", { class: "w-event" }, cellInput(r, "event", { disabled: on || !keys.includes("event"), placeholder: !on && keys.includes("event") ? r.id : "" })),
+      el("td", { class: "w-thr" }, cellInput(r, "threshold", { cls: "num", disabled: !level, placeholder: on && level ? "strike" : "" })),
+      el("td", { class: "w-out" }, cellInput(r, "outcome", { disabled: on || !keys.includes("outcome") })),
+      el("td", { class: "w-legs" }, cellInput(r, "legs", { disabled: on || !keys.includes("legs"), placeholder: !on && keys.includes("legs") ? "LEG-A, LEG-B" : "" })),
+      el("td", { class: "w-res" }, cellInput(r, "resolves", { disabled: !dated, placeholder: dated ? "YYYY-MM-DD" : "" })),
+      el("td", { class: "w-price" }, cellInput(r, "price", { cls: "num", disabled: r.type === "perp", placeholder: isLinear(r) ? "spot" : "" })),
       el("td", { class: "w-oi" }, cellInput(r, "open_interest", { cls: "num" })),
       el("td", { class: "w-qty" }, cellInput(r, "quantity", { cls: "num qty" })),
       el("td", { class: "num gross", text: money(grossOf(r)) }),
@@ -132,7 +154,7 @@ export function renderPositions() {
         onclick: () => deleteRow(r) })),
     );
     tbody.append(tr);
-    tbody.append(el("tr", { class: "err-line", "data-err-for": r.uid, hidden: true }, el("td", { colspan: 15 })));
+    tbody.append(el("tr", { class: "err-line", "data-err-for": r.uid, hidden: true }, el("td", { colspan: 16 })));
   }
   renderPositionsErrorsOnly();
   if (focusKey) {
@@ -171,7 +193,7 @@ export function addRow() {
   let n = 1;
   const ids = new Set(S.rows.map((r) => r.id));
   while (ids.has(`${cluster.toUpperCase()}-NEW-${n}`)) n++;
-  const r = { uid: ++S.uid, id: `${cluster.toUpperCase()}-NEW-${n}`, cluster, type: "binary", event: "",
+  const r = { uid: ++S.uid, id: `${cluster.toUpperCase()}-NEW-${n}`, cluster, type: "binary", underlying: "", event: "",
     threshold: "", outcome: "", legs: "", resolves: "", price: "0.5", open_interest: "", probability: undefined, quantity: "0" };
   // Insert after the last row of the same cluster.
   let at = -1;
