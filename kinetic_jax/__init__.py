@@ -109,6 +109,8 @@ from ._sweep import (
 )
 from ._synthetic import ladder_book as ladder_book, random_book as random_book
 from ._underlyings import (
+    DEFAULT_PNL_POINTS as DEFAULT_PNL_POINTS,
+    DEFAULT_PNL_RANGE as DEFAULT_PNL_RANGE,
     Underlying as Underlying,
     UnderlyingReport as UnderlyingReport,
     effective_strike as effective_strike,

@@ -21,7 +21,6 @@ import numpy as np
 
 import kinetic_jax as kj
 from kinetic_jax import Book, BookError
-from kinetic_jax._underlyings import DEFAULT_PNL_POINTS as PNL_POINTS
 
 # Service limits (the engine itself allows more; a web service must bound the work).
 # Scenario counts: powers of two only, so that at most len(SCENARIO_CHOICES)
@@ -217,7 +216,7 @@ def pnl_cells(book: Book) -> int:
     qty = book.net_quantities()
     held = sum(c.underlying is not None and not c.is_linear and qty[c.id] != 0
                for c in book.contracts)
-    return (book.settings.pnl_points or PNL_POINTS) * max(1, held)
+    return (book.settings.pnl_points or kj.DEFAULT_PNL_POINTS) * max(1, held)
 
 
 _counter: kj.CompileCounter | None = None
@@ -299,7 +298,7 @@ def check_limits(book: Book, limits: Limits = Limits()) -> None:
         )
     cells = pnl_cells(book)
     if cells > limits.max_pnl_cells:
-        points = book.settings.pnl_points or PNL_POINTS
+        points = book.settings.pnl_points or kj.DEFAULT_PNL_POINTS
         raise BookError(
             "model.pnl_points",
             f"{points:,} points x {cells // points:,} binaries held on underlyings = "
