@@ -445,3 +445,24 @@ def run_cli(*argv: str) -> tuple[int, str, str]:
         except SystemExit as e:  # argparse usage errors
             rc = e.code
     return rc, out.getvalue(), err.getvalue()
+
+
+def es_of(losses, masses, confidence: float) -> float:
+    """Acerbi–Tasche ES of a discrete distribution (float64): the largest losses
+    taking probability mass until 1 - alpha is used (non-monotone losses: sorted)."""
+    v = np.asarray(losses, np.float64).ravel()
+    p = np.asarray(masses, np.float64).ravel()
+    order = np.argsort(-v, kind="stable")
+    v, p = v[order], p[order]
+    budget = 1.0 - confidence
+    taken = np.minimum(p, np.maximum(budget - (np.cumsum(p) - p), 0.0))
+    return float(np.sum(taken * v) / budget)
+
+
+def z_grid(cells: int, width: float = 8.0):
+    """Midpoints and exact standard-normal masses of `cells` equal cells on
+    [-width, width] (the tails beyond are dropped)."""
+    from scipy.stats import norm
+
+    edges = np.linspace(-width, width, cells + 1)
+    return (edges[1:] + edges[:-1]) / 2, np.diff(norm.cdf(edges))

@@ -22,7 +22,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import above, below, binary, exact_es, make_book, outcome, parlay
+from helpers import (
+    above,
+    below,
+    binary,
+    es_of,
+    exact_es,
+    make_book,
+    outcome,
+    parlay,
+    z_grid,
+)
 from scipy import integrate, stats
 
 import kinetic_jax as kj
@@ -63,23 +73,8 @@ def assert_same_figures(got: dict, want: dict, rel: float = 1e-6):
             assert got[k] == pytest.approx(v, rel=rel, abs=1e-6), k
 
 
-def es_of(losses, masses, confidence: float) -> float:
-    """Acerbi–Tasche ES of a discrete distribution (float64): the largest losses
-    taking probability mass until 1 - alpha is used (non-monotone losses: sorted)."""
-    v = np.asarray(losses, np.float64).ravel()
-    p = np.asarray(masses, np.float64).ravel()
-    order = np.argsort(-v, kind="stable")
-    v, p = v[order], p[order]
-    budget = 1.0 - confidence
-    taken = np.minimum(p, np.maximum(budget - (np.cumsum(p) - p), 0.0))
-    return float(np.sum(taken * v) / budget)
 
 
-def z_grid(cells: int, width: float = 9.0):
-    """Midpoints and exact normal masses of `cells` equal cells on [-width, width]
-    (the two tails, mass ~1e-19, are dropped)."""
-    edges = np.linspace(-width, width, cells + 1)
-    return (edges[1:] + edges[:-1]) / 2, np.diff(stats.norm.cdf(edges))
 
 
 def mark(z, tau: float, lo: float, hi: float):
@@ -347,7 +342,7 @@ def test_one_event_es_against_quadrature():
     r = kj.portfolio_margin(book)
     tau = 2 / 30
     assert [c.tau for c in r.contracts] == pytest.approx([tau] * 3, rel=1e-12)
-    z, w = z_grid(400_000)
+    z, w = z_grid(400_000, width=9.0)
     loss = np.zeros_like(z)
     for c, (pid, q) in zip(book.contracts, book.net_quantities().items()):
         loss += q * (c.price - mark(z, tau, *cut_interval(c, c.price)))

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import es_of, z_grid
 from scipy import stats
 
 import kinetic_jax as kj
@@ -145,22 +146,8 @@ def reference_losses(book: Book, z: dict[str, np.ndarray], mass: np.ndarray):
     return np.concatenate(losses), np.concatenate(masses)
 
 
-def es_of(losses, masses, confidence: float) -> float:
-    """Acerbi–Tasche ES of a discrete distribution: the largest losses take
-    probability mass until 1 - alpha is used."""
-    v = np.asarray(losses, np.float64).ravel()
-    p = np.asarray(masses, np.float64).ravel()
-    order = np.argsort(-v, kind="stable")
-    v, p = v[order], p[order]
-    budget = 1.0 - confidence
-    taken = np.minimum(p, np.maximum(budget - (np.cumsum(p) - p), 0.0))
-    return float(np.sum(taken * v) / budget)
 
 
-def z_grid(cells: int, width: float = 8.0):
-    """Midpoints and exact normal masses of `cells` equal cells on [-width, width]."""
-    edges = np.linspace(-width, width, cells + 1)
-    return (edges[:-1] + edges[1:]) / 2, np.diff(N.cdf(edges))
 
 
 def one_latent_es(book: Book, uid: str = "BTC") -> float:
