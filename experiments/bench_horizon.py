@@ -41,7 +41,6 @@ import numpy as np
 import kinetic_jax as kj
 
 YEAR = 365.0
-NODES = 32  # Gauss–Hermite nodes per grid dimension (kinetic_jax/_marks.py)
 
 
 def dated_random_book(n_contracts: int, seed: int = 0) -> kj.Book:
@@ -105,7 +104,7 @@ def case(book: kj.Book, scenarios: int, horizon: float | None):
     call = lambda: kj.margin_jit(arrays, params, key, scenarios, top).margin  # noqa: E731
     compile_s = timed(call)
     dims = int(arrays.quad_cluster.shape[1]) - bool(getattr(arrays, "quad_closed", False))
-    nodes = NODES ** dims if arrays.quad_parlay.shape[0] else 0
+    nodes = arrays.quad_nodes ** dims if arrays.quad_parlay.shape[0] else 0
     return call, compile_s, float(call()), nodes
 
 
