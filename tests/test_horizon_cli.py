@@ -162,9 +162,9 @@ def test_a_horizon_beyond_every_date_is_the_resolution_margin(book_path):
 
 
 ERRORS = [
-    (["--horizon", "0"], "--horizon", "0"),
-    (["--horizon", "-1"], "--horizon", "-1"),
-    (["--horizon", "400"], "--horizon", "400"),
+    (["--horizon", "0"], "--horizon", "0.0 is outside"),  # the value, not the interval's 0
+    (["--horizon", "-1"], "--horizon", "-1.0 is outside"),
+    (["--horizon", "400"], "--horizon", "400.0 is outside"),
     (["--horizon", "nan"], "--horizon", "nan"),
     (["--horizon", "inf"], "--horizon", "inf"),
     (["--as-of", "2026-13-01"], "--as-of", "2026-13-01"),
