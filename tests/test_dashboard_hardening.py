@@ -376,7 +376,11 @@ def test_health_and_page_answer_under_40_concurrent_margins(state_path, blocked_
                 return times, health, await asyncio.gather(*margins)
 
         times, health, responses = asyncio.run(load())
-    assert max(times) < 0.5, times
+    # Answered while the engine is still held (released only afterwards): a request
+    # that waited behind it would hang until the release. The 0.5 s latency goal
+    # is a speed goal, measured in experiments/bench_dashboard.py (health_under_load);
+    # here only a bound that a loaded 2-core CI box cannot trip by scheduling noise.
+    assert max(times) < 5.0, times
     assert health["engine"]["engine"] == 8 and health["engine"]["refused"] == 32
     codes = sorted(r.status_code for r in responses)
     assert codes == [200] * 8 + [503] * 32, codes
