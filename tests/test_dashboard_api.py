@@ -83,6 +83,23 @@ def assert_error(response, status: int, field_part: str):
     assert "Traceback" not in response.text
 
 
+def field_error(response, field: str, status: int = 422) -> dict:
+    """The error body of a refused request, naming exactly `field`."""
+    assert response.status_code == status, response.text
+    err = response.json()["error"]
+    assert err["field"] == field, err
+    assert err["detail"] and err["message"] == f"{field}: {err['detail']}"
+    assert "Traceback" not in response.text
+    return err
+
+
+def post_margin(client, book) -> dict:
+    """POST /api/margin without sensitivities (20 histogram bins); must succeed."""
+    r = client.post("/api/margin", params={"sensitivities": False, "bins": 20}, json=book)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
 # ---------------------------------------------------------------------------
 # Package data and static files
 # ---------------------------------------------------------------------------

@@ -36,7 +36,9 @@ from test_dashboard_api import (  # noqa: E402
     SCENARIOS,
     TOML,
     client as client,  # noqa: F401 - the fixture
+    field_error,
     local_client,
+    post_margin,
     state_path as state_path,  # noqa: F401 - the fixture
 )
 
@@ -62,11 +64,6 @@ def perps_book() -> dict:
     return book
 
 
-def margin(client, book) -> dict:
-    r = client.post("/api/margin", params={"sensitivities": False, "bins": 20}, json=book)
-    assert r.status_code == 200, r.text
-    return r.json()
-
 
 def close(a, b, rel=1e-6, path="report"):
     """`a` equals `b` key by key, floats to float32 rounding."""
@@ -84,14 +81,6 @@ def close(a, b, rel=1e-6, path="report"):
         assert a == b, path
 
 
-def error_of(response, field: str, status: int = 422) -> dict:
-    assert response.status_code == status, response.text
-    err = response.json()["error"]
-    assert err["field"] == field, err
-    assert err["detail"] and err["message"] == f"{field}: {err['detail']}"
-    assert "Traceback" not in response.text
-    return err
-
 
 # ---------------------------------------------------------------------------
 # The example book through the service: the engine's report, the CLI's JSON
@@ -105,7 +94,7 @@ def test_the_example_round_trips_to_the_engines_report(client, tmp_path):
     assert book == perps_book()
     assert [u["id"] for u in book["underlyings"]] == ["BTC", "SPX"]
     # ... and POST /api/margin: the report is MarginReport.to_dict() of the same book.
-    out = margin(client, book)
+    out = post_margin(client, book)
     report = out["report"]
     expected = json.loads(json.dumps(kj.portfolio_margin(kj.parse_book(book)).to_dict()))
     close(report, expected)
@@ -125,7 +114,7 @@ def test_the_example_round_trips_to_the_engines_report(client, tmp_path):
 def test_a_book_net_long_every_underlying_has_a_cap(client):
     book = perps_book()
     book["positions"] = [p for p in book["positions"] if p["contract"] != "SPX-FUT-Sep26"]
-    report = margin(client, book)["report"]
+    report = post_margin(client, book)["report"]
     assert report["capped"] is True and report["worst_case_loss"] > 0
     assert report["margin"] <= report["worst_case_loss"]
     close(report, json.loads(json.dumps(kj.portfolio_margin(kj.parse_book(book)).to_dict())))
@@ -151,7 +140,7 @@ def test_the_view_figures_are_their_closed_forms(client):
     their sum the report's pnl_curve; portfolio_value = sum q p; net delta and the
     hedge lots of §6.7; each binary's model probability and effective strike."""
     book = perps_book()
-    out = margin(client, book)
+    out = post_margin(client, book)
     report, views = out["report"], out["underlyings"]
     h = 2 / 365
     qty = {p["contract"]: p["quantity"] for p in book["positions"]}
@@ -207,7 +196,7 @@ def test_the_view_figures_are_their_closed_forms(client):
 def test_the_pnl_range_and_points_shape_the_curves(client):
     book = perps_book()
     book["model"].update(pnl_range=[0.8, 1.25], pnl_points=7)
-    out = margin(client, book)
+    out = post_margin(client, book)
     for u, rep, view in zip(book["underlyings"], out["report"]["underlyings"],
                             out["underlyings"], strict=True):
         assert rep["pnl_curve"]["spot"] == pytest.approx(
@@ -218,7 +207,7 @@ def test_the_pnl_range_and_points_shape_the_curves(client):
 def test_a_book_without_underlyings_has_no_view(client):
     book = kj.book_to_dict(kj.load_book(REFERENCE))
     book["model"]["scenarios"] = SCENARIOS
-    out = margin(client, book)
+    out = post_margin(client, book)
     assert out["underlyings"] == [] and out["report"]["underlyings"] == []
     assert out["report"]["capped"] is True and out["report"]["linear_notional"] == 0
 
@@ -384,9 +373,9 @@ def test_bad_underlyings_and_linear_contracts_are_a_422_naming_the_field(client,
     book = perps_book()
     edit(book)
     for path in ("/api/validate", "/api/margin", "/api/export"):
-        error_of(client.post(path, json=book), field)
-    error_of(client.put("/api/state", json={"book": book}), field)
-    err = error_of(client.post("/api/what-if", json={"book": book, "trades": []}),
+        field_error(client.post(path, json=book), field)
+    field_error(client.put("/api/state", json={"book": book}), field)
+    err = field_error(client.post("/api/what-if", json={"book": book, "trades": []}),
                    f"book.{field}")
     assert err["path"][0] == "book"
 
@@ -481,7 +470,7 @@ def test_the_quadrature_limit_refuses_with_the_engines_arithmetic(state_path):
     limits = service.Limits(max_quadrature=work - 1)
     body = kj.book_to_dict(book)
     with local_client(create_app(None, state_path, limits=limits)) as c:
-        err = error_of(c.post("/api/margin", json=body), "model.horizon_days")
+        err = field_error(c.post("/api/margin", json=body), "model.horizon_days")
         assert f"x 64^1 Gauss-Hermite points = {work:,}" in err["detail"]
     service.check_limits(book, service.Limits(max_quadrature=work))
 
@@ -493,7 +482,7 @@ def test_the_pnl_marks_are_bounded(state_path):
     assert service.pnl_cells(kj.parse_book(book)) == 6006
     limits = service.Limits(max_pnl_cells=6005)
     with local_client(create_app(None, state_path, limits=limits)) as c:
-        err = error_of(c.post("/api/margin", json=book), "model.pnl_points")
+        err = field_error(c.post("/api/margin", json=book), "model.pnl_points")
         assert "6,006 marks" in err["detail"]
         assert c.post("/api/validate", json=perps_book()).status_code == 200
 
