@@ -688,6 +688,18 @@ def _table_leaves(table: OutcomeTable, cpad: int, rows: int, width: int):
     return comp.astype(np.int32), index, yes
 
 
+def _layout_book(book: Book, horizons: list[float]) -> Book:
+    """`book` at the first of the (sorted) `horizons` at which it is valid; `book`
+    itself without a horizon axis, or when it is valid at none of them (then every
+    point is invalid)."""
+    for h in horizons:
+        try:
+            return book.with_settings(horizon_days=h)
+        except BookError:
+            continue
+    return book
+
+
 def _moved_underlyings(book: Book, moves: tuple) -> Book:
     """`book` with the (kind, slot, value) spot / vol moves applied; futures with a
     price of their own keep their basis F0 / S0 (as the simulated losses do)."""
@@ -716,16 +728,11 @@ class _Grid:
             raise BookError("--vary", f"the grid has {size:,} points, over the limit of "
                                       f"{MAX_GRID_POINTS:,}")
         # A horizon axis margins at a horizon: the arrays are laid out at its
-        # shortest valid horizon (the most legs live, for the parlays' structure).
+        # shortest horizon at which the book is valid (the most legs live, for the
+        # parlays' structure); points at shorter ones are invalid, reported per point.
         horizons = sorted(v for t, a in zip(self.targets, axes) if t.kind == "horizon_days"
                           for v in a.values if 0 < v <= MAX_HORIZON_DAYS)
-        layout_book = book
-        if horizons:
-            try:
-                layout_book = book.with_settings(horizon_days=horizons[0])
-            except BookError:
-                pass  # every point at that horizon is then invalid, reported per point
-        self.arrays, self.layout = book_arrays(layout_book)
+        self.arrays, self.layout = book_arrays(_layout_book(book, horizons))
         self.params = MarginParams.from_settings(book.settings, self.arrays.price.dtype)
         self.kinds = {t.kind for t in self.targets}
         self._settings: dict = {}

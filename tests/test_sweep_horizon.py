@@ -47,3 +47,22 @@ def test_horizon_sensitivity_agrees_with_the_grid(book):
     d = r.sensitivities["horizon_days"]
     assert np.all(np.isfinite(d))
     assert d[0] == pytest.approx(slope, rel=0.25)
+
+
+def test_layout_at_the_shortest_valid_horizon():
+    """A parlay over four loaded clusters is refused while all four legs are live
+    (its leg D resolves on day 5): the 2-day point is invalid, and the valid points
+    are margined at their horizons — not on v1 outcomes because the shortest
+    horizon could not be laid out."""
+    from test_horizon import _four_cluster_parlay, day
+
+    book = _four_cluster_parlay(None, d_date=day(5)).with_settings(scenarios=4096)
+    book = book.with_positions({"P4": 1.0, "a": 1000.0})  # a: 30 days out, loaded
+    r = kj.sweep(book, [("horizon_days", [2.0, 6.0, 8.0])])
+    assert list(r.valid) == [False, True, True]
+    assert "legs" in r.reasons[0]
+    for i, h in ((1, 6.0), (2, 8.0)):
+        call = kj.portfolio_margin(book.with_settings(horizon_days=h))
+        assert r.base[i] == pytest.approx(call.base, rel=1e-5)
+    # A 30-day binary's 6-day marks, not its resolution outcomes (v1 would charge ~$500).
+    assert r.base[1] < 0.9 * kj.portfolio_margin(book).base
