@@ -101,7 +101,7 @@ def contract_horizon(book: Book) -> tuple[ContractHorizon, ...]:
             frac = h / t if t > h else t / h
             marks = tuple(interval_mark(z, frac, lo, hi) for z in zs)
             out.append(ContractHorizon(c.id, c.price, taus[i], taus[i] >= 1, marks,
-                                       **binary_figures(book, i, c)))
+                                       **binary_figures(book, c, t)))
             continue
         if c.type == "parlay":
             tau = min(taus[ids[leg]] for leg in c.legs)

@@ -249,10 +249,9 @@ def underlying_reports(book) -> tuple[UnderlyingReport, ...]:
     return tuple(out)
 
 
-def binary_figures(book, i: int, c) -> dict:
-    """A binary on an underlying: model probability at its strike and effective
-    strike (§6.3)."""
+def binary_figures(book, c, t: float) -> dict:
+    """A binary on an underlying with expiry `t` (years): model probability at its
+    strike and effective strike (§6.3)."""
     u = book.underlying(c.underlying)
-    t = book.maturities()[i]
     return {"model_probability": model_probability(c.type, c.strike, u.spot, u.vol, t),
             "effective_strike": effective_strike(c.type, c.price, u.spot, u.vol, t)}
