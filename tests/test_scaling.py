@@ -4,6 +4,12 @@ Device counts are set per subprocess with ``JAX_NUM_CPU_DEVICES`` (JAX reads it
 when its CPU backend starts), as a user would; the 2-process job runs two
 ``kinetic-jax margin`` processes on 127.0.0.1 that form one JAX multi-controller
 computation. Plain-sampler figures must be bit-identical to one device.
+
+The single-process multi-device checks share ONE child process with 4 CPU devices
+(`many_devices`): starting JAX and compiling the reference book's programs
+dominates their cost, so each child start and compile is paid once. In it the
+command runs on every local device (4) and the API on the first 2; the one-device
+figures come from this (1-device) test process.
 """
 
 from __future__ import annotations
@@ -42,16 +48,6 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-def _margin_json(devices: int) -> dict:
-    out = subprocess.run(
-        [sys.executable, "-m", "kinetic_jax._cli", "margin", BOOK, "--json",
-         "--scenarios", SCENARIOS],
-        env=_env(JAX_NUM_CPU_DEVICES=str(devices)), capture_output=True, text=True,
-        timeout=DEADLINE, cwd=ROOT)
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)
-
-
 def _one_device() -> dict:
     book = kj.load_book(BOOK)
     # Through JSON, as the CLI prints it (floats round-trip exactly).
@@ -62,35 +58,90 @@ def _without_devices(report: dict) -> dict:
     return {k: v for k, v in report.items() if k != "devices"}
 
 
-def test_margin_json_is_bit_identical_on_1_2_and_4_devices():
-    single = _one_device()
-    assert single["devices"] == 1
-    for devices in (2, 4):
-        report = _margin_json(devices)
-        assert report["devices"] == devices
-        assert _without_devices(report) == _without_devices(single), devices
+def _sweep_argv() -> list[str]:
+    return ["sweep", BOOK, "--vary", "rho.risk=0:0.35:3", "--vary", "confidence=0.97:0.995:2",
+            "--scenarios", SCENARIOS, "--json"]
 
 
-_IN_TWO_DEVICES = """
-import json, sys
-import jax, numpy as np
+def _batch_argv(accounts: Path) -> list[str]:
+    return ["batch", BOOK, str(accounts), "--scenarios", SCENARIOS, "--json"]
+
+
+# Run with JAX_NUM_CPU_DEVICES=4: argv[1] is a JSON object of the command lines to
+# run (on every local device, as `kinetic-jax` does), argv[2] the book, argv[3] the
+# scenario count. Prints one JSON object: each command's (exit status, JSON
+# report), the plain margin on the first 2 devices, the importance sampler on 1 and
+# 2 devices, and the jit-able core on a 2-device mesh.
+_IN_FOUR_DEVICES = """
+import contextlib, io, json, sys
+import jax
 import kinetic_jax as kj
-book = kj.load_book(sys.argv[1])
-out = {}
-for sampler in ("plain", "importance"):
-    one = kj.portfolio_margin(book, scenarios=4096, sampler=sampler, devices=1)
-    two = kj.portfolio_margin(book, scenarios=4096, sampler=sampler, devices=2)
-    out[sampler] = [one.to_dict(), two.to_dict()]
-# The jit-able core on a mesh: one SPMD program, replicated result.
+from kinetic_jax._cli import main
+commands, path = json.loads(sys.argv[1]), sys.argv[2]
+book = kj.load_book(path)
+out = {"local": len(jax.local_devices()), "commands": {}}
+for name, argv in commands.items():
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text):
+        rc = main(argv)
+    out["commands"][name] = [rc, json.loads(text.getvalue())]
+n = int(sys.argv[3])
+out["margin_2"] = kj.portfolio_margin(book, scenarios=n, devices=2).to_dict()
+out["importance"] = [kj.portfolio_margin(book, scenarios=n, sampler="importance",
+                                         devices=d).to_dict() for d in (1, 2)]
+# The jit-able core on a mesh: one SPMD program, replicated result (the test
+# process's one-device report runs the same core, margin_arrays, at this seed).
 arrays, _, params = kj.margin_inputs(book)
-key = jax.random.key(0)
-run = jax.jit(lambda a, p, k, m=None: kj.margin_arrays(a, p, k, 4096, 64, "plain", None, m),
-              static_argnums=3)
-single, mesh = run(arrays, params, key), run(arrays, params, key, kj.scenario_mesh(2))
-out["core"] = [float(single.margin), float(mesh.margin), float(single.base_se),
-               float(mesh.base_se), [len(mesh.margin.sharding.device_set)]]
+top = kj.tail_size(n, book.settings.confidence)
+mesh = jax.jit(lambda a, p, k: kj.margin_arrays(a, p, k, n, top, "plain", None,
+                                                kj.scenario_mesh(2)))(
+    arrays, params, jax.random.key(book.settings.seed))
+out["core"] = [float(mesh.margin), float(mesh.base_se), len(mesh.margin.sharding.device_set)]
 print(json.dumps(out))
 """
+
+
+def _accounts_file(directory: Path) -> Path:
+    held = kj.load_book(BOOK).net_quantities()
+    accounts = directory / "accounts.csv"
+    rows = ["account,contract,quantity"]
+    rows += [f"whole,{c},{q}" for c, q in held.items() if q != 0]  # the book: base binds
+    rows += [f"small,{c},{q / 10}" for c, q in list(held.items())[:5]]
+    rows += ["bad,NO-SUCH-CONTRACT,1"]
+    accounts.write_text("\n".join(rows) + "\n")
+    return accounts
+
+
+@pytest.fixture(scope="module")
+def many_devices(tmp_path_factory) -> dict:
+    """The child's JSON object (see _IN_FOUR_DEVICES), with the accounts file."""
+    accounts = _accounts_file(tmp_path_factory.mktemp("scaling"))
+    commands = {"margin": ["margin", BOOK, "--json", "--scenarios", SCENARIOS],
+                "sweep": _sweep_argv(), "batch": _batch_argv(accounts)}
+    out = subprocess.run([sys.executable, "-c", _IN_FOUR_DEVICES, json.dumps(commands), BOOK,
+                          SCENARIOS],
+                         env=_env(JAX_NUM_CPU_DEVICES="4"), capture_output=True, text=True,
+                         timeout=DEADLINE, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["local"] == 4
+    result["accounts"] = accounts
+    return result
+
+
+# The tests that read `many_devices` run on one xdist worker, so the child runs once.
+_one_child = pytest.mark.xdist_group("test_scaling_many_devices")
+
+
+@_one_child
+def test_margin_json_is_bit_identical_on_1_2_and_4_devices(many_devices):
+    single = _one_device()
+    assert single["devices"] == 1
+    rc, four = many_devices["commands"]["margin"]  # the command, on every local device
+    assert rc == 0
+    for devices, report in ((2, many_devices["margin_2"]), (4, four)):
+        assert report["devices"] == devices
+        assert _without_devices(report) == _without_devices(single), devices
 
 
 def _close(a, b, rtol):
@@ -103,24 +154,20 @@ def _close(a, b, rtol):
     return a == b
 
 
-def test_importance_sampler_and_the_core_on_two_devices():
-    """Importance sampling spread over 2 devices (full loss rows gathered) agrees
-    with one device to float32 rounding (relative 1e-6); so does the jit-able
-    `margin_arrays` with a mesh, whose result is replicated on both devices."""
-    out = subprocess.run([sys.executable, "-c", _IN_TWO_DEVICES, BOOK],
-                         env=_env(JAX_NUM_CPU_DEVICES="2"), capture_output=True, text=True,
-                         timeout=DEADLINE, cwd=ROOT)
-    assert out.returncode == 0, out.stderr
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    one, two = result["plain"]
-    assert (one["devices"], two["devices"]) == (1, 2)
-    assert _without_devices(one) == _without_devices(two)  # plain: bit for bit
+@_one_child
+def test_importance_sampler_and_the_core_on_two_devices(many_devices):
+    """Importance sampling spread over 2 devices (full loss rows gathered; 5,000
+    draws: padding) agrees with one device to float32 rounding (relative 1e-6); so
+    does the jit-able `margin_arrays` with a mesh, whose result is replicated on
+    both devices. (Plain sampling on 2 devices, bit for bit: the test above.)"""
+    result = many_devices
     one, two = result["importance"]
-    assert two["devices"] == 2
+    assert (one["devices"], two["devices"]) == (1, 2)
     assert _close(_without_devices(one), _without_devices(two), 1e-6)
-    single_margin, mesh_margin, single_se, mesh_se, [placed] = result["core"]
-    assert mesh_margin == pytest.approx(single_margin, rel=1e-6)
-    assert mesh_se == pytest.approx(single_se, rel=1e-6)
+    single = _one_device()  # margin_arrays on one device
+    mesh_margin, mesh_se, placed = result["core"]
+    assert mesh_margin == pytest.approx(single["margin"], rel=1e-6)
+    assert mesh_se == pytest.approx(single["base_standard_error"], rel=1e-6)
     assert placed == 2
 
 
@@ -236,39 +283,26 @@ def test_every_loss_matmul_asks_for_highest_precision(sampler):
         assert tuple(np.atleast_1d(precision)) in ((highest, highest), (highest,)), precision
 
 
-def test_sweep_and_batch_json_are_bit_identical_on_one_and_more_devices(tmp_path, capsys):
+@_one_child
+def test_sweep_and_batch_json_are_bit_identical_on_one_and_more_devices(many_devices, capsys):
     """A plain sweep and an account batch deal their scenario chunks out over the
     local devices (5,000 draws: 5 blocks; over 4 devices the last holds only
     padding): the figures of every point and account are bit-identical to one
     device, and "devices" says how many devices ran them."""
-    book = kj.load_book(BOOK)
-    held = book.net_quantities()
-    accounts = tmp_path / "accounts.csv"
-    rows = ["account,contract,quantity"]
-    rows += [f"whole,{c},{q}" for c, q in held.items() if q != 0]  # the book: base binds
-    rows += [f"small,{c},{q / 10}" for c, q in list(held.items())[:5]]
-    rows += ["bad,NO-SUCH-CONTRACT,1"]
-    accounts.write_text("\n".join(rows) + "\n")
-    sweep = ["sweep", BOOK, "--vary", "rho.risk=0:0.35:3", "--vary", "confidence=0.97:0.995:2",
-             "--scenarios", SCENARIOS]
-    batch = ["batch", BOOK, str(accounts), "--scenarios", SCENARIOS]
+    sweep, batch = _sweep_argv(), _batch_argv(many_devices["accounts"])
     local = len(jax.local_devices())
     capsys.readouterr()
-    assert main([*sweep, "--json"]) == 0
+    assert main(sweep) == 0
     single_sweep = json.loads(capsys.readouterr().out)
-    assert main([*batch, "--json"]) == 1  # the bad account fails alone
+    assert main(batch) == 1  # the bad account fails alone
     single_batch = json.loads(capsys.readouterr().out)
     assert (single_sweep["devices"], single_batch["devices"]) == (local, local)
     assert all(single_sweep["valid"][i][j] for i in range(3) for j in range(2))
     whole, small, bad = single_batch["accounts"]
     assert whole["binding"] == "base" and small["margin"] > 0
     assert "unknown contract 'NO-SUCH-CONTRACT'" in bad["error"]
-    for devices, argv in ((2, sweep), (4, batch)):
-        out = subprocess.run([sys.executable, "-m", "kinetic_jax._cli", *argv, "--json"],
-                             env=_env(JAX_NUM_CPU_DEVICES=str(devices)), capture_output=True,
-                             text=True, timeout=DEADLINE, cwd=ROOT)
-        assert out.returncode == (0 if argv is sweep else 1), out.stderr
-        report = json.loads(out.stdout)
-        assert report["devices"] == devices
-        single = single_sweep if argv is sweep else single_batch
-        assert _without_devices(report) == _without_devices(single), (devices, argv[0])
+    for name, single, status in (("sweep", single_sweep, 0), ("batch", single_batch, 1)):
+        rc, report = many_devices["commands"][name]
+        assert rc == status, name
+        assert report["devices"] == 4
+        assert _without_devices(report) == _without_devices(single), name
