@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.scipy.stats import norm
-from jaxtyping import Array, Float
+from jaxtyping import Array, Float, Int
 
 from ._arrays import ABOVE, BELOW, OUTCOME, PARLAY, BookArrays, row_membership
 from ._hierarchy import correlation_matrix
@@ -86,6 +86,28 @@ def _event_side_loss(arrays: BookArrays, lo, hi, cut, left: bool) -> Float[Array
         return jnp.sum(jnp.where(same & _inside(lo, hi, cut[j], left), arrays.quantity, 0.0))
 
     return lax.map(row, jnp.arange(cut.shape[0]), batch_size=256)
+
+
+def touched_rows(arrays: BookArrays) -> tuple[Int[Array, "C T"], Float[Array, "C T R"]]:
+    """For each cut j, the loss rows its crossing can move: its event's cluster,
+    the whole book and the cluster of each parlay with a leg on the event
+    (``touch_parlay``), repeats dropped; with their one-hot maps onto the R rows.
+    When that list is no shorter than R, every row (T = R)."""
+    n_rows = arrays.loading.shape[0] + 1
+    n_slots, width = arrays.touch_parlay.shape
+    if 2 + width >= n_rows:
+        cand = jnp.broadcast_to(jnp.arange(n_rows), (n_slots, n_rows))
+        return cand, jnp.broadcast_to(jnp.eye(n_rows, dtype=arrays.price.dtype),
+                                      (n_slots, n_rows, n_rows))
+    own = arrays.event_cluster[arrays.event]
+    book = jnp.full_like(own, n_rows - 1)
+    cand = jnp.concatenate([own[:, None], book[:, None], arrays.cluster[arrays.touch_parlay]],
+                           axis=1)  # (C, T)
+    t = cand.shape[1]
+    earlier = jnp.tril(jnp.ones((t, t), bool), k=-1)  # [t, t']: t' < t
+    repeat = jnp.any((cand[:, :, None] == cand[:, None, :]) & earlier[None], axis=2)
+    to_rows = jax.nn.one_hot(cand, n_rows, dtype=arrays.price.dtype)
+    return cand, jnp.where(repeat[..., None], 0.0, to_rows)
 
 
 def aggregate_chunk(arrays: BookArrays, scenarios: int) -> tuple[int, int]:
@@ -137,41 +159,65 @@ def aggregates(
     side_leg = {s: _inside(lo[safe], hi[safe], cut[:, None, None], s).astype(dtype)
                 for s in (True, False)}
     w_par = fixed.quantity[par][..., None] * one(fixed.cluster[par])  # (C, P, R)
+    # A cut moves at most its event's cluster row, the book row and its parlays'
+    # rows: the scenario work runs on those T columns only (scattered back to the
+    # R rows after the scenario sums).
+    cand, to_rows = touched_rows(fixed)  # (C, T), (C, T, R)
+    rows_np = jnp.einsum("jr,jtr->jt", rows_np, to_rows)
+    w_par = jnp.einsum("jpr,jtr->jpt", w_par, to_rows)
     chol = jnp.linalg.cholesky(correlation_matrix(fixed.rho, fixed.lca))
     cl_j = fixed.event_cluster[ev_j]  # cluster of each cut's event
     a_j = fixed.loading[cl_j]
     s_j = jnp.sqrt(1 - a_j * a_j)
+    # The per-scenario gathers as exact 0/1 matrix products (dense, vectorised):
+    # the event's contracts, each touched parlay's YES, its legs off the event
+    # (a parlay stays YES across the cut iff none of those is NO), each touched
+    # row's loss above its VaR, and the factor of the cut's cluster.
+    width = par.shape[1]
+    ev_gather = q_event[:, ev_j]  # (C, C)
+    par_gather = jax.nn.one_hot(par.reshape(-1), n_slots, dtype=dtype).T  # (C, C P)
+    off_event = jnp.where(on_event[..., None], 0.0, jax.nn.one_hot(legs, n_slots + 1, dtype=dtype))
+    off_count = jnp.sum(off_event, axis=2).reshape(-1, n_slots + 1).T  # (C + 1, C P)
+    side_par = {s: jnp.prod(jnp.where(on_event, side_leg[s], 1.0), -1) for s in (True, False)}
+    row_gather = jax.nn.one_hot(cand.reshape(-1), var.shape[0], dtype=dtype).T  # (R, C T)
+    factor_gather = jax.nn.one_hot(cl_j, chol.shape[0], dtype=dtype).T  # (K, C)
     chunk, sub = aggregate_chunk(fixed, scenarios)
     count = -(-scenarios // chunk)
 
     def fn(noise, index, log_w):
         x = latents_from_noise(noise, fixed)
         yes = contract_outcomes(x, fixed)  # (n, C)
-        atom = jnp.concatenate([yes, jnp.ones((yes.shape[0], 1), yes.dtype)], axis=1)
+        n = yes.shape[0]
+        atom = jnp.concatenate([yes, jnp.ones((n, 1), yes.dtype)], axis=1)
         losses = row_losses(fixed, yes)  # (n, R)
-        ev_now = jnp.matmul(yes, q_event, precision=HIGHEST)[:, ev_j]  # (n, C)
-        leg_now = atom[:, legs]  # (n, C, P, L)
-        par_now = yes[:, par]  # (n, C, P)
+        ev_now = jnp.matmul(yes, ev_gather, precision=HIGHEST)  # (n, C)
+        par_now = jnp.matmul(yes, par_gather, precision=HIGHEST).reshape(n, n_slots, width)
+        off_no = jnp.matmul(1 - atom, off_count, precision=HIGHEST).reshape(n, n_slots, width)
+        rest = (off_no == 0).astype(dtype)  # (n, C, P)
 
         def delta(left):
             d_np = ev_now - side_np[left][None, :]
-            moved = jnp.prod(jnp.where(on_event[None], side_leg[left][None], leg_now), -1)
-            d_par = jnp.einsum("njp,jpr->njr", par_now - moved, w_par, precision=HIGHEST)
-            return d_np[..., None] * rows_np[None] + d_par  # (n, C, R)
+            moved = rest * side_par[left][None]
+            d_par = jnp.einsum("njp,jpt->njt", par_now - moved, w_par, precision=HIGHEST)
+            return d_np[..., None] * rows_np[None] + d_par  # (n, C, T)
 
-        base = losses[:, None, :] - var[None, None, :]
+        base = jnp.matmul(losses - var[None, :], row_gather,
+                          precision=HIGHEST).reshape(n, n_slots, -1)  # (n, C, T)
         jump = jnp.maximum(base + delta(True), 0.0) - jnp.maximum(base + delta(False), 0.0)
         factors = jnp.matmul(noise.factors, chol.T, precision=HIGHEST)
-        eta = (cut[None, :] - a_j[None, :] * factors[:, cl_j]) / s_j[None, :]
+        own = jnp.matmul(factors, factor_gather, precision=HIGHEST)  # (n, C)
+        eta = (cut[None, :] - a_j[None, :] * own) / s_j[None, :]
         w = jnp.where(index < scenarios, jnp.exp(log_w), 0.0)
         coef = jnp.where(valid[None, :], w[:, None] * norm.pdf(eta), 0.0)[..., None] * jump
-        coef = coef / (scenarios * (1 - confidence))  # (n, C, R)
+        coef = coef / (scenarios * (1 - confidence))  # (n, C, T)
         t = jnp.where((index < scenarios)[:, None],
                       take[:, jnp.minimum(index, take.shape[1] - 1)].T, 0.0)
         split = lambda v: v.reshape(sub, v.shape[0] // sub, *v.shape[1:])  # noqa: E731
         coef, t, z, yes = split(coef), split(t), split(noise.factors), split(yes)
-        s0 = jnp.sum(coef, axis=1)
-        s1 = jnp.einsum("bnjr,bnk->bjrk", coef, z, precision=HIGHEST)
+        s0 = jnp.einsum("bjt,jtr->bjr", jnp.sum(coef, axis=1), to_rows, precision=HIGHEST)
+        s1 = jnp.einsum("bjtk,jtr->bjrk",
+                        jnp.einsum("bnjt,bnk->bjtk", coef, z, precision=HIGHEST), to_rows,
+                        precision=HIGHEST)
         tau = jnp.sum(t, axis=1)
         y = jnp.einsum("bnr,bnc->brc", t, yes, precision=HIGHEST)
         return s0, s1, tau, y
