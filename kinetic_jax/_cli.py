@@ -123,6 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
                            "errors; hybrid: exact in quantities, smoothed in prices, rho and "
                            "loadings; under a horizon the default is hybrid, live marks "
                            "differentiated pathwise)")
+    sens.add_argument("--jump-scenarios", type=int, default=None,
+                      help="draws of the conditional estimator's own run (prices, rho, "
+                           "loadings; default 8x the margin's scenarios)")
+    sens.add_argument("--jump-sampler", choices=["importance", "plain"], default=None,
+                      help="sampler of the conditional estimator's run (default importance)")
     sens.add_argument("--top", type=int, default=25, help="rows of the ranked table")
     hedge = sub.add_parser("hedge", help="margin-minimising trade in given instruments (optax)")
     _common(hedge)
@@ -195,7 +200,13 @@ def _sensitivities(args) -> int:
 
     book = _load(args)
     t = DEFAULT_TEMPERATURE if args.temperature is None else args.temperature
-    report = sensitivities(book, temperature=t, estimator=args.estimator)
+    try:
+        report = sensitivities(book, temperature=t, estimator=args.estimator,
+                               jump_scenarios=args.jump_scenarios, sampler=args.jump_sampler)
+    except BookError as e:
+        if e.field == "jump_scenarios":
+            raise BookError("--jump-scenarios", e.detail) from None
+        raise
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
         return 0
@@ -204,6 +215,9 @@ def _sensitivities(args) -> int:
     print(f"margin ${report.margin:,.2f} (binding: {report.binding}); estimator "
           f"{report.estimator}" + (f", temperature {report.temperature:g}" if smoothed else
                                    "; ± is one Monte-Carlo standard error"))
+    if report.jump_scenarios is not None:
+        print(f"prices, rho and loadings: {report.jump_scenarios:,} draws, "
+              f"{report.jump_sampler} sampling")
     print("\nPositions, largest Euler contribution first")
     print(f"  {'contract':<22}{'quantity':>11}{'price':>7}{'dM/dq':>12}{'dM/dp':>12}"
           f"{'± s.e.':>9}{'Euler $':>12}{'Alloc $':>12}")

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import NamedTuple
 
 import equinox as eqx
 import jax
@@ -40,7 +41,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._allocation import allocate
 from ._arrays import BookArrays, row_membership
-from ._book import Book
+from ._book import MAX_SCENARIOS, SAMPLERS, Book
 from ._conditional import (
     aggregate_chunk as agg_chunk,
     aggregates,
@@ -60,10 +61,49 @@ from ._margin import (
 )
 from ._portfolio import margin_inputs
 from ._sampler import padded_scenarios, simulate
-from ._shortfall import tail_size, tail_statistics, weighted_tail, weighted_tail_statistics
+from ._shortfall import (
+    bisected_tail_statistics,
+    tail_size,
+    tail_statistics,
+    weighted_tail,
+    weighted_tail_statistics,
+)
 from ._simulation import HIGHEST, contract_outcomes, draw_noise, latents_from_noise
 
 DEFAULT_TEMPERATURE = 0.05
+# The conditional estimator's own run ("jump run": prices, rho, loadings): by
+# default importance-sampled, with JUMP_FACTOR times the margin's scenarios
+# (docs/methodology.md, "Sensitivities"; measured in experiments/variance_study.py).
+JUMP_SAMPLER = "importance"
+JUMP_FACTOR = 8
+
+
+class JumpRun(NamedTuple):
+    """The conditional estimator's run: its draws, the plain sampler's tail size
+    for them (`tail_size`) and its sampler (all static)."""
+
+    scenarios: int
+    top: int
+    sampler: str
+
+
+def jump_run(settings, scenarios: int | None = None, sampler: str | None = None) -> JumpRun:
+    """The jump run of a book with these `settings`: `scenarios` draws (default
+    JUMP_FACTOR x the book's, at most the engine's limit), `sampler` (default
+    JUMP_SAMPLER)."""
+    if scenarios is None:
+        scenarios = min(JUMP_FACTOR * settings.scenarios, MAX_SCENARIOS)
+    elif isinstance(scenarios, bool) or not isinstance(scenarios, int) or not (
+            1 <= scenarios <= MAX_SCENARIOS):
+        raise BookError("jump_scenarios", f"{scenarios!r} is not an integer in "
+                                          f"[1, {MAX_SCENARIOS}]")
+    if tail_size(scenarios, settings.confidence) < 1:
+        raise BookError("jump_scenarios", f"{scenarios!r} leaves no draw in the "
+                                          f"{1 - settings.confidence:g} tail")
+    sampler = JUMP_SAMPLER if sampler is None else sampler
+    if sampler not in SAMPLERS:
+        raise BookError("sampler", f"{sampler!r} is not one of {', '.join(SAMPLERS)}")
+    return JumpRun(scenarios, tail_size(scenarios, settings.confidence), sampler)
 ESTIMATORS = ("conditional", "hybrid", "smooth", "straight_through", "hard")
 _SINGLE = ("smooth", "straight_through", "hard")
 
@@ -183,11 +223,14 @@ def _conditional_jacobian(arrays, params, key, scenarios, top, sampler="plain"):
     result, the per-batch Jacobians' mean and their standard error."""
     conf = params.confidence
     losses, weights, proposal = simulate(arrays, conf, key, scenarios, sampler)
-    top = static_top(sampler, scenarios, losses.shape[1], top)
-    tail, mass, order = weighted_tail(losses, weights, top, scenarios)
-    es, se, var, take = weighted_tail_statistics(tail, mass, conf, scenarios)
-    rows = jnp.arange(losses.shape[0])[:, None]
-    take_full = jnp.zeros_like(weights, shape=losses.shape).at[rows, order].set(take)
+    if static_top(sampler, scenarios, losses.shape[1], top) >= losses.shape[1]:
+        # Every draw may be in the tail (importance sampling): no sort.
+        es, se, var, take_full = bisected_tail_statistics(losses, weights, conf, scenarios)
+    else:
+        tail, mass, order = weighted_tail(losses, weights, top, scenarios)
+        es, se, var, take = weighted_tail_statistics(tail, mass, conf, scenarios)
+        rows = jnp.arange(losses.shape[0])[:, None]
+        take_full = jnp.zeros_like(weights, shape=losses.shape).at[rows, order].set(take)
     agg = aggregates(arrays, key, scenarios, proposal, var, take_full, conf)
     agg = lax.stop_gradient(agg)
     es, se, var = lax.stop_gradient((es, se, var))
@@ -225,10 +268,14 @@ def sensitivity_arrays(
     top: int,
     temperature: Float[Array, ""],
     estimator: str = "conditional",
+    jumps: JumpRun | None = None,
 ) -> SensitivityResult:
     """Figures and their Jacobian: one forward pass per estimator involved, then
     one reverse pass per reported figure (lax.map over the cotangents, so memory
-    stays that of a single pass). `result` always holds the hard figures."""
+    stays that of a single pass). `result` always holds the hard figures, on
+    `scenarios` draws, and so do the quantity derivatives; the conditional
+    estimator's prices, rho and loadings come from its own run `jumps` (default:
+    `scenarios` draws, importance-sampled)."""
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator: {estimator!r} is not one of {ESTIMATORS}")
     if estimator in ("hard", "straight_through"):
@@ -239,7 +286,8 @@ def sensitivity_arrays(
         # add-on's standard error included); the rest from the conditional
         # estimator, with batch standard errors for every entry.
         result, hard = _jacobian(arrays, params, key, scenarios, top, temperature, "hard")
-        _, jac, err = _conditional_jacobian(arrays, params, key, scenarios, top)
+        jumps = JumpRun(scenarios, top, JUMP_SAMPLER) if jumps is None else jumps
+        _, jac, err = _conditional_jacobian(arrays, params, key, *jumps)
         jac = eqx.tree_at(lambda j: j.quantity, jac, hard.quantity)
         return SensitivityResult(result, jac, err)
     result, hard = _jacobian(arrays, params, key, scenarios, top, temperature, "hard")
@@ -280,6 +328,8 @@ class SensitivityReport:
     - `rho_standard_error`, `loading_standard_error` (and ``d_quantity_se``,
       ``d_price_se`` in each position): the Monte-Carlo standard error of each
       derivative (conditional estimator; empty or absent for the others).
+    - `jump_scenarios`, `jump_sampler`: the conditional estimator's run (its
+      draws and sampler; None for the other estimators).
     """
 
     margin: float
@@ -303,6 +353,8 @@ class SensitivityReport:
     horizon_days: float | None = None
     spot: dict[str, float] = dataclasses.field(default_factory=dict)
     vol: dict[str, float] = dataclasses.field(default_factory=dict)
+    jump_scenarios: int | None = None
+    jump_sampler: str | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -327,6 +379,8 @@ class SensitivityReport:
             "horizon_days": self.horizon_days,
             "spot": self.spot,
             "vol": self.vol,
+            "jump_scenarios": self.jump_scenarios,
+            "jump_sampler": self.jump_sampler,
         }
 
 
@@ -344,6 +398,8 @@ def sensitivities(
     estimator: str | None = None,
     scenarios: int | None = None,
     seed: int | None = None,
+    jump_scenarios: int | None = None,
+    sampler: str | None = None,
     dtype=None,
 ) -> SensitivityReport:
     """Sensitivities of `book`'s margin to every position, price, rho and
@@ -358,7 +414,11 @@ def sensitivities(
       ``"straight_through"`` or ``"hard"`` (module doc); default
       [`default_estimator`][] (conditional, or hybrid under a horizon, where
       the conditional estimator does not apply).
-    - `scenarios`, `seed`: override the book's settings.
+    - `scenarios`, `seed`: override the book's settings (the margin, its
+      figures and the quantity derivatives are those of `portfolio_margin`).
+    - `jump_scenarios`, `sampler`: the conditional estimator's own run, for
+      prices, rho and loadings (default JUMP_FACTOR = 8 x `scenarios`,
+      importance-sampled: see [`jump_run`][]); ignored by the other estimators.
     """
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
         math.isfinite(temperature) and 0 < temperature <= 1
@@ -374,14 +434,16 @@ def sensitivities(
                                      "underlyings) the marks are smooth: use 'hybrid' (the "
                                      "default there)")
     s = book.settings
+    jumps = jump_run(s, jump_scenarios, sampler) if estimator == "conditional" else None
     arrays, layout, params = margin_inputs(book, dtype=dtype)
     sens = sensitivity_jit(arrays, params, jax.random.key(s.seed), s.scenarios,
                            tail_size(s.scenarios, s.confidence),
-                           jnp.asarray(temperature, arrays.price.dtype), estimator)
-    return _report(book, layout, sens, temperature, estimator)
+                           jnp.asarray(temperature, arrays.price.dtype), estimator, jumps)
+    return _report(book, layout, sens, temperature, estimator, jumps)
 
 
-def _report(book, layout, sens: SensitivityResult, temperature, estimator):
+def _report(book, layout, sens: SensitivityResult, temperature, estimator,
+            jumps: JumpRun | None = None):
     res = jax.tree.map(lambda x: np.asarray(x, np.float64), sens.result)
     jac = jax.tree.map(lambda x: np.asarray(x, np.float64), sens.jacobian)
     err = (None if sens.standard_error is None
@@ -449,6 +511,8 @@ def _report(book, layout, sens: SensitivityResult, temperature, estimator):
                       else float(jac.horizon[0]) / DAYS_PER_YEAR),
         spot={u.id: float(jac.spot[0, k]) for k, u in enumerate(book.underlyings)},
         vol={u.id: float(jac.vol[0, k]) for k, u in enumerate(book.underlyings)},
+        jump_scenarios=None if jumps is None else jumps.scenarios,
+        jump_sampler=None if jumps is None else jumps.sampler,
         rho_standard_error=({} if err is None else
                             {name: float(err.rho[0, j]) for j, name in enumerate(nodes)}),
         loading_standard_error=({} if err is None else

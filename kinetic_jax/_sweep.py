@@ -65,7 +65,13 @@ from ._hierarchy import correlation_matrix
 from ._margin import BINDING, MarginParams, margin_arrays, margin_from_statistics
 from ._progress import Progress, want_progress
 from ._sampler import chunk_size, row_losses
-from ._sensitivities import DEFAULT_TEMPERATURE, _conditional_jacobian, sensitivity_arrays
+from ._sensitivities import (
+    DEFAULT_TEMPERATURE,
+    JumpRun,
+    _conditional_jacobian,
+    jump_run,
+    sensitivity_arrays,
+)
 from ._sharding import AXIS, scenario_mesh
 from ._shortfall import tail_size, weighted_tail_statistics
 from ._simulation import (
@@ -501,11 +507,15 @@ def streamed_margins(arrays, params, points: Points, stream: _Stream | _ShardedS
 @eqx.filter_jit
 def sweep_chunk_general(arrays: BookArrays, params: MarginParams, key, points: Points,
                         scenarios: int, top: int, sampler: str, targets: tuple,
-                        sensitivities: bool) -> tuple[dict, dict, dict]:
+                        sensitivities: bool, jumps: JumpRun | None = None
+                        ) -> tuple[dict, dict, dict]:
     """Figures of P points by [`margin_arrays`][] (any sampler; vmapped for plain
     sampling, one point after another for importance sampling) and, with
     `sensitivities`, each point's derivative along each target (kind, slot) and
-    its standard error (NaN where the estimator gives none)."""
+    its standard error (NaN where the estimator gives none); prices, rho and
+    loadings from the conditional estimator's run `jumps` (as
+    [`sensitivities`][]: default `scenarios` draws of `sampler`)."""
+    jumps = JumpRun(scenarios, top, sampler) if jumps is None else jumps
 
     def one(pt):
         a, p = at_point(arrays, params, pt)
@@ -531,7 +541,7 @@ def sweep_chunk_general(arrays: BookArrays, params: MarginParams, key, points: P
                                          "hybrid").jacobian
                 cond = (jac, jax.tree.map(lambda x: jnp.full_like(x, jnp.nan), jac))
             else:
-                _, mean, err = _conditional_jacobian(a, p, key, scenarios, top, sampler)
+                _, mean, err = _conditional_jacobian(a, p, key, *jumps)
                 cond = (mean, err)
         d, e = {}, {}
         nan = jnp.asarray(jnp.nan, a.price.dtype)
@@ -553,7 +563,7 @@ def sweep_chunk_general(arrays: BookArrays, params: MarginParams, key, points: P
                 d[name], e[name] = getattr(mean, kind)[0, slot], getattr(err, kind)[0, slot]
         return _figures(result), d, e
 
-    if sampler == "plain":
+    if sampler == "plain" and not (sensitivities and jumps.sampler != "plain"):
         return jax.vmap(one)(points)
     # The importance sampler's fitted proposal makes discrete choices (which shift
     # coordinates to keep, the pilot's tail) that batched arithmetic can round the
@@ -897,7 +907,9 @@ def sweep(
       string or a ``(name, values)`` pair (or a mapping name -> values). The grid is
       their product, in the order given.
     - `sensitivities`: also the derivative of the margin along each axis at every
-      point (module doc).
+      point (module doc); prices, rho and loadings from the conditional
+      estimator's run of [`sensitivities`][] ([`jump_run`][]: 8x the scenarios,
+      importance-sampled).
     - `progress`: a progress bar on stderr (None: when stdout and stderr are
       terminals).
     - `points_per_call`: points margined per compiled call (default 64, 4 with
@@ -937,6 +949,12 @@ def sweep(
     errs = {a.name: np.full(size, np.nan) for a in axes} if sensitivities else None
     key = jax.random.key(s.seed)
     fast = s.sampler == "plain" and not sensitivities
+    # Sensitivities along price, rho and loading axes: the conditional
+    # estimator's run of [`sensitivities`][] (8x the draws, importance-sampled).
+    jumps = None
+    if sensitivities:
+        jumps = jump_run(s)
+        jumps = jumps._replace(top=tail_size(jumps.scenarios, lowest))
     chunk = 0
     if fast:
         per = CHUNK_ELEMENTS // (p * grid.arrays.quantity.shape[0])
@@ -967,7 +985,7 @@ def sweep(
                 else:
                     out, d, e = sweep_chunk_general(grid.arrays, grid.params, key, pts,
                                                     s.scenarios, top, s.sampler, targets,
-                                                    sensitivities)
+                                                    sensitivities, jumps)
                 out = jax.device_get(out)
                 m = len(flat)
                 for n in names:

@@ -352,8 +352,12 @@ def losses_response(book: Book, bins: int) -> dict:
 
 
 def sensitivities(book: Book) -> dict:
-    """``kinetic_jax.sensitivities(book).to_dict()``."""
-    return finite(kj.sensitivities(book).to_dict())
+    """``kinetic_jax.sensitivities(book).to_dict()``, with the conditional
+    estimator's run at the page's scenario count (importance-sampled) rather
+    than the library's 8x: the service's work stays bounded by its scenario
+    limits, and the panel answers in about the time of a few margin calls."""
+    jump = book.settings.scenarios if kj.default_estimator(book) == "conditional" else None
+    return finite(kj.sensitivities(book, jump_scenarios=jump).to_dict())
 
 
 def underlying_views(book: Book, report: kj.MarginReport) -> list[dict]:
