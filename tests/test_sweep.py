@@ -179,8 +179,11 @@ def test_sensitivities_match_the_sensitivity_report(book):
     assert d["rho.crypto"] == pytest.approx(report.rho["crypto"], rel=1e-4, abs=1e-2)
     assert se["rho.crypto"] == pytest.approx(report.rho_standard_error["crypto"], rel=1e-4)
     assert d["loading.BTC"] == pytest.approx(report.loading["BTC"], rel=1e-4, abs=1e-2)
+    # The tail mean of p - YES: the boundary draw's fractional weight (of 1/41 at
+    # N = 4,096) rounds differently in the sweep's program and the report's (3e-5
+    # seen), far below the change of one tail draw.
     assert d["quantity.BTC-100K-DEC"] == pytest.approx(
-        report.positions["BTC-100K-DEC"]["d_quantity"], rel=1e-4, abs=1e-6)
+        report.positions["BTC-100K-DEC"]["d_quantity"], rel=1e-4, abs=1e-4)
     assert np.isnan(se["quantity.BTC-100K-DEC"])  # exact on the scenarios
     eth = report.positions.get("ETH-5K-DEC") or report.candidates["ETH-5K-DEC"]
     assert d["price.ETH-5K-DEC"] == pytest.approx(eth["d_price"], rel=1e-4, abs=1e-2)
