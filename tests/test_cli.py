@@ -473,8 +473,9 @@ def test_module_bad_override_exits_2_without_traceback(books):
     assert proc.stderr == "kinetic-jax: error: --confidence: 2.0 is outside (0, 1)\n"
 
 
-def test_command_json_matches_in_process(books, reports):
-    proc = _subprocess([*_command(), "margin", books["floor"], "--json"])
+@pytest.mark.xdist_group("test_cli_command_without_cache")
+def test_command_json_matches_in_process(command_without_cache, reports):
+    _, proc = command_without_cache  # the installed command (its cache off changes nothing)
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     r = json.loads(proc.stdout)
@@ -560,13 +561,25 @@ def test_second_run_loads_its_programs_from_the_cache(books, tmp_path):
     assert json.loads(second.stdout) == json.loads(first.stdout)
 
 
-def test_cache_switched_off_writes_nothing(books, tmp_path):
-    """KINETIC_JAX_CACHE_DIR=off: no file anywhere under HOME or XDG_CACHE_HOME
-    (both inside tmp_path), no warning, and the report is the in-process one."""
+@pytest.fixture(scope="module")
+def command_without_cache(books, tmp_path_factory):
+    """``(directory, process)``: the installed command, ``margin`` of the floor book
+    with ``--json``, run with KINETIC_JAX_CACHE_DIR=off and HOME and XDG_CACHE_HOME
+    inside the (otherwise empty) directory. One run serves the two tests below (a
+    child compiling without a cache is one of the suite's dearest steps)."""
+    tmp_path = tmp_path_factory.mktemp("command_without_cache")
     proc = subprocess.run([*_command(), "margin", books["floor"], "--json"],
                           capture_output=True, text=True, timeout=120,
                           env=_cache_env(tmp_path, KINETIC_JAX_CACHE_DIR="off",
                                          XDG_CACHE_HOME=str(tmp_path / "xdg")))
+    return tmp_path, proc
+
+
+@pytest.mark.xdist_group("test_cli_command_without_cache")
+def test_cache_switched_off_writes_nothing(command_without_cache):
+    """KINETIC_JAX_CACHE_DIR=off: no file anywhere under HOME or XDG_CACHE_HOME
+    (both inside tmp_path), no warning, and the report is the in-process one."""
+    tmp_path, proc = command_without_cache
     assert (proc.returncode, proc.stderr) == (0, "")
     assert json.loads(proc.stdout)["scenarios"] == N
     assert _files(tmp_path) == set()
