@@ -225,7 +225,8 @@ def test_importance_sampler_keeps_the_original_proposal():
     ([("G0", 1.0)], r"trades: list is not a mapping"),
 ])
 def test_bad_trades_are_named(trades, message):
-    session = kj.margin_session(parlay_book(scenarios=1024))
+    # At N: the session program of test_apply_commits_and_what_if_follows.
+    session = kj.margin_session(parlay_book(scenarios=N))
     with pytest.raises(kj.BookError, match=message):
         session.what_if(trades)
     assert session.book.net_quantities() == parlay_book().net_quantities()
