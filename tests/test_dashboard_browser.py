@@ -6,6 +6,13 @@ tiles against kinetic_jax.portfolio_margin on the same edited book; then that
 ids are shown as text in the charts and that an unreachable server is
 reported as such.
 
+The server starts from a saved state (the file a user's earlier session left):
+the reference book at 8,192 scenarios (`SCENARIOS`), so that the warm-up and
+every recompute run the programs the other dashboard tests compile at that
+count, instead of the reference's 131,072 (whose warm-up alone compiled and ran
+the sensitivities for tens of seconds). The tests check the page against the
+engine on the same book, so the figures are exact at any count.
+
 Skipped only when /usr/bin/chromium (or the playwright package) is missing and
 KINETIC_JAX_REQUIRE_BROWSER is unset; CI sets it, and then a missing browser
 fails. Saves a screenshot to tmp_path and to $KINETIC_JAX_SCREENSHOT if set.
@@ -14,6 +21,7 @@ fails. Saves a screenshot to tmp_path and to $KINETIC_JAX_SCREENSHOT if set.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import socket
@@ -27,7 +35,11 @@ import pytest
 
 import kinetic_jax as kj
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.standard_promotion]
+# The browser modules ask `--dist loadgroup` to run them on one xdist worker, so that
+# they share one server (`dashboard_server`). pytest-xdist 3.8 under pytest 9.2 ignores
+# the group (pytest-dev/pytest-xdist#1386): each worker then starts its own server.
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.standard_promotion,
+              pytest.mark.xdist_group("dashboard-browser")]
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -39,6 +51,22 @@ SERVER_START_S = 120
 COMPUTE_S = 240  # first computations compile (margin, loss distribution, sensitivities)
 EDIT_CONTRACT, EDIT_QUANTITY = "NFL-KC", -100000
 SLIDER_STEPS = 10  # ArrowRight presses on rho_within (step 0.01)
+SCENARIOS = 8192  # the book the server starts with (see the module doc)
+
+
+def reference_book() -> kj.Book:
+    """The reference book at `SCENARIOS` scenarios: what the page shows first."""
+    return kj.load_book(REFERENCE).with_settings(scenarios=SCENARIOS)
+
+
+def _seed_state(path: Path) -> None:
+    """Writes a saved dashboard state holding `reference_book()`, sourced from
+    the reference book (so the server, started without a book, resumes it)."""
+    from kinetic_jax.dashboard import _service as service
+    from kinetic_jax.dashboard._state import REFERENCE as SOURCE, Source, State, StateStore, sha256
+
+    source = Source(SOURCE, sha256(service.reference_book_text()))
+    StateStore(path).save(State(book=reference_book(), ui={}, source=source))
 
 
 def _require_browser():
@@ -62,43 +90,97 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def server(tmp_path):
-    """The real server, as a user starts it, on a free loopback port."""
-    port = _free_port()
-    state = tmp_path / "state.json"
-    log = open(tmp_path / "server.log", "wb")
-    env = {**os.environ, "HOME": str(tmp_path)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "kinetic_jax._cli", "dashboard", "--host", "127.0.0.1",
-         "--port", str(port), "--state", str(state)],
-        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
-    )
-    url = f"http://127.0.0.1:{port}/"
-    try:
+class _Server:
+    """One `kinetic-jax dashboard` subprocess (see `dashboard_server`)."""
+
+    def __init__(self, directory: Path):
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.state = directory / "state.json"
+        self.log_path = directory / "server.log"
+        _seed_state(self.state)
+        self.log = open(self.log_path, "wb")
+        env = {**os.environ, "HOME": str(directory)}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "kinetic_jax._cli", "dashboard", "--host", "127.0.0.1",
+             "--port", str(self.port), "--state", str(self.state)],
+            stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=directory,
+        )
+
+    def wait_started(self) -> None:
         deadline = time.monotonic() + SERVER_START_S
         while True:
-            if proc.poll() is not None:
-                pytest.fail(f"the server exited: {(tmp_path / 'server.log').read_text()}")
+            if self.proc.poll() is not None:
+                pytest.fail(f"the server exited: {self.log_path.read_text()}")
             try:
-                if httpx.get(url + "api/health", timeout=2).status_code == 200:
+                if httpx.get(self.url + "api/health", timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
                 pytest.fail("the server did not start in time")
-            time.sleep(0.25)
-        printed = (tmp_path / "server.log").read_text()
-        assert url in printed, printed  # the command prints its URL
-        yield url, state
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
+            time.sleep(0.1)
+        printed = self.log_path.read_text()
+        assert self.url in printed, printed  # the command prints its URL
+
+    def reset(self) -> None:
+        """Saves `reference_book()` with no page settings, as the seeded state
+        was: a page opened now starts from it. Repeated until read back, in
+        case a save sent by the previous test's page lands after it."""
+        wanted = kj.book_to_dict(reference_book())
+        for _ in range(20):
+            r = httpx.put(self.url + "api/state", json={"book": wanted, "ui": {}}, timeout=30)
+            assert r.status_code == 200, r.text
+            time.sleep(0.05)
+            saved = httpx.get(self.url + "api/state", timeout=30).json()
+            if saved["book"] == wanted and saved["ui"] == {}:
+                return
+        pytest.fail(f"the server's state did not reset: {saved}")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:  # an engine call in flight (a compile) finishes first
+            self.proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
-        log.close()
+            self.proc.kill()
+            self.proc.wait(timeout=15)
+        self.log.close()
+
+
+_SHARED: dict[str, _Server] = {}
+
+
+@pytest.fixture(scope="session")
+def dashboard_server(tmp_path_factory):
+    """The one server every browser test of the session (of the xdist worker)
+    talks to, so that its start (importing JAX) and warm-up are paid once;
+    stopped when the session ends. A module using `server` imports this
+    fixture too."""
+    _require_browser()  # skip before starting anything
+    shared = _SHARED.get("server")
+    if shared is None:
+        shared = _SHARED["server"] = _Server(tmp_path_factory.mktemp("dashboard-server"))
+        try:
+            shared.wait_started()
+        except BaseException:
+            del _SHARED["server"]
+            shared.stop()
+            raise
+    yield shared
+    if _SHARED.pop("server", None) is not None:  # each importing module has a copy
+        shared.stop()
+
+
+@pytest.fixture
+def server(dashboard_server):
+    """The real server, as a user starts it, on a free loopback port, resuming
+    a saved state that holds `reference_book()`; yields ``(url, state file)``.
+    Shared by the tests (`dashboard_server`): its saved state is reset to
+    `reference_book()` first, so each test's page opens on that book."""
+    if dashboard_server.proc.poll() is not None:
+        pytest.fail(f"the server exited: {dashboard_server.log_path.read_text()}")
+    dashboard_server.reset()
+    yield dashboard_server.url, dashboard_server.state
 
 
 def _money(text: str) -> float:
@@ -169,7 +251,7 @@ def test_dashboard_end_to_end(server, tmp_path):
     _require_browser()  # skip early, before computing the expected figures
     url, state_file = server
 
-    reference = kj.load_book(REFERENCE)
+    reference = reference_book()
     rho = round(reference.hierarchy.rho[reference.hierarchy.node_names.index("crypto")]
                 + SLIDER_STEPS * 0.01, 2)
     slid = reference.with_hierarchy(reference.hierarchy.replace(rho={"crypto": rho}))
@@ -243,11 +325,18 @@ def test_dashboard_end_to_end(server, tmp_path):
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(shot, target)
 
-        # The edited book was saved: a reload (new session) brings it back.
-        page.wait_for_timeout(500)
-        saved = kj.parse_book(httpx.get(url + "api/state", timeout=10).json()["book"])
+        # The edited book was saved (the page saves it 150 ms after a result),
+        # to the state file: a reload (new session) brings it back.
+        deadline = time.monotonic() + 30
+        while True:
+            saved = kj.parse_book(httpx.get(url + "api/state", timeout=10).json()["book"])
+            if saved.net_quantities()[EDIT_CONTRACT] == EDIT_QUANTITY or (
+                    time.monotonic() > deadline):
+                break
+            time.sleep(0.1)
         assert saved.net_quantities()[EDIT_CONTRACT] == EDIT_QUANTITY
-        assert state_file.exists()
+        on_disk = kj.parse_book(json.loads(state_file.read_text())["book"])
+        assert on_disk.net_quantities()[EDIT_CONTRACT] == EDIT_QUANTITY
         page.reload()
         page.wait_for_function("window.__dashboardReady === true", timeout=COMPUTE_S * 1000)
         _wait_idle(page)

@@ -1,14 +1,17 @@
 """Browser test of the liquidation-horizon control (SPEC-horizon.md §6, issue 11
-item 4), in one page load of the dated reference book at 8,192 scenarios: to
-resolution the tiles show the v1 margin, "to resolution", and no tau or marks
-columns; the "2 d" button re-margins the book through POST /api/margin to
-kinetic_jax.portfolio_margin's 2-day figure, the margin tile says "2-day
-horizon, as of 2026-06-01" and every row shows its tau ("resolved" for the
-games resolving within two days) and its marks at the 1% / 99% quantiles of
-its event's revealed latent; a date typed in one row's Resolves cell moves its
-whole event (SOL-DEC to tomorrow: resolved, and the engine's margin of that
-book); "Resolution" brings back the v1 margin and hides the columns again.
-Same server, browser and skip rules as test_dashboard_browser.py."""
+item 4), in one page load of the dated reference book at 8,192 scenarios (the
+book the server starts with; the scenarios menu is checked to set the count of
+the book the page sends, with automatic recompute off so that no other count
+compiles): to resolution the tiles show the v1 margin, "to resolution", and no
+tau or marks columns; the "2 d" button re-margins the book through POST
+/api/margin to kinetic_jax.portfolio_margin's 2-day figure, the margin tile
+says "2-day horizon, as of 2026-06-01" and every row shows its tau ("resolved"
+for the games resolving within two days) and its marks at the 1% / 99%
+quantiles of its event's revealed latent; a date typed in one row's Resolves
+cell moves its whole event (SOL-DEC to tomorrow: resolved, and the engine's
+margin of that book); "Resolution" brings back the v1 margin and hides the
+columns again. Same server, browser and skip rules as
+test_dashboard_browser.py."""
 
 from __future__ import annotations
 
@@ -17,19 +20,21 @@ import datetime
 
 import pytest
 from test_dashboard_browser import (
-    REFERENCE,
+    SCENARIOS,
     _money,
     _require_browser,
     _wait_idle,
     dashboard_page,
+    dashboard_server as dashboard_server,  # noqa: F401 - the fixture
+    reference_book,
     server as server,  # noqa: F401 - the fixture
 )
 
 import kinetic_jax as kj
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.standard_promotion]
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.standard_promotion,
+              pytest.mark.xdist_group("dashboard-browser")]  # one server: see `dashboard_server`
 
-SCENARIOS = 8192
 HORIZON = 2
 LIVE = "BTC-100K-DEC"  # resolves 2026-12-31: tau = 2 / 213
 SOL = ("SOL-200-DEC", "SOL-300-DEC")  # the event SOL-DEC, in no parlay
@@ -49,7 +54,8 @@ def _row(page, contract: str):
 def test_horizon_control_remargins_and_shows_tau(server, tmp_path):  # noqa: F811
     _require_browser()  # skip early, before computing the expected figures
     url, _ = server
-    book = kj.load_book(REFERENCE).with_settings(scenarios=SCENARIOS)
+    book = reference_book()  # the server's book: the reference at 8,192 scenarios
+    assert book.settings.scenarios == SCENARIOS
     v1 = kj.portfolio_margin(book)
     at_horizon = kj.portfolio_margin(book.with_settings(horizon_days=HORIZON))
     assert at_horizon.margin < v1.margin - 1000  # the horizon matters on this book
@@ -68,8 +74,18 @@ def test_horizon_control_remargins_and_shows_tau(server, tmp_path):  # noqa: F81
     assert sol_resolved.base != pytest.approx(at_horizon.base, rel=1e-3)
 
     with dashboard_page(url, tmp_path / "profile") as (page, errors):
+        assert page.input_value("#scenarios") == str(SCENARIOS)
+        assert page.evaluate("window.dashboard.state.result.report.scenarios") == SCENARIOS
+        # The scenarios menu sets the count of the book sent (auto-recompute off:
+        # nothing is computed at the other count), and back.
+        page.uncheck("#auto")
+        page.select_option("#scenarios", "1024")
+        assert page.evaluate("window.dashboard.buildBook().book.model.scenarios") == 1024
+        assert "press Re-run" in page.inner_text("#footer")
         page.select_option("#scenarios", str(SCENARIOS))
-        _wait_idle(page, f"window.dashboard.state.result.report.scenarios === {SCENARIOS}")
+        page.check("#auto")  # recomputes the book on show
+        _wait_idle(page, f"window.dashboard.state.result.report.scenarios === {SCENARIOS}"
+                         " && window.dashboard.state.ui.auto === true")
         tiles = _tiles(page)
         assert abs(tiles["margin"] - v1.margin) <= 0.5 + 1e-6, tiles
         assert tiles["horizon"] == "to resolution" and tiles["pressed"] == "resolution"

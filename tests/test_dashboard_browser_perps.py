@@ -22,12 +22,14 @@ from test_dashboard_browser import (
     _require_browser,
     _wait_idle,
     dashboard_page,
+    dashboard_server as dashboard_server,  # noqa: F401 - the fixture
     server as server,  # noqa: F401 - the fixture
 )
 
 import kinetic_jax as kj
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.standard_promotion]
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.standard_promotion,
+              pytest.mark.xdist_group("dashboard-browser")]  # one server: see `dashboard_server`
 
 EXAMPLE = ROOT / "examples" / "perps_and_strip.toml"
 SCENARIOS = 8192

@@ -17,16 +17,18 @@ import httpx
 import pytest
 from test_dashboard_browser import (
     COMPUTE_S,
-    REFERENCE,
     _require_browser,
     _wait_idle,
     dashboard_page,
+    dashboard_server as dashboard_server,  # noqa: F401 - the fixture
+    reference_book,
     server as server,  # noqa: F401 - the fixture
 )
 
 import kinetic_jax as kj
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.standard_promotion]
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.standard_promotion,
+              pytest.mark.xdist_group("dashboard-browser")]  # one server: see `dashboard_server`
 
 NAME, CLUSTER, VALUE, CONTRACT = "BTC slump, C wins", "BTC", -2.0, "PRES-2028-C"
 
@@ -39,7 +41,7 @@ def _losses(page) -> list[float]:
 def test_stress_panel_add_edit_and_addon(server, tmp_path):  # noqa: F811
     _require_browser()  # skip early, before computing the expected figures
     url, state = server
-    book = kj.load_book(REFERENCE)
+    book = reference_book()  # the server's book: the reference at 8,192 scenarios
     extra = kj.Stress(NAME, ((CLUSTER, VALUE),), ((CONTRACT, "YES"),))
     added = kj.Book(book.contracts, book.positions, book.hierarchy, book.settings,
                     (*book.stress, extra))

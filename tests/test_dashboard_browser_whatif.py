@@ -12,16 +12,18 @@ import json
 import pytest
 from test_dashboard_browser import (
     COMPUTE_S,
-    REFERENCE,
     _require_browser,
     _wait_idle,
     dashboard_page,
+    dashboard_server as dashboard_server,  # noqa: F401 - the fixture
+    reference_book,
     server as server,  # noqa: F401 - the fixture
 )
 
 import kinetic_jax as kj
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.standard_promotion]
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.standard_promotion,
+              pytest.mark.xdist_group("dashboard-browser")]  # one server: see `dashboard_server`
 
 CONTRACT, QUANTITY = "BTC-100K-DEC", 25_000
 
@@ -37,7 +39,7 @@ def _wait_preview(page, text: str):
 def test_what_if_preview_before_apply(server, tmp_path):  # noqa: F811
     _require_browser()  # skip early, before computing the expected figures
     url, _ = server
-    book = kj.load_book(REFERENCE)
+    book = reference_book()  # the server's book: the reference at 8,192 scenarios
     before = kj.portfolio_margin(book)
     q = book.net_quantities()
     q[CONTRACT] = float(QUANTITY)
