@@ -97,7 +97,7 @@ def jump_run(settings, scenarios: int | None = None, sampler: str | None = None)
             1 <= scenarios <= MAX_SCENARIOS):
         raise BookError("jump_scenarios", f"{scenarios!r} is not an integer in "
                                           f"[1, {MAX_SCENARIOS}]")
-    if tail_size(scenarios, settings.confidence) < 1:
+    if scenarios * (1 - settings.confidence) < 1:
         raise BookError("jump_scenarios", f"{scenarios!r} leaves no draw in the "
                                           f"{1 - settings.confidence:g} tail")
     sampler = JUMP_SAMPLER if sampler is None else sampler
