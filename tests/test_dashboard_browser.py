@@ -139,8 +139,9 @@ class _Server:
 
     def stop(self) -> None:
         self.proc.terminate()
-        try:  # an engine call in flight (a compile) finishes first
-            self.proc.wait(timeout=15)
+        try:  # it exits when no engine call is in flight; the last page's follow-up
+            # (its sensitivities, compiling for a new book) is not worth waiting for
+            self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=15)
