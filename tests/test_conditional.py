@@ -10,23 +10,23 @@ from helpers import above, binary, exact_es, make_book, outcome, parlay
 from scipy.stats import multivariate_normal, norm
 
 import kinetic_jax as kj
-from kinetic_jax._sensitivities import sensitivity_jit
+from kinetic_jax._sensitivities import JumpRun, sensitivity_jit
 
-# The pair and the book of test_reported_sensitivities_carry_standard_errors share
-# one padded shape: at this scenario count they share the compiled program (also
-# kj.sensitivities's, which calls the same jitted function).
+# The scenario count of the closed-form pair (and of the sensitivity tests' pair).
 N = 4096
 
 
 def _seeds(book, seeds, row=1):
     """The base row of the Jacobian and its standard errors over `seeds` keys (the
-    book's scenario count, the conditional estimator named)."""
+    conditional estimator and its jump run named: the book's scenario count, plain
+    sampler, so the checks do not depend on the engine's defaults)."""
     arrays, layout, params = kj.margin_inputs(book)
     n = book.settings.scenarios
+    top = kj.tail_size(n, 0.99)
     out = []
     for seed in range(seeds):
-        res = sensitivity_jit(arrays, params, jax.random.key(100 + seed), n,
-                              kj.tail_size(n, 0.99), jnp.float32(0.05), "conditional")
+        res = sensitivity_jit(arrays, params, jax.random.key(100 + seed), n, top,
+                              jnp.float32(0.05), "conditional", JumpRun(n, top, "plain"))
         out.append(jax.tree.map(lambda x: np.asarray(x[row], np.float64),
                                 (res.jacobian, res.standard_error)))
     jac = jax.tree.map(lambda *x: np.stack(x), *[o[0] for o in out])
