@@ -22,6 +22,7 @@
   it; results agree to float32 rounding, margin reports bit for bit). To test the
   default code generation, give any ``--xla_backend_optimization_level`` in
   ``XLA_FLAGS`` (the default is 3): the session then leaves it alone.
+- Tests marked ``slow`` are collected first, so that xdist starts them first.
 """
 
 from __future__ import annotations
@@ -79,6 +80,13 @@ def pytest_unconfigure(config):
     if _created_cache_dir is not None:
         shutil.rmtree(_created_cache_dir, ignore_errors=True)
         _created_cache_dir = None
+
+
+def pytest_collection_modifyitems(config, items):
+    """The ``slow`` tests (browser, notebooks, the longest engine checks) first,
+    each group in its collection order: xdist hands tests out in this order, so
+    the longest ones start at once instead of leaving one worker busy at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(autouse=True)
