@@ -11,9 +11,13 @@ is zero; for them each atom's indicator is smoothed,
 at temperature t (latent standard deviations), which converges to the indicator
 as t -> 0. Estimators:
 
-- ``"hybrid"`` (default): quantities from the hard margin (exact, so the Euler
-  allocation sums to the reported margin), prices, rho and loadings from the
-  smoothed margin (tail selected on the smoothed losses).
+- ``"conditional"`` (default to resolution): quantities from the hard margin,
+  prices, rho and loadings unbiased, without smoothing, by integrating each
+  event's own noise at its cuts (kinetic_jax._conditional), on the estimator's
+  own run ([`JumpRun`][]: by default 8x the draws, importance-sampled).
+- ``"hybrid"`` (default under a liquidation horizon): quantities from the hard
+  margin (exact, so the Euler allocation sums to the reported margin), prices,
+  rho and loadings from the smoothed margin (tail selected on the smoothed losses).
 - ``"smooth"``: everything from the smoothed margin (a differentiable surrogate).
 - ``"straight_through"``: hard value; smoothed outcomes differentiated on the
   *hard* tail only. Kept for comparison: it misses the scenarios that enter the
@@ -71,6 +75,8 @@ from ._shortfall import (
 from ._simulation import HIGHEST, contract_outcomes, draw_noise, latents_from_noise
 
 DEFAULT_TEMPERATURE = 0.05
+ESTIMATORS = ("conditional", "hybrid", "smooth", "straight_through", "hard")
+_SINGLE = ("smooth", "straight_through", "hard")
 # The conditional estimator's own run ("jump run": prices, rho, loadings): by
 # default importance-sampled, with JUMP_FACTOR times the margin's scenarios
 # (docs/methodology.md, "Sensitivities"; measured in experiments/variance_study.py).
@@ -104,8 +110,6 @@ def jump_run(settings, scenarios: int | None = None, sampler: str | None = None)
     if sampler not in SAMPLERS:
         raise BookError("sampler", f"{sampler!r} is not one of {', '.join(SAMPLERS)}")
     return JumpRun(scenarios, tail_size(scenarios, settings.confidence), sampler)
-ESTIMATORS = ("conditional", "hybrid", "smooth", "straight_through", "hard")
-_SINGLE = ("smooth", "straight_through", "hard")
 
 
 class MarginVars(eqx.Module):
