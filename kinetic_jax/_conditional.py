@@ -171,15 +171,14 @@ def aggregates(
     s_j = jnp.sqrt(1 - a_j * a_j)
     # The per-scenario gathers as exact 0/1 matrix products (dense, vectorised):
     # the event's contracts, each touched parlay's YES, its legs off the event
-    # (a parlay stays YES across the cut iff none of those is NO), each touched
-    # row's loss above its VaR, and the factor of the cut's cluster.
+    # (a parlay stays YES across the cut iff none of those is NO) and the factor
+    # of the cut's cluster.
     width = par.shape[1]
     ev_gather = q_event[:, ev_j]  # (C, C)
     par_gather = jax.nn.one_hot(par.reshape(-1), n_slots, dtype=dtype).T  # (C, C P)
     off_event = jnp.where(on_event[..., None], 0.0, jax.nn.one_hot(legs, n_slots + 1, dtype=dtype))
     off_count = jnp.sum(off_event, axis=2).reshape(-1, n_slots + 1).T  # (C + 1, C P)
     side_par = {s: jnp.prod(jnp.where(on_event, side_leg[s], 1.0), -1) for s in (True, False)}
-    row_gather = jax.nn.one_hot(cand.reshape(-1), var.shape[0], dtype=dtype).T  # (R, C T)
     factor_gather = jax.nn.one_hot(cl_j, chol.shape[0], dtype=dtype).T  # (K, C)
     chunk, sub = aggregate_chunk(fixed, scenarios)
     count = -(-scenarios // chunk)
@@ -201,8 +200,8 @@ def aggregates(
             d_par = jnp.einsum("njp,jpt->njt", par_now - moved, w_par, precision=HIGHEST)
             return d_np[..., None] * rows_np[None] + d_par  # (n, C, T)
 
-        base = jnp.matmul(losses - var[None, :], row_gather,
-                          precision=HIGHEST).reshape(n, n_slots, -1)  # (n, C, T)
+        base = (losses - var[None, :])[:, cand]  # (n, C, T); a gather: an infinite
+        # VaR (a row no draw reaches) must not meet a 0 in a product
         jump = jnp.maximum(base + delta(True), 0.0) - jnp.maximum(base + delta(False), 0.0)
         factors = jnp.matmul(noise.factors, chol.T, precision=HIGHEST)
         own = jnp.matmul(factors, factor_gather, precision=HIGHEST)  # (n, C)
