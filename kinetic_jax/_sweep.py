@@ -563,7 +563,10 @@ def sweep_chunk_general(arrays: BookArrays, params: MarginParams, key, points: P
                 d[name], e[name] = getattr(mean, kind)[0, slot], getattr(err, kind)[0, slot]
         return _figures(result), d, e
 
-    if sampler == "plain" and not (sensitivities and jumps.sampler != "plain"):
+    # An importance-sampled jump run (resolution mode) is one fitted proposal per
+    # point too: one point at a time, as below.
+    jump_is = sensitivities and not arrays.dynamic and jumps.sampler != "plain"
+    if sampler == "plain" and not jump_is:
         return jax.vmap(one)(points)
     # The importance sampler's fitted proposal makes discrete choices (which shift
     # coordinates to keep, the pilot's tail) that batched arithmetic can round the
