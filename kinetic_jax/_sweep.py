@@ -507,15 +507,14 @@ def streamed_margins(arrays, params, points: Points, stream: _Stream | _ShardedS
 @eqx.filter_jit
 def sweep_chunk_general(arrays: BookArrays, params: MarginParams, key, points: Points,
                         scenarios: int, top: int, sampler: str, targets: tuple,
-                        sensitivities: bool, jumps: JumpRun | None = None
+                        sensitivities: bool, jumps: JumpRun | None
                         ) -> tuple[dict, dict, dict]:
     """Figures of P points by [`margin_arrays`][] (any sampler; vmapped for plain
     sampling, one point after another for importance sampling) and, with
     `sensitivities`, each point's derivative along each target (kind, slot) and
     its standard error (NaN where the estimator gives none); prices, rho and
-    loadings from the conditional estimator's run `jumps` (as
-    [`sensitivities`][]: default `scenarios` draws of `sampler`)."""
-    jumps = JumpRun(scenarios, top, sampler) if jumps is None else jumps
+    loadings from the conditional estimator's run `jumps` ([`jump_run`][]; None
+    without sensitivities)."""
 
     def one(pt):
         a, p = at_point(arrays, params, pt)
