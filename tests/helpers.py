@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from hypothesis import strategies as st
 from jax.flatten_util import ravel_pytree
+from scipy.stats import multivariate_normal, norm
 
 import kinetic_jax as kj
 from kinetic_jax import Book, Contract, Hierarchy, Position, Settings
@@ -466,3 +467,27 @@ def z_grid(cells: int, width: float = 8.0):
 
     edges = np.linspace(-width, width, cells + 1)
     return (edges[1:] + edges[:-1]) / 2, np.diff(norm.cdf(edges))
+
+
+def pair_exact(px: float, py: float, q: float, loading: float = 0.9,
+               rho: float = 0.68) -> dict[str, float]:
+    """Long q of X / short q of Y, two ``above`` contracts in two clusters of one
+    node (`rho`, both clusters at `loading`): latent correlation r = loading^2 rho.
+    When the worst outcome (X NO, Y YES) has probability P1 < 1 %, the 99 % ES is
+    [P1 L1 + (1 % - P1) L2] / 1 % and dES/dtheta = (L1 - L2) / 1 % dP1/dtheta (+ q
+    from the marks for prices), with dP1/dr = -phi2(cx, cy; r), dP1/dpx =
+    -P(Y > cy | X = cx), dP1/dpy = P(X <= cx | Y = cy). Returns p1, es, d_rho,
+    d_loading (of one cluster's loading), d_px, d_py."""
+    r = loading * loading * rho
+    cx, cy = norm.ppf(1 - px), norm.ppf(1 - py)
+    mvn = multivariate_normal(cov=[[1, r], [r, 1]])
+    p1 = float(norm.cdf(cx) - mvn.cdf([cx, cy]))
+    l1, l2 = q * (px + 1 - py), q * (px - py)
+    jump = (l1 - l2) / 0.01
+    phi2 = float(mvn.pdf([cx, cy]))
+    s = math.sqrt(1 - r * r)
+    return {"p1": p1, "es": (p1 * l1 + (0.01 - p1) * l2) / 0.01,
+            "d_rho": -jump * phi2 * loading * loading,
+            "d_loading": -jump * phi2 * loading * rho,
+            "d_px": float(jump * -(1 - norm.cdf((cy - r * cx) / s)) + q),
+            "d_py": float(jump * norm.cdf((cx - r * cy) / s) - q)}

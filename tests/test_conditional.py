@@ -6,8 +6,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from helpers import above, binary, exact_es, make_book, outcome, parlay
-from scipy.stats import multivariate_normal, norm
+from helpers import above, binary, exact_es, make_book, outcome, pair_exact, parlay
 
 import kinetic_jax as kj
 from kinetic_jax._sensitivities import JumpRun, sensitivity_jit
@@ -51,16 +50,9 @@ def test_pair_rho_loading_and_price_derivatives_match_the_closed_form():
     dP1/dr = -phi2(cx, cy; r), dP1/dpx = -P(Y > cy | X = cx),
     dP1/dpy = P(X <= cx | Y = cy). No smoothing: no bias allowance."""
     px, py, q = 0.95, 0.10, 1000.0
-    r = 0.9 * 0.9 * 0.68
-    cx, cy = norm.ppf(1 - px), norm.ppf(1 - py)
-    mvn = multivariate_normal(cov=[[1, r], [r, 1]])
-    l1, l2 = q * (px + 1 - py), q * (px - py)
-    s = np.sqrt(1 - r * r)
-    jump = (l1 - l2) / 0.01
-    d_rho = jump * -mvn.pdf([cx, cy]) * 0.9 * 0.9
-    d_loading = jump * -mvn.pdf([cx, cy]) * 0.9 * 0.68
-    d_px = jump * -(1 - norm.cdf((cy - r * cx) / s)) + q
-    d_py = jump * norm.cdf((cx - r * cy) / s) - q
+    exact = pair_exact(px, py, q)
+    assert exact["p1"] < 0.01
+    d_rho, d_loading, d_px, d_py = (exact[k] for k in ("d_rho", "d_loading", "d_px", "d_py"))
     # 96 seeds of 4,096 scenarios: the same draws in all as 12 of 32,768, so the
     # same standard error of the mean (measured at 4,096 x 96: 6.0 for dES/drho of
     # -128.7).

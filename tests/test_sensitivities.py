@@ -9,8 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import above, binary, check_grad, make_book, outcome
-from scipy.stats import multivariate_normal, norm
+from helpers import above, binary, check_grad, make_book, outcome, pair_exact
 
 import kinetic_jax as kj
 from kinetic_jax._cli import main as cli
@@ -94,15 +93,9 @@ def test_closed_form_rho_and_loading_derivative_of_the_pair():
     swapped loading and correlation would show); the ES within 3 standard errors
     plus 0.5%."""
     px, py, q = 0.95, 0.10, 1000.0
-    r = 0.9 * 0.9 * 0.68
-    cx, cy = norm.ppf(1 - px), norm.ppf(1 - py)
-    mvn = multivariate_normal(cov=[[1, r], [r, 1]])
-    p1 = norm.cdf(cx) - mvn.cdf([cx, cy])
-    assert p1 < 0.01
-    l1, l2 = q * (px + 1 - py), q * (px - py)
-    es = (p1 * l1 + (0.01 - p1) * l2) / 0.01
-    d_rho = (l1 - l2) / 0.01 * -mvn.pdf([cx, cy]) * 0.9 * 0.9
-    d_loading = (l1 - l2) / 0.01 * -mvn.pdf([cx, cy]) * 0.9 * 0.68
+    exact = pair_exact(px, py, q)
+    assert exact["p1"] < 0.01
+    es, d_rho, d_loading = exact["es"], exact["d_rho"], exact["d_loading"]
     book = _pair_book(px, py, q)
     seeds = 96
     got = np.array([[s.base, s.base_sensitivities["rho"]["crypto"],
