@@ -112,6 +112,7 @@ from ._sweep import (
     sweep as sweep,
 )
 from ._synthetic import ladder_book as ladder_book, random_book as random_book
+from ._threefry import threefry_normal as threefry_normal
 from ._underlyings import (
     DEFAULT_PNL_POINTS as DEFAULT_PNL_POINTS,
     DEFAULT_PNL_RANGE as DEFAULT_PNL_RANGE,

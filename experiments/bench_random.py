@@ -1,0 +1,85 @@
+"""Random-number generation on this machine: the normals a margin call draws.
+
+The engine draws one (1,024,) block of normals per (event, block) key, vmapped
+over the keys (kinetic_jax/_simulation.py). Timed here for 64 keys x 131,072
+draws (8.4 M float32 normals), medians of interleaved repeats, each after a
+0.2 s pause (see bench_margin.py), in one process:
+
+- ``jax.random.normal`` with threefry (JAX's CPU lowering: a rolled loop),
+  ``rbg`` and ``unsafe_rbg`` keys;
+- ``kj.threefry_normal``: the same threefry normals, bit for bit, the hash
+  written out so that XLA fuses it (what the engine uses), and its raw bits;
+- NumPy's PCG64 ``standard_normal`` (ziggurat) and ``random``, the baseline's.
+
+    .venv/bin/python experiments/bench_random.py [--repeats 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import kinetic_jax as kj
+
+KEYS, DRAWS = 64, 131072
+
+
+def timed(fn, repeats: int) -> float:
+    jax.block_until_ready(fn())
+    times = []
+    for _ in range(repeats):
+        time.sleep(0.2)
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)) * 1e3
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=7)
+    args = ap.parse_args()
+
+    def keys(impl):
+        return jax.random.split(jax.random.key(0, impl=impl), KEYS)
+
+    def vmapped(draw, impl):
+        ks = keys(impl)
+        f = jax.jit(jax.vmap(draw))
+        return lambda: f(ks)
+
+    rng = np.random.default_rng(0)
+    cases = {
+        "jax.random.normal, threefry": vmapped(lambda k: jax.random.normal(k, (DRAWS,)),
+                                               "threefry2x32"),
+        "jax.random.normal, rbg": vmapped(lambda k: jax.random.normal(k, (DRAWS,)), "rbg"),
+        "jax.random.normal, unsafe_rbg": vmapped(lambda k: jax.random.normal(k, (DRAWS,)),
+                                                 "unsafe_rbg"),
+        "kj.threefry_normal (engine)": vmapped(lambda k: kj.threefry_normal(k, (DRAWS,)),
+                                               "threefry2x32"),
+        "jax.random.bits, threefry": vmapped(lambda k: jax.random.bits(k, (DRAWS,)),
+                                             "threefry2x32"),
+        "NumPy PCG64 standard_normal": lambda: rng.standard_normal((KEYS, DRAWS), np.float32),
+        "NumPy PCG64 random (uniform)": lambda: rng.random((KEYS, DRAWS), np.float32),
+    }
+    same = jax.jit(jax.vmap(lambda k: kj.threefry_normal(k, (DRAWS,))))(keys("threefry2x32"))
+    ref = jax.vmap(lambda k: jax.random.normal(k, (DRAWS,), jnp.float32))(keys("threefry2x32"))
+    print(f"{KEYS} x {DRAWS:,} float32 draws, {jax.devices()[0].platform}; "
+          f"kj.threefry_normal == jax.random.normal bit for bit: "
+          f"{bool(jnp.array_equal(same, ref))}")
+    times = {name: [] for name in cases}
+    for _ in range(args.repeats):
+        for name, fn in cases.items():
+            times[name].append(timed(fn, 1))
+    base = np.median(times["jax.random.normal, threefry"])
+    for name, ts in times.items():
+        t = float(np.median(ts))
+        print(f"  {name:34s} {t:8.1f} ms   {base / t:5.2f}x jax.random.normal")
+
+
+if __name__ == "__main__":
+    main()
