@@ -50,6 +50,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from ._arrays import BookArrays
 from ._sampler import (
     Proposal,
+    chunk_rows,
     chunk_size,
     loss_rows,
     padded_scenarios,
@@ -108,8 +109,9 @@ def _local_rows(arrays, key, scenarios, chunk, proposal, devices):
     size, per = device_chunks(arrays, scenarios, chunk, devices)
     first = lax.axis_index(AXIS) * per
     losses, weights = stream_chunks(arrays, key, scenarios, size, first + jnp.arange(per),
-                                    proposal, loss_rows(arrays, scenarios))
-    return losses.T, weights  # (K + 1, per * size) and (per * size,): this device's
+                                    proposal, loss_rows(arrays, scenarios), per_scenario=False)
+    # (K + 1, per * size) and (per * size,): this device's
+    return chunk_rows(losses), weights.reshape(-1)
 
 
 def gathered_tail(

@@ -64,7 +64,7 @@ from ._errors import BookError
 from ._hierarchy import correlation_matrix
 from ._margin import BINDING, MarginParams, margin_arrays, margin_from_statistics
 from ._progress import Progress, want_progress
-from ._sampler import chunk_size, row_losses
+from ._sampler import chunk_size, outcome_losses
 from ._sensitivities import (
     DEFAULT_TEMPERATURE,
     JumpRun,
@@ -76,13 +76,12 @@ from ._sharding import AXIS, scenario_mesh
 from ._shortfall import tail_size, weighted_tail_statistics
 from ._simulation import (
     BLOCK,
-    HIGHEST,
     Noise,
     atom_cuts,
     chunk_noise,
-    contract_outcomes,
-    latents_from_noise,
+    latent_rows,
     n_blocks,
+    outcome_rows,
 )
 from ._stress import stress_matrix
 from ._worst_case import OutcomeTable, build_outcome_table
@@ -232,24 +231,10 @@ def at_point(arrays: BookArrays, params: MarginParams, point: Points
 def _row_losses_t(arrays: BookArrays, z: Float[Array, "K n"], eta: Float[Array, "E n"]
                   ) -> Float[Array, "K+1 n"]:
     """The scenarios' loss per cluster and (last row) for the book, scenarios on the
-    last axis (contiguous row gathers): the same arithmetic as
-    ``row_losses(contract_outcomes(latents_from_noise(...)))``."""
-    chol = jnp.linalg.cholesky(correlation_matrix(arrays.rho, arrays.lca))
-    factors = jnp.matmul(chol, z, precision=HIGHEST)  # (K, n)
-    a = arrays.loading[arrays.event_cluster][:, None]
-    x = factors[arrays.event_cluster] * a + jnp.sqrt(1 - a * a) * eta  # (E, n)
-    lo, hi = atom_cuts(arrays)
-    xc = x[arrays.event]  # (C, n)
-    atom = (xc > lo[:, None]) & (xc <= hi[:, None])
-    atom = jnp.concatenate([atom, jnp.ones((1, atom.shape[1]), bool)])
-    yes = atom[arrays.legs[:, 0]]
-    for leg in range(1, arrays.legs.shape[1]):
-        yes = yes & atom[arrays.legs[:, leg]]
-    k = arrays.loading.shape[0]
-    w = jax.nn.one_hot(arrays.cluster, k, dtype=arrays.price.dtype) * arrays.quantity[:, None]
-    w = jnp.concatenate([w, arrays.quantity[:, None]], axis=1).T  # (K + 1, C)
-    return jnp.matmul(w, arrays.price[:, None] - yes.astype(arrays.price.dtype),
-                      precision=HIGHEST)
+    last axis: the margin's own kernels (``_simulation.latent_rows``, ...), marks
+    at a liquidation horizon included."""
+    yes = outcome_rows(latent_rows(Noise(z.T, eta.T), arrays), arrays)
+    return outcome_losses(arrays, yes)
 
 
 UNROLL_CONTRACTS = 256
@@ -344,10 +329,7 @@ def sweep_step(arrays: BookArrays, params: MarginParams, points: Points,
 
     def one(pt, t):
         a, _ = at_point(arrays, params, pt)
-        if a.dynamic:  # marks at a liquidation horizon (_marks.py)
-            yes = contract_outcomes(latents_from_noise(Noise(z.T, eta.T), a), a)
-            losses = row_losses(a, yes).T
-        elif structure is None:
+        if structure is None or a.dynamic:
             losses = _row_losses_t(a, z, eta)
         else:
             losses = _unrolled_losses(a, structure, z, eta)
