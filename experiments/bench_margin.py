@@ -8,10 +8,22 @@ Baselines:
 - margining 64 accounts: 64 separate jitted calls vs one vmapped call of
   `margin_from_outcomes` over quantity vectors on a shared simulation.
 
-    .venv/bin/python experiments/bench_margin.py [--repeats 7]
+    .venv/bin/python experiments/bench_margin.py [--repeats 7] [--seeds 32]
 
 Timings are medians of interleaved repeats (the machines are shared and noisy);
-ratios are what to compare.
+ratios are what to compare. Each timed call follows a 0.2 s pause: OpenBLAS's
+worker threads spin for a while after NumPy's matmul and would otherwise take
+the cores from whichever call comes next (measured: the engine's call right
+after the baseline's took 1.6x as long as after a pause).
+
+To the same standard error: the base's seed-to-seed variance of the baseline
+(plain Monte Carlo) over that of the engine's importance sampler, at equal
+scenarios, is the variance-reduction factor VRF; the baseline needs VRF times
+the scenarios (and time) to match, so the speed-up at equal standard error is
+VRF x t_baseline / t_importance. VRF is given twice: from the spread over
+`--seeds` seeds (an F-ratio: noisy) and from the engine's reported standard
+errors (the plain estimator's is the baseline's; the importance sampler's is
+conservative, docs/benchmarks.md), averaged over the same seeds.
 """
 
 from __future__ import annotations
@@ -81,6 +93,7 @@ def numpy_margin_pieces(book: kj.Book, scenarios: int, seed: int) -> float:
 def median_time(fn, repeats):
     times = []
     for _ in range(repeats):
+        time.sleep(0.2)
         t0 = time.perf_counter()
         jax.block_until_ready(fn())
         times.append(time.perf_counter() - t0)
@@ -92,6 +105,7 @@ def main():
     ap.add_argument("--book", default="examples/reference_book.toml")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--accounts", type=int, default=64)
+    ap.add_argument("--seeds", type=int, default=32)
     ap.add_argument("--out", default="experiments/results/bench_margin.json")
     args = ap.parse_args()
     book = kj.load_book(args.book)
@@ -107,15 +121,37 @@ def main():
     kj.portfolio_margin(book)
     first_report_s = time.perf_counter() - t0
 
+    t0 = time.perf_counter()
+    jax.block_until_ready(kj.margin_jit(arrays, params, key, s.scenarios, top, "importance"))
+    compile_is = time.perf_counter() - t0
+
     engine = lambda: kj.margin_jit(arrays, params, key, s.scenarios, top).margin  # noqa: E731
+    importance = lambda: kj.margin_jit(  # noqa: E731
+        arrays, params, key, s.scenarios, top, "importance").margin
     report = lambda: kj.portfolio_margin(book)  # noqa: E731  (host layout + call + report)
     baseline = lambda: numpy_margin_pieces(book, s.scenarios, s.seed)  # noqa: E731
-    t_engine, t_report, t_numpy = [], [], []
+    t_engine, t_is, t_report, t_numpy = [], [], [], []
     for _ in range(args.repeats):
         t_numpy.append(median_time(baseline, 1))
         t_engine.append(median_time(engine, 1))
+        t_is.append(median_time(importance, 1))
         t_report.append(median_time(report, 1))
-    t_engine, t_report, t_numpy = map(np.median, (t_engine, t_report, t_numpy))
+    t_engine, t_is, t_report, t_numpy = map(np.median, (t_engine, t_is, t_report, t_numpy))
+
+    # The base's spread over seeds: the baseline, the engine plain and importance.
+    base_np, base_plain, base_is, se_plain, se_is = [], [], [], [], []
+    for seed in range(args.seeds):
+        k = jax.random.key(seed)
+        base_np.append(numpy_margin_pieces(book, s.scenarios, seed))
+        r = kj.margin_jit(arrays, params, k, s.scenarios, top)
+        base_plain.append(float(r.base))
+        se_plain.append(float(r.base_se))
+        r = kj.margin_jit(arrays, params, k, s.scenarios, top, "importance")
+        base_is.append(float(r.base))
+        se_is.append(float(r.base_se))
+    var_np, var_plain, var_is = (float(np.var(x, ddof=1)) for x in (base_np, base_plain, base_is))
+    vrf_spread = var_np / var_is
+    vrf_reported = float(np.mean(np.square(se_plain)) / np.mean(np.square(se_is)))
 
     # Many accounts on one simulation.
     rng = np.random.default_rng(0)
@@ -139,8 +175,19 @@ def main():
     out = {
         "scenarios": s.scenarios, "contracts": len(book.contracts),
         "compile_seconds": compile_s, "first_portfolio_margin_seconds": first_report_s,
+        "importance_compile_seconds": compile_is,
         "engine_call_seconds": t_engine, "portfolio_margin_seconds": t_report,
+        "importance_call_seconds": t_is,
         "numpy_baseline_seconds": t_numpy, "numpy_over_engine": t_numpy / t_engine,
+        "seeds": args.seeds,
+        "base_sd": {"numpy": var_np ** 0.5, "plain": var_plain ** 0.5, "importance": var_is ** 0.5},
+        "base_mean": {"numpy": float(np.mean(base_np)), "plain": float(np.mean(base_plain)),
+                      "importance": float(np.mean(base_is))},
+        "reported_se_mean": {"plain": float(np.mean(se_plain)),
+                             "importance": float(np.mean(se_is))},
+        "vrf_spread": vrf_spread, "vrf_reported": vrf_reported,
+        "equal_se_speedup_spread": vrf_spread * t_numpy / t_is,
+        "equal_se_speedup_reported": vrf_reported * t_numpy / t_is,
         "accounts": args.accounts, "accounts_shared_seconds": t_shared,
         "accounts_separate_seconds": t_separate, "shared_compile_seconds": shared_compile,
         "separate_over_shared": t_separate / t_shared,
@@ -152,8 +199,17 @@ def main():
     print(f"  first portfolio_margin incl. layout  {first_report_s:8.3f} s")
     print(f"  jitted margin call (median)          {t_engine * 1e3:8.1f} ms")
     print(f"  portfolio_margin, host + call        {t_report * 1e3:8.1f} ms")
+    print(f"  importance sampler call (median)     {t_is * 1e3:8.1f} ms   "
+          f"(compile {compile_is:.2f} s)")
     print(f"  NumPy baseline (same pieces)         {t_numpy * 1e3:8.1f} ms   "
-          f"ratio NumPy / engine = {t_numpy / t_engine:.2f}")
+          f"ratio NumPy / engine = {t_numpy / t_engine:.2f}   (goal >= 2)")
+    print(f"  base over {args.seeds} seeds: sd NumPy {var_np ** 0.5:.1f}, engine plain "
+          f"{var_plain ** 0.5:.1f}, importance {var_is ** 0.5:.1f}; mean reported s.e. plain "
+          f"{np.mean(se_plain):.1f}, importance {np.mean(se_is):.1f}")
+    print(f"  VRF (NumPy / importance): {vrf_spread:.2f} from the spread, {vrf_reported:.2f} "
+          f"from the reported s.e.")
+    print(f"  to the same standard error: NumPy / engine = {vrf_spread * t_numpy / t_is:.1f} "
+          f"(spread), {vrf_reported * t_numpy / t_is:.1f} (reported s.e.)   (goal >= 10)")
     print(f"  {args.accounts} accounts, shared simulation  {t_shared * 1e3:8.1f} ms   "
           f"vs separate calls {t_separate * 1e3:.1f} ms: ratio {t_separate / t_shared:.2f}"
           f" (compile {shared_compile:.1f} s)")
