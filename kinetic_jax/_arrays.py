@@ -240,13 +240,15 @@ def book_arrays(book: Book, dtype=None) -> tuple[BookArrays, BookLayout]:
                                                                         dynamic)
     quad_valid = quad_cluster >= 0
 
-    f = lambda x: jnp.asarray(x, dtype)  # noqa: E731
-    i32 = lambda x: jnp.asarray(x, jnp.int32)  # noqa: E731
+    # Host arrays first, then one device_put of the whole tree (a transfer per
+    # leaf from C++, not a jnp.asarray dispatch per field).
+    f = lambda x: np.asarray(x, dtype)  # noqa: E731
+    i32 = lambda x: np.asarray(x, np.int32)  # noqa: E731
     arrays = BookArrays(
         quantity=f(quantity),
         price=f(price),
         probability=f(prob),
-        probability_given=jnp.asarray(given),
+        probability_given=np.asarray(given),
         open_interest=f(oi),
         kind=i32(kind),
         event=i32(event),
@@ -254,9 +256,9 @@ def book_arrays(book: Book, dtype=None) -> tuple[BookArrays, BookLayout]:
         legs=i32(legs),
         outcome_order=i32(order),
         outcome_start=i32(start),
-        outcome_last=jnp.asarray(last),
+        outcome_last=np.asarray(last),
         event_cluster=i32(event_cluster),
-        event_seed=jnp.asarray(event_seed),
+        event_seed=np.asarray(event_seed),
         rho=f(book.hierarchy.rho),
         loading=f(book.hierarchy.loadings),
         lca=i32(np.where(book.hierarchy.lca_table() < 0, 0, book.hierarchy.lca_table())),
@@ -264,14 +266,14 @@ def book_arrays(book: Book, dtype=None) -> tuple[BookArrays, BookLayout]:
         wc_index=i32(wc_index),
         wc_yes=f(wc_yes),
         stress_yes=f(stress_yes),
-        stress_valid=jnp.asarray(stress_valid),
+        stress_valid=np.asarray(stress_valid),
         touch_parlay=i32(touch_parlay),
         maturity=f(maturity),
         horizon=f(horizon),
         parlays=i32(parlays),
         quad_parlay=i32(quad_parlay),
         quad_cluster=i32(np.maximum(quad_cluster, 0)),
-        quad_valid=jnp.asarray(quad_valid),
+        quad_valid=np.asarray(quad_valid),
         dynamic=dynamic,
         quad_closed=quad_closed,
         quad_width=bucket(max([len(book.contracts[int(i)].legs)
@@ -279,9 +281,10 @@ def book_arrays(book: Book, dtype=None) -> tuple[BookArrays, BookLayout]:
         quad_nodes=quadrature_nodes(max([book.hierarchy.loadings[k] for k in
                                          quad_cluster[quad_valid]] or [0.0])),
         quad_one_sided=_one_sided(book, ids, quad_parlay[quad_parlay < n]),
-        **{k: (f(v) if v.dtype.kind == "f" else jnp.asarray(v) if v.dtype == bool else i32(v))
+        **{k: (f(v) if v.dtype.kind == "f" else np.asarray(v) if v.dtype == bool else i32(v))
            for k, v in path.items()},
     )
+    arrays = jax.device_put(arrays)
     layout = BookLayout(
         contract_ids=book.contract_ids,
         cluster_names=clusters,

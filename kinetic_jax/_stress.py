@@ -44,6 +44,7 @@ price, with P held fixed).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import TYPE_CHECKING
 
@@ -250,11 +251,16 @@ def revealed_fractions(book: Book) -> list[float]:
     return out
 
 
+@functools.lru_cache(maxsize=16)
 def stress_matrix(book: Book) -> np.ndarray:
-    """P(YES) of every contract in every stress scenario of `book`: (S, n) float64."""
+    """P(YES) of every contract in every stress scenario of `book`: (S, n) float64,
+    read-only. Cached per book: one margin call needs it twice (the arrays and
+    the report's exact stress losses)."""
     atoms = atom_intervals(book)
     rows = [scenario_probabilities(book, i, s, atoms) for i, s in enumerate(book.stress)]
-    return np.array(rows).reshape(len(book.stress), len(book.contracts))
+    matrix = np.array(rows).reshape(len(book.stress), len(book.contracts))
+    matrix.flags.writeable = False
+    return matrix
 
 
 # ---- losses --------------------------------------------------------------------------
