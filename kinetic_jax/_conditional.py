@@ -45,7 +45,7 @@ from ._sampler import Proposal, chunk_size, row_losses, stream
 from ._simulation import BLOCK, HIGHEST, atom_cuts, contract_outcomes, latents_from_noise
 
 MIN_BATCHES = 16
-_ELEMENTS = 1 << 24  # (scenario, cut, touched, leg) entries per chunk
+_ELEMENTS = 1 << 20  # (scenario, cut, touched, leg) entries per chunk (cache-sized)
 
 
 def boundary_cuts(arrays: BookArrays) -> tuple[Float[Array, " C"], Array]:
@@ -238,15 +238,24 @@ def jump_surrogate(arrays: BookArrays, agg: Aggregates) -> Float[Array, "B R"]:
                    / s_j[None, :, None], axis=1)
 
 
-def tail_surrogate(arrays: BookArrays, agg: Aggregates) -> Float[Array, "B R"]:
+def pooled_yes(agg: Aggregates) -> Float[Array, "R C"]:
+    """The tail mean of YES per row over every batch: what a batch whose tail holds
+    no draw (tau = 0) uses in [`tail_surrogate`][]."""
+    return jnp.sum(agg.yes, 0) / jnp.maximum(jnp.sum(agg.tau, 0), 1e-30)[:, None]
+
+
+def tail_surrogate(arrays: BookArrays, agg: Aggregates,
+                   pooled: Float[Array, "R C"] | None = None) -> Float[Array, "B R"]:
     """Per batch b and row r: sum_i [i in r] q_i (p_i - Y_bi / tau_b), the batch's
     estimate of the tail mean of the row loss with outcomes held fixed (its
     gradient in quantities is E[p_i - YES_i | tail]). Prices enter with a stopped
-    gradient: their mark effect, q_i exactly, is added without noise by the caller."""
+    gradient: their mark effect, q_i exactly, is added without noise by the caller.
+    A batch with an empty tail takes `pooled` (default: [`pooled_yes`][] of `agg`;
+    pass the whole run's when `agg` holds some of its batches only)."""
     qm = arrays.quantity[:, None] * row_membership(arrays)  # (C, R)
     tau = agg.tau[..., None]
-    mean_yes = jnp.where(tau > 0, agg.yes / jnp.where(tau > 0, tau, 1.0),
-                         jnp.sum(agg.yes, 0) / jnp.maximum(jnp.sum(agg.tau, 0), 1e-30)[:, None])
+    pooled = pooled_yes(agg) if pooled is None else pooled
+    mean_yes = jnp.where(tau > 0, agg.yes / jnp.where(tau > 0, tau, 1.0), pooled)
     price = lax.stop_gradient(arrays.price)
     return jnp.einsum("c,cr->r", price, qm)[None] - jnp.einsum("brc,cr->br", mean_yes, qm,
                                                                 precision=HIGHEST)
