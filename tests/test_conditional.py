@@ -7,8 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from helpers import above, binary, exact_es, make_book, outcome, pair_exact, parlay
+from jax import lax
 
 import kinetic_jax as kj
+from kinetic_jax._conditional import Aggregates, jump_surrogate, pooled_yes, tail_surrogate
 from kinetic_jax._sensitivities import JumpRun, sensitivity_jit
 
 # The scenario count of the closed-form pair (and of the sensitivity tests' pair).
@@ -110,3 +112,32 @@ def test_reported_sensitivities_carry_standard_errors(tmp_path):
     # Tiny scenario counts still give finite figures (sub-batches for the errors).
     tiny = kj.sensitivities(book, scenarios=1024)
     assert all(np.isfinite(v) for v in tiny.rho_standard_error.values())
+
+
+def test_one_batch_surrogates_equal_that_batch_of_the_whole():
+    """The Jacobian of batch b is taken through batch b's aggregates alone (linear,
+    not quadratic, in the batches); its surrogates equal row b of the surrogates
+    of every batch, an empty-tailed batch (tau = 0) included, which takes the
+    whole run's pooled tail mean."""
+    book = make_book([above("B", "BTC-E", 1, 0.55, "BTC"), above("E", "ETH-E", 1, 0.38, "ETH"),
+                      binary("G", 0.4), parlay("P", ["B", "G"], 0.2)],
+                     {"B": 1000.0, "E": -800.0, "G": 300.0, "P": -500.0})
+    arrays, _ = kj.book_arrays(book)
+    c, r, k = arrays.quantity.shape[0], arrays.loading.shape[0] + 1, arrays.loading.shape[0]
+    rng = np.random.default_rng(0)
+    b = 6
+    tau = rng.uniform(0.1, 1.0, (b, r))
+    tau[3] = 0.0  # a batch whose tail holds no draw
+    agg = Aggregates(*(jnp.asarray(x, jnp.float32) for x in (
+        rng.normal(size=(b, c, r)), rng.normal(size=(b, c, r, k)), tau,
+        rng.uniform(0, 1, (b, r, c)) * tau[..., None])))
+    pooled = pooled_yes(agg)
+    for i in range(b):
+        one = jax.tree.map(lambda x, i=i: lax.dynamic_index_in_dim(x, i), agg)
+        np.testing.assert_allclose(jump_surrogate(arrays, one)[0],
+                                   jump_surrogate(arrays, agg)[i], rtol=1e-6, atol=1e-3)
+        np.testing.assert_allclose(tail_surrogate(arrays, one, pooled)[0],
+                                   tail_surrogate(arrays, agg)[i], rtol=1e-6, atol=1e-3)
+    # Without the pooled mean the empty batch would see only its own (empty) tail.
+    empty = jax.tree.map(lambda x: lax.dynamic_index_in_dim(x, 3), agg)
+    assert not np.allclose(tail_surrogate(arrays, empty)[0], tail_surrogate(arrays, agg)[3])
