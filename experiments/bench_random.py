@@ -17,26 +17,15 @@ draws (8.4 M float32 normals), medians of interleaved repeats, each after a
 from __future__ import annotations
 
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from bench_margin import median_time  # same directory: the 0.2 s pause before each call
 
 import kinetic_jax as kj
 
 KEYS, DRAWS = 64, 131072
-
-
-def timed(fn, repeats: int) -> float:
-    jax.block_until_ready(fn())
-    times = []
-    for _ in range(repeats):
-        time.sleep(0.2)
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times)) * 1e3
 
 
 def main():
@@ -71,10 +60,12 @@ def main():
     print(f"{KEYS} x {DRAWS:,} float32 draws, {jax.devices()[0].platform}; "
           f"kj.threefry_normal == jax.random.normal bit for bit: "
           f"{bool(jnp.array_equal(same, ref))}")
+    for fn in cases.values():
+        jax.block_until_ready(fn())  # compile
     times = {name: [] for name in cases}
     for _ in range(args.repeats):
         for name, fn in cases.items():
-            times[name].append(timed(fn, 1))
+            times[name].append(median_time(fn, 1) * 1e3)
     base = np.median(times["jax.random.normal, threefry"])
     for name, ts in times.items():
         t = float(np.median(ts))
