@@ -252,7 +252,7 @@ def _conditional_jacobian(arrays, params, key, scenarios, top, sampler="plain"):
     def figures(v, b):
         # Batch b's aggregates only: the surrogates of the other batches would make
         # the Jacobians' work and memory quadratic in the batches (a 2^20-draw run
-        # in 1,024-draw chunks asked for 27 GB).
+        # in 2,048-draw chunks asked for 27 GB).
         one = jax.tree.map(lambda x: lax.dynamic_index_in_dim(x, b), agg)
         a = v.into(arrays)
         jump = jump_surrogate(a, one)[0] / share[b]

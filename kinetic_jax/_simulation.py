@@ -29,9 +29,6 @@ from ._threefry import threefry_normal
 from ._worst_case import OUTCOME_FULL
 
 HIGHEST = lax.Precision.HIGHEST
-# Normals are drawn in float32 whatever the values' dtype (threefry_normal), so a
-# float64 run sees the same scenarios as a float32 run and the two agree to float32
-# rounding.
 
 
 def simulation_probability(arrays: BookArrays) -> Float[Array, " C"]:
@@ -103,7 +100,9 @@ def block_noise(key: PRNGKeyArray, block, n_factors: int, event_seed, dtype) -> 
     from ``fold_in(k_factors, block)``, the noise of the event with name hash
     (h1, h2) from ``fold_in(fold_in(fold_in(k_events, h1), h2), block)``."""
     kf, ke = jax.random.split(key)
-    # jax.random.normal's draws, bit for bit, by a fused hash (_threefry.py).
+    # jax.random.normal's draws, bit for bit, by a fused hash (_threefry.py), in
+    # float32 whatever the values' dtype: a float64 run sees the same scenarios as a
+    # float32 run, and the two agree to float32 rounding.
     z = threefry_normal(jax.random.fold_in(kf, block), (BLOCK, n_factors))
 
     def draw(seed):
