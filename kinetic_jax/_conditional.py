@@ -41,8 +41,8 @@ from jaxtyping import Array, Float, Int
 
 from ._arrays import ABOVE, BELOW, OUTCOME, PARLAY, BookArrays, row_membership
 from ._hierarchy import correlation_matrix
-from ._sampler import Proposal, chunk_size, row_losses, stream
-from ._simulation import BLOCK, HIGHEST, atom_cuts, contract_outcomes, latents_from_noise
+from ._sampler import Proposal, chunk_size, outcome_losses, stream
+from ._simulation import BLOCK, HIGHEST, atom_cuts, latent_rows, outcome_rows
 
 MIN_BATCHES = 16
 _ELEMENTS = 1 << 20  # (scenario, cut, touched, leg) entries per chunk (cache-sized)
@@ -170,55 +170,60 @@ def aggregates(
     a_j = fixed.loading[cl_j]
     s_j = jnp.sqrt(1 - a_j * a_j)
     # The per-scenario gathers as exact 0/1 matrix products (dense, vectorised):
-    # the event's contracts, each touched parlay's YES, its legs off the event
-    # (a parlay stays YES across the cut iff none of those is NO) and the factor
-    # of the cut's cluster.
+    # each event's non-parlay YES quantity, each touched parlay's YES and its legs
+    # off the event (a parlay stays YES across the cut iff none of those is NO).
     width = par.shape[1]
-    ev_gather = q_event[:, ev_j]  # (C, C)
-    par_gather = jax.nn.one_hot(par.reshape(-1), n_slots, dtype=dtype).T  # (C, C P)
+    par_gather = jax.nn.one_hot(par.reshape(-1), n_slots, dtype=dtype)  # (C P, C)
     off_event = jnp.where(on_event[..., None], 0.0, jax.nn.one_hot(legs, n_slots + 1, dtype=dtype))
-    off_count = jnp.sum(off_event, axis=2).reshape(-1, n_slots + 1).T  # (C + 1, C P)
+    off_count = jnp.sum(off_event, axis=2).reshape(-1, n_slots + 1)  # (C P, C + 1)
     side_par = {s: jnp.prod(jnp.where(on_event, side_leg[s], 1.0), -1) for s in (True, False)}
-    factor_gather = jax.nn.one_hot(cl_j, chol.shape[0], dtype=dtype).T  # (K, C)
     chunk, sub = aggregate_chunk(fixed, scenarios)
     count = -(-scenarios // chunk)
+    # Each chunk's tail masses are one contiguous slice (padded past the run).
+    take = jnp.pad(take, ((0, 0), (0, max(0, count * chunk - take.shape[1]))))
+    scale = scenarios * (1 - confidence)
 
+    # Scenarios on the minor axis throughout (see _simulation.latent_rows): every
+    # gather moves whole rows and every product is a well-shaped matrix product.
     def fn(noise, index, log_w):
-        x = latents_from_noise(noise, fixed)
-        yes = contract_outcomes(x, fixed)  # (n, C)
-        n = yes.shape[0]
-        atom = jnp.concatenate([yes, jnp.ones((n, 1), yes.dtype)], axis=1)
-        losses = row_losses(fixed, yes)  # (n, R)
-        ev_now = jnp.matmul(yes, ev_gather, precision=HIGHEST)  # (n, C)
-        par_now = jnp.matmul(yes, par_gather, precision=HIGHEST).reshape(n, n_slots, width)
-        off_no = jnp.matmul(1 - atom, off_count, precision=HIGHEST).reshape(n, n_slots, width)
-        rest = (off_no == 0).astype(dtype)  # (n, C, P)
+        yes = outcome_rows(latent_rows(noise, fixed), fixed)  # (C, n)
+        n = yes.shape[1]
+        losses = outcome_losses(fixed, yes)  # (R, n)
+        ev_now = jnp.matmul(q_event.T, yes, precision=HIGHEST)[ev_j]  # (C, n)
+        par_now = jnp.matmul(par_gather, yes, precision=HIGHEST).reshape(n_slots, width, n)
+        no = 1 - jnp.concatenate([yes, jnp.ones((1, n), dtype)])
+        off_no = jnp.matmul(off_count, no, precision=HIGHEST).reshape(n_slots, width, n)
+        rest = (off_no == 0).astype(dtype)  # (C, P, n)
 
         def delta(left):
-            d_np = ev_now - side_np[left][None, :]
-            moved = rest * side_par[left][None]
-            d_par = jnp.einsum("njp,jpt->njt", par_now - moved, w_par, precision=HIGHEST)
-            return d_np[..., None] * rows_np[None] + d_par  # (n, C, T)
+            d_np = ev_now - side_np[left][:, None]
+            # Written out over the (few) parlay slots p: a product batched over the
+            # cuts with a contraction of length P lowers to a loop of tiny products
+            # on a CPU (it took 60 % of the pass and half its compile).
+            change = par_now - rest * side_par[left][:, :, None]  # -1, 0, 1: exact
+            d_par = sum(w_par[:, p, :, None] * change[:, p, None, :] for p in range(width))
+            return d_np[:, None, :] * rows_np[:, :, None] + d_par  # (C, T, n)
 
-        base = (losses - var[None, :])[:, cand]  # (n, C, T); a gather: an infinite
-        # VaR (a row no draw reaches) must not meet a 0 in a product
+        # A row gather: an infinite VaR (a row no draw reaches) must not meet a 0
+        # in a product.
+        base = (losses - var[:, None])[cand]  # (C, T, n)
         jump = jnp.maximum(base + delta(True), 0.0) - jnp.maximum(base + delta(False), 0.0)
-        factors = jnp.matmul(noise.factors, chol.T, precision=HIGHEST)
-        own = jnp.matmul(factors, factor_gather, precision=HIGHEST)  # (n, C)
-        eta = (cut[None, :] - a_j[None, :] * own) / s_j[None, :]
-        w = jnp.where(index < scenarios, jnp.exp(log_w), 0.0)
-        coef = jnp.where(valid[None, :], w[:, None] * norm.pdf(eta), 0.0)[..., None] * jump
-        coef = coef / (scenarios * (1 - confidence))  # (n, C, T)
-        t = jnp.where((index < scenarios)[:, None],
-                      take[:, jnp.minimum(index, take.shape[1] - 1)].T, 0.0)
-        split = lambda v: v.reshape(sub, v.shape[0] // sub, *v.shape[1:])  # noqa: E731
-        coef, t, z, yes = split(coef), split(t), split(noise.factors), split(yes)
-        s0 = jnp.einsum("bjt,jtr->bjr", jnp.sum(coef, axis=1), to_rows, precision=HIGHEST)
+        factors = jnp.matmul(chol, noise.factors.T, precision=HIGHEST)  # (K, n)
+        eta = (cut[:, None] - a_j[:, None] * factors[cl_j]) / s_j[:, None]  # (C, n)
+        live = index < scenarios
+        w = jnp.where(live, jnp.exp(log_w), 0.0)
+        coef = jnp.where(valid[:, None], w[None, :] * norm.pdf(eta), 0.0)[:, None, :] * jump
+        coef = (coef / scale).reshape(n_slots, cand.shape[1], sub, n // sub)  # (C, T, b, m)
+        t = lax.dynamic_slice_in_dim(take, index[0], n, axis=1)
+        t = jnp.where(live[None, :], t, 0.0).reshape(-1, sub, n // sub)  # (R, b, m)
+        z = noise.factors.T.reshape(-1, sub, n // sub)  # (K, b, m)
+        s0 = jnp.einsum("jtb,jtr->bjr", jnp.sum(coef, axis=-1), to_rows, precision=HIGHEST)
         s1 = jnp.einsum("bjtk,jtr->bjrk",
-                        jnp.einsum("bnjt,bnk->bjtk", coef, z, precision=HIGHEST), to_rows,
+                        jnp.einsum("jtbm,kbm->bjtk", coef, z, precision=HIGHEST), to_rows,
                         precision=HIGHEST)
-        tau = jnp.sum(t, axis=1)
-        y = jnp.einsum("bnr,bnc->brc", t, yes, precision=HIGHEST)
+        tau = jnp.sum(t, axis=-1).T
+        y = jnp.einsum("rbm,cbm->brc", t, yes.reshape(n_slots, sub, n // sub),
+                       precision=HIGHEST)
         return s0, s1, tau, y
 
     out = stream(fixed, key, scenarios, chunk, proposal, fn, per_scenario=False)
