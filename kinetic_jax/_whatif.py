@@ -69,16 +69,17 @@ from ._portfolio import ClusterReport, MarginReport, _report
 from ._sampler import (
     Proposal,
     check_sampler,
+    chunk_rows,
     chunk_size,
     fit_proposal,
+    outcome_losses,
     padded_scenarios,
-    row_losses,
     stream,
 )
 from ._shortfall import (
     tail_size,
 )
-from ._simulation import HIGHEST, atom_cuts, contract_outcomes, latents_from_noise
+from ._simulation import HIGHEST, atom_cuts, latent_rows, latents_from_noise, outcome_rows
 
 MIN_TRADES = 8  # trade vectors are padded to a power of two >= this
 
@@ -93,10 +94,12 @@ class SessionState(eqx.Module):
 
 # ---- jitted pieces -----------------------------------------------------------------
 def _outcome_step(arrays: BookArrays, scenarios: int):
+    # Scenarios on the minor axis (see _simulation.latent_rows): the session's
+    # outcome matrix and loss rows are built in the layout they are kept in.
     def fn(noise, index, log_w):
-        yes = contract_outcomes(latents_from_noise(noise, arrays), arrays)
+        yes = outcome_rows(latent_rows(noise, arrays), arrays)  # (C, n)
         valid = index < scenarios
-        losses = jnp.where(valid[:, None], row_losses(arrays, yes), -jnp.inf)
+        losses = jnp.where(valid[None, :], outcome_losses(arrays, yes), -jnp.inf)
         # 0/1 outcomes fit in a byte; marks at a horizon (and linear values) do not.
         kept = yes.astype(arrays.price.dtype if arrays.dynamic else jnp.uint8)
         return kept, losses, jnp.where(valid, jnp.exp(log_w), 0.0)
@@ -111,8 +114,8 @@ def _simulate(arrays: BookArrays, confidence, key: PRNGKeyArray, scenarios: int,
     if sampler == "importance":
         proposal = fit_proposal(arrays, confidence, key, scenarios, chunk)
     yes, losses, weights = stream(arrays, key, scenarios, chunk, proposal,
-                                  _outcome_step(arrays, scenarios))
-    return SessionState(yes.T, losses.T, weights), proposal
+                                  _outcome_step(arrays, scenarios), per_scenario=False)
+    return SessionState(chunk_rows(yes), chunk_rows(losses), weights.reshape(-1)), proposal
 
 
 class RowStatistics(eqx.Module):
@@ -166,9 +169,8 @@ def _what_if(state: SessionState, stats: RowStatistics, arrays: BookArrays,
 def _recompute_losses(state: SessionState, arrays: BookArrays) -> SessionState:
     """Row losses of `arrays`' quantities from the outcome matrix (padding at -inf)."""
     valid = state.weights > 0
-    yes = state.yes.T.astype(arrays.price.dtype)
-    losses = jnp.where(valid[:, None], row_losses(arrays, yes), -jnp.inf)
-    return SessionState(state.yes, losses.T, state.weights)
+    losses = outcome_losses(arrays, state.yes.astype(arrays.price.dtype))
+    return SessionState(state.yes, jnp.where(valid[None, :], losses, -jnp.inf), state.weights)
 
 
 @eqx.filter_jit
