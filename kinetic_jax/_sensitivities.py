@@ -60,12 +60,11 @@ from ._margin import (
     BINDING,
     MarginParams,
     MarginResult,
-    cluster_losses,
     margin_from_statistics,
     static_top,
 )
 from ._portfolio import margin_inputs
-from ._sampler import padded_scenarios, simulate
+from ._sampler import outcome_losses, padded_scenarios, simulate
 from ._shortfall import (
     bisected_tail_statistics,
     tail_size,
@@ -73,7 +72,14 @@ from ._shortfall import (
     weighted_tail,
     weighted_tail_statistics,
 )
-from ._simulation import HIGHEST, contract_outcomes, draw_noise, latents_from_noise
+from ._simulation import (
+    HIGHEST,
+    contract_outcomes,
+    draw_noise,
+    latent_rows,
+    latents_from_noise,
+    outcome_rows,
+)
 
 DEFAULT_TEMPERATURE = 0.05
 ESTIMATORS = ("conditional", "hybrid", "smooth", "straight_through", "hard")
@@ -167,10 +173,10 @@ def differentiable_margin(
     smooth_only = estimator == "smooth"
     noise = draw_noise(key, arrays, scenarios)
     fixed = lax.stop_gradient(arrays)
-    yes = contract_outcomes(latents_from_noise(noise, fixed), fixed,
-                            temperature if smooth_only else None)
-    per_cluster = cluster_losses(fixed, yes)
-    stacked = jnp.concatenate([per_cluster, per_cluster.sum(axis=1, keepdims=True)], axis=1).T
+    # The loss rows as the margin call computes them (scenarios on the minor axis,
+    # see _simulation.latent_rows): the same tail, bit for bit.
+    yes = outcome_rows(latent_rows(noise, fixed), fixed, temperature if smooth_only else None)
+    stacked = outcome_losses(fixed, yes)  # (K + 1, N)
     tail, rows = lax.top_k(stacked, top)  # (K + 1, top)
     columns = stacked.shape[0]
     # Differentiable recomputation on the selected rows only.
