@@ -160,7 +160,7 @@ def aggregates(
                 for s in (True, False)}
     w_par = fixed.quantity[par][..., None] * one(fixed.cluster[par])  # (C, P, R)
     # A cut moves at most its event's cluster row, the book row and its parlays'
-    # rows: the scenario work runs on those T columns only (scattered back to the
+    # rows: the scenario work runs on those T candidates only (scattered back to the
     # R rows after the scenario sums).
     cand, to_rows = touched_rows(fixed)  # (C, T), (C, T, R)
     rows_np = jnp.einsum("jr,jtr->jt", rows_np, to_rows)
