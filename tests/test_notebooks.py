@@ -54,6 +54,10 @@ print(repr((
 
 def kernel_env() -> dict[str, str]:
     env = dict(os.environ)
+    # XLA's flags as they were before conftest.py set the session's (the default
+    # code generation unless the caller chose one): notebooks run as users run them.
+    if "KINETIC_JAX_TEST_USER_XLA_FLAGS" in env:
+        env["XLA_FLAGS"] = env.pop("KINETIC_JAX_TEST_USER_XLA_FLAGS")
     env["MPLBACKEND"] = "Agg"  # never a GUI, even if a notebook forgets to choose
     # The checkout first, so the notebooks exercise this tree's kinetic_jax.
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
@@ -133,14 +137,18 @@ def run_notebook(nb, cwd: Path, kernel: Kernel):
 
 
 def test_kernel_is_this_interpreter(kernel, tmp_path):
-    """The kernel the notebooks run in is this interpreter, importing this tree."""
+    """The kernel the notebooks run in is this interpreter, importing this tree,
+    with XLA's flags as they were before the session set its own (conftest.py)."""
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
-        "import sys, kinetic_jax\nprint(sys.executable)\nprint(kinetic_jax.__file__)"
+        "import os, sys, kinetic_jax\nprint(sys.executable)\nprint(kinetic_jax.__file__)\n"
+        "print(repr(os.environ.get('XLA_FLAGS')))"
     )])
     run_notebook(nb, tmp_path, kernel)
-    executable, package = nb.cells[0].outputs[0]["text"].splitlines()
+    executable, package, flags = nb.cells[0].outputs[0]["text"].splitlines()
     assert Path(executable) == Path(sys.executable)
     assert Path(package).resolve().is_relative_to(ROOT)
+    before = os.environ.get("KINETIC_JAX_TEST_USER_XLA_FLAGS", os.environ.get("XLA_FLAGS"))
+    assert flags == repr(before)
 
 
 def test_kernel_is_reset_between_notebooks(kernel, tmp_path):
