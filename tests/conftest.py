@@ -30,8 +30,10 @@
 - The notebook kernels are the exception: they run with the flags as they were
   before the session set them (by default XLA's level 3, what users run), so one
   part of the suite exercises the default code generation, and the notebooks,
-  whose calls run 2^17 draws, run faster: the notebook tests alone took 203 s at
-  the session's flags and 169 s at level 3 (02, five sensitivity calls: 97 -> 46 s).
+  whose calls run 2^17 draws, run faster: notebook 02 (five sensitivity calls)
+  alone took 111 s at the session's flags and 62 s at level 3; in a full suite the
+  five notebooks took 268 s with the kernel at level 3 against 304 s in the run
+  before, at the session's flags (two runs, not back to back).
 - Tests marked ``slow`` are collected first, so that xdist starts them first.
 """
 

@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 CELL_TIMEOUT_S = 300
 KERNEL = "python3"
+USER_XLA_FLAGS = "KINETIC_JAX_TEST_USER_XLA_FLAGS"  # set by conftest.py
 
 # Run in the kernel (no history) before each notebook: empty the user namespace,
 # go to the notebook's directory, close stray figures, and print a fingerprint of
@@ -56,8 +57,8 @@ def kernel_env() -> dict[str, str]:
     env = dict(os.environ)
     # XLA's flags as they were before conftest.py set the session's (the default
     # code generation unless the caller chose one): notebooks run as users run them.
-    if "KINETIC_JAX_TEST_USER_XLA_FLAGS" in env:
-        env["XLA_FLAGS"] = env.pop("KINETIC_JAX_TEST_USER_XLA_FLAGS")
+    if USER_XLA_FLAGS in env:
+        env["XLA_FLAGS"] = env.pop(USER_XLA_FLAGS)
     env["MPLBACKEND"] = "Agg"  # never a GUI, even if a notebook forgets to choose
     # The checkout first, so the notebooks exercise this tree's kinetic_jax.
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
@@ -147,7 +148,7 @@ def test_kernel_is_this_interpreter(kernel, tmp_path):
     executable, package, flags = nb.cells[0].outputs[0]["text"].splitlines()
     assert Path(executable) == Path(sys.executable)
     assert Path(package).resolve().is_relative_to(ROOT)
-    before = os.environ.get("KINETIC_JAX_TEST_USER_XLA_FLAGS", os.environ.get("XLA_FLAGS"))
+    before = os.environ.get(USER_XLA_FLAGS, os.environ.get("XLA_FLAGS"))
     assert flags == repr(before)
 
 
