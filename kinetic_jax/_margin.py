@@ -27,8 +27,8 @@ from ._hierarchy import correlation_matrix
 from ._sampler import check_sampler, fit_proposal, simulate
 from ._sharding import gathered_losses, gathered_tail, replicated_map
 from ._shortfall import (
-    bisected_tail_statistics,
     expected_shortfall,
+    sortfree_tail_statistics,
     weighted_tail,
     weighted_tail_statistics,
 )
@@ -245,7 +245,7 @@ def row_statistics(
     every draw may be in the tail (``top`` >= the row length: importance
     sampling), the sort-free bisected estimator."""
     if top >= losses.shape[-1]:
-        es, se, var, _ = bisected_tail_statistics(losses, weights, confidence, scenarios)
+        es, se, var, _ = sortfree_tail_statistics(losses, weights, confidence, scenarios)
     else:
         tail, mass, _ = weighted_tail(losses, weights, top, scenarios)
         es, se, var, _ = weighted_tail_statistics(tail, mass, confidence, scenarios)

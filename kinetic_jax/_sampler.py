@@ -37,13 +37,12 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from ._arrays import PAD, PARLAY, BookArrays, row_membership
 from ._book import SAMPLERS
-from ._shortfall import bisected_tail_statistics
+from ._shortfall import sortfree_tail_statistics
 from ._simulation import (
     BLOCK,
     HIGHEST,
     Noise,
     chunk_noise,
-    draw_noise,
     latent_rows,
     n_blocks,
     outcome_rows,
@@ -236,10 +235,16 @@ def fit_proposal(
     ``fold_in(key, PILOT_STREAM)`` (so the main run's draws are untouched)."""
     pilot = pilot_scenarios(scenarios)
     pkey = jax.random.fold_in(key, PILOT_STREAM)
-    losses, _ = scenario_losses(arrays, pkey, pilot, chunk)
-    losses = lax.stop_gradient(losses[:, :pilot])  # (K + 1, P)
-    noise = lax.stop_gradient(draw_noise(pkey, arrays, pilot))
-    _, _, var, _ = bisected_tail_statistics(losses, jnp.ones(pilot, losses.dtype), confidence,
+    rows = loss_rows(arrays, pilot)
+
+    def fn(noise, index, log_w):  # the chunk's loss rows and the normals behind them
+        return rows(noise, index, log_w)[0], noise
+
+    losses, noise = stream(arrays, pkey, pilot, chunk, None, fn, per_scenario=False)
+    # The pilot is whole blocks and no chunk is longer: no padding draws.
+    losses = lax.stop_gradient(chunk_rows(losses))  # (K + 1, P)
+    noise = lax.stop_gradient(jax.tree.map(lambda x: x.reshape(pilot, x.shape[-1]), noise))
+    _, _, var, _ = sortfree_tail_statistics(losses, jnp.ones(pilot, losses.dtype), confidence,
                                             pilot)
     # Scenarios at or above the row's pilot VaR, and with a loss that varies at all.
     tail = (losses >= var[:, None]) & (jnp.max(losses, axis=1) > jnp.min(losses, axis=1))[:, None]

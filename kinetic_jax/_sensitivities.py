@@ -66,7 +66,7 @@ from ._margin import (
 from ._portfolio import margin_inputs
 from ._sampler import outcome_losses, padded_scenarios, simulate
 from ._shortfall import (
-    bisected_tail_statistics,
+    sortfree_tail_statistics,
     tail_size,
     tail_statistics,
     weighted_tail,
@@ -236,7 +236,7 @@ def _conditional_jacobian(arrays, params, key, scenarios, top, sampler="plain"):
     losses, weights, proposal = simulate(arrays, conf, key, scenarios, sampler)
     if static_top(sampler, scenarios, losses.shape[1], top) >= losses.shape[1]:
         # Every draw may be in the tail (importance sampling): no sort.
-        es, se, var, take_full = bisected_tail_statistics(losses, weights, conf, scenarios)
+        es, se, var, take_full = sortfree_tail_statistics(losses, weights, conf, scenarios)
     else:
         tail, mass, order = weighted_tail(losses, weights, top, scenarios)
         es, se, var, take = weighted_tail_statistics(tail, mass, conf, scenarios)

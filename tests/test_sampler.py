@@ -19,7 +19,7 @@ from scipy.stats import multivariate_normal, norm
 import kinetic_jax as kj
 from kinetic_jax._sampler import fit_proposal, scenario_losses
 from kinetic_jax._shortfall import (
-    bisected_tail_statistics,
+    sortfree_tail_statistics,
     tail_statistics,
     weighted_tail,
     weighted_tail_statistics,
@@ -88,28 +88,43 @@ def test_sort_free_estimator_equals_the_sorted_one_with_ties_and_padding():
     for alpha in (0.99, 0.9):
         t, mass, order = weighted_tail(losses, w, 2048, 2000)
         es0, se0, var0, take0 = weighted_tail_statistics(t, mass, jnp.float32(alpha), 2000)
-        es1, se1, var1, take1 = bisected_tail_statistics(losses, w, jnp.float32(alpha), 2000)
+        es1, se1, var1, take1 = sortfree_tail_statistics(losses, w, jnp.float32(alpha), 2000)
         np.testing.assert_allclose(es1, es0, rtol=1e-5)
         np.testing.assert_allclose(se1, se0, rtol=1e-4)
         np.testing.assert_array_equal(var1, var0)
         np.testing.assert_allclose(take1.sum(axis=1), 1 - alpha, rtol=1e-4)
 
 
-def test_sort_free_estimator_over_the_whole_float_range():
-    # The search runs on the floats' order keys: a row spanning -1e30 .. 1e30, with
-    # signed zeros and tiny losses, ends on the same VaR draw as the sort.
+def _whole_float_range(dtype):
+    # A row spanning -1e30 .. 1e30, with signed zeros and tiny losses.
     rng = np.random.default_rng(2)
-    mags = np.float32(10.0) ** rng.uniform(-37, 30, size=(2, 1000)).astype(np.float32)
-    losses = (np.where(rng.uniform(size=(2, 1000)) < 0.5, -1, 1) * mags).astype(np.float32)
+    mags = 10.0 ** rng.uniform(-37, 30, size=(2, 1000))
+    losses = (np.where(rng.uniform(size=(2, 1000)) < 0.5, -1, 1) * mags).astype(dtype)
     losses[:, :10] = 0.0
     losses[:, 10:20] = -0.0
-    w = jnp.asarray(rng.uniform(0.1, 2.0, 1000), jnp.float32)
-    losses = jnp.asarray(losses)
-    for alpha in (0.99, 0.5, 0.49):
+    losses[:, 20:30] = losses[:, 30:40]  # ties
+    return jnp.asarray(losses), jnp.asarray(rng.uniform(0.1, 2.0, 1000), dtype)
+
+
+def _same_var_as_the_sort(losses, w):
+    # The search runs on the floats' order keys and ends on the sort's VaR draw.
+    for alpha in (0.99, 0.5, 0.49, 0.0):
+        a = jnp.asarray(alpha, losses.dtype)
         t, mass, _ = weighted_tail(losses, w, 1000, 1000)
-        _, _, var0, _ = weighted_tail_statistics(t, mass, jnp.float32(alpha), 1000)
-        _, _, var1, _ = bisected_tail_statistics(losses, w, jnp.float32(alpha), 1000)
+        _, _, var0, _ = weighted_tail_statistics(t, mass, a, 1000)
+        _, _, var1, _ = sortfree_tail_statistics(losses, w, a, 1000)
         np.testing.assert_array_equal(var1, var0)
+
+
+def test_sort_free_estimator_over_the_whole_float_range():
+    _same_var_as_the_sort(*_whole_float_range(np.float32))
+
+
+def test_sort_free_estimator_over_the_whole_double_range(x64):
+    # float64 keys are 64 bits wide: four 16-bit histogram passes.
+    losses, w = _whole_float_range(np.float64)
+    assert losses.dtype == jnp.float64
+    _same_var_as_the_sort(losses, w)
 
 
 def test_a_tail_too_short_for_the_weights_poisons_the_row():
