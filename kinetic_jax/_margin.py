@@ -243,7 +243,7 @@ def row_statistics(
 ) -> tuple[Float[Array, " R"], Float[Array, " R"], Float[Array, " R"]]:
     """``(es, se, var)`` of weighted loss rows: the `top` largest per row, or, when
     every draw may be in the tail (``top`` >= the row length: importance
-    sampling), the sort-free bisected estimator."""
+    sampling), the sort-free estimator."""
     if top >= losses.shape[-1]:
         es, se, var, _ = sortfree_tail_statistics(losses, weights, confidence, scenarios)
     else:

@@ -190,9 +190,9 @@ def selected_var_key(
     their (unsigned) keys (`segment_sum`), takes the lowest bucket whose mass above,
     plus the mass already known to lie above the bucket chosen so far, is within
     the budget, and keeps only that bucket's draws: three passes over the draws in
-    float32 where bisection takes one per bit (32), about 1.5x faster on a CPU for
-    the importance sampler's 9 x 131,072 losses, the same key."""
-    rows, n = keys.shape
+    float32 where bisection takes one per bit (32): the same key, about 1.4x faster
+    on a CPU for the importance sampler's 9 x 131,072 losses (docs/benchmarks.md)."""
+    rows = keys.shape[0]
     bits = jnp.iinfo(keys.dtype).bits
     unsigned = jnp.uint32 if bits == 32 else jnp.uint64
     # Flipping the sign bit orders the signed keys as unsigned integers.
