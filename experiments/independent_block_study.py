@@ -66,17 +66,17 @@ def block_law(arrays: kj.BookArrays, block: np.ndarray, max_states: int = 1 << 1
     """The exact law of the independent block's loss S = sum q (p - YES) over the
     held slots of `block`: ``(values, probabilities)``, values increasing.
 
-    Needs integer quantities (S = S0 - g K, g their gcd, K an integer; None
-    otherwise). The block's events are independent standard normals (loading 0);
-    slots joined by a parlay's legs form one component, whose joint outcomes are
-    enumerated over the intervals between its events' cuts (at most `max_states`
-    per component, None beyond); K's law is the convolution of the components'.
-    The values are the whole lattice (equally spaced, g apart), empty points
-    included."""
+    Needs a held position in the block and integer quantities (S = S0 - g K, g
+    their gcd, K an integer; None otherwise). The block's events are independent
+    standard normals (loading 0); slots joined by a parlay's legs form one
+    component, whose joint outcomes are enumerated over the intervals between
+    its events' cuts (at most `max_states` per component, None beyond); K's law
+    is the convolution of the components'. The values are the whole lattice
+    (equally spaced, g apart), empty points included."""
     q = np.asarray(arrays.quantity, np.float64)
     price = np.asarray(arrays.price, np.float64)
     held = np.flatnonzero(block & (q != 0))
-    if not np.all(q[held] == np.round(q[held])):
+    if held.size == 0 or not np.all(q[held] == np.round(q[held])):
         return None
     lo, hi = (np.asarray(x, np.float64) for x in kj.atom_cuts(arrays))
     event = np.asarray(arrays.event)
