@@ -137,59 +137,59 @@ def direct_es(losses: np.ndarray, alpha: float) -> float:
     return float((tail[:m].sum() + (k - m) * tail[m]) / k)
 
 
-@functools.partial(jax.jit, static_argnames="steps")
-def pairs_es(r, w, s, alpha, steps: int = 40):
-    """ES_alpha of R + S, R and S independent, from every pair (r_i, s_j): R draws
-    `r` with likelihood-ratio weights `w` (ones for plain draws), block draws `s`
-    (any order), `steps` bisection steps on the VaR."""
-    s = jnp.sort(s)
-    upper = jnp.concatenate([jnp.zeros(1, s.dtype), jnp.cumsum(s[::-1])])
-    mass = w / r.size / s.size
-
-    def above(v):
-        return s.size - jnp.searchsorted(s, v - r, side="right")
+def _es_of_sum(r, w, alpha, steps, bracket, tail):
+    """ES_alpha of R + S, R and S independent, from R draws `r` with likelihood-ratio
+    weights `w` and S's survival `tail(x)` = (P(S > x), E[S; S > x]) per draw:
+    `steps` bisection steps on the VaR v inside `bracket` = (lowest, highest) value
+    of S, then ES = v + E[(R + S - v)^+] / (1 - alpha)."""
+    mass = w / r.size
 
     def step(_, bounds):
         lo, hi = bounds
         mid = 0.5 * (lo + hi)
-        high = jnp.sum(mass * above(mid)) > 1 - alpha
+        high = jnp.sum(mass * tail(mid - r)[0]) > 1 - alpha
         return jnp.where(high, mid, lo), jnp.where(high, hi, mid)
 
-    lo, hi = jax.lax.fori_loop(0, steps, step, (jnp.min(r) + s[0] - 1, jnp.max(r) + s[-1] + 1))
-    count = above(hi)
-    excess = jnp.sum(mass * (upper[count] + count * (r - hi)))
-    return hi + excess / (1 - alpha)
+    lowest, highest = bracket
+    lo, hi = jax.lax.fori_loop(0, steps, step, (jnp.min(r) + lowest - 1,
+                                                jnp.max(r) + highest + 1))
+    p, m = tail(hi - r)
+    return hi + jnp.sum(mass * (m + p * (r - hi))) / (1 - alpha)
+
+
+@functools.partial(jax.jit, static_argnames="steps")
+def pairs_es(r, w, s, alpha, steps: int = 40):
+    """ES_alpha of R + S, R and S independent, from every pair (r_i, s_j): R draws
+    `r` with likelihood-ratio weights `w` (ones for plain draws), block draws `s`
+    (any order), `steps` bisection steps on the VaR (a binary search per draw)."""
+    s = jnp.sort(s)
+    upper = jnp.concatenate([jnp.zeros(1, s.dtype), jnp.cumsum(s[::-1])])
+
+    def tail(x):
+        count = s.size - jnp.searchsorted(s, x, side="right")
+        return count / s.size, upper[count] / s.size
+
+    return _es_of_sum(r, w, alpha, steps, (s[0], s[-1]), tail)
 
 
 @functools.partial(jax.jit, static_argnames="steps")
 def lattice_pairs_es(r, w, origin, spacing, probs, alpha, steps: int = 40):
     """ES_alpha of R + S, R and S independent: R draws `r` with likelihood-ratio
     weights `w`, S's exact law on the lattice origin + spacing * j (`probs[j]`);
-    `steps` bisection steps on the VaR, then ES = v + E[(R + S - v)^+] / (1 - alpha).
-    Each step is one index computation and gather per draw (no search): the first
-    lattice point with r + value > v is floor((v - r - origin) / spacing) + 1."""
+    `steps` bisection steps on the VaR. Each step is one index computation and
+    gather per draw (no search): the first lattice point above x is
+    floor((x - origin) / spacing) + 1."""
     size = probs.shape[0]
     values = origin + spacing * jnp.arange(size, dtype=probs.dtype)
     p_above = jnp.concatenate([jnp.cumsum(probs[::-1])[::-1], jnp.zeros(1, probs.dtype)])
     m_above = jnp.concatenate([jnp.cumsum((probs * values)[::-1])[::-1],
                                jnp.zeros(1, probs.dtype)])
-    mass = w / r.size
 
-    def first_above(v):  # per draw; a rounding slip at a tie moves no ES (zero excess)
-        j = jnp.floor((v - r - origin) / spacing).astype(jnp.int32) + 1
-        return jnp.clip(j, 0, size)
+    def tail(x):  # a rounding slip at a tie moves no ES (the pair's excess is 0)
+        j = jnp.clip(jnp.floor((x - origin) / spacing).astype(jnp.int32) + 1, 0, size)
+        return p_above[j], m_above[j]
 
-    def step(_, bounds):
-        lo, hi = bounds
-        mid = 0.5 * (lo + hi)
-        high = jnp.sum(mass * p_above[first_above(mid)]) > 1 - alpha
-        return jnp.where(high, mid, lo), jnp.where(high, hi, mid)
-
-    lo, hi = jax.lax.fori_loop(0, steps, step, (jnp.min(r) + values[0] - 1,
-                                                jnp.max(r) + values[-1] + 1))
-    j = first_above(hi)
-    excess = jnp.sum(mass * (m_above[j] + p_above[j] * (r - hi)))
-    return hi + excess / (1 - alpha)
+    return _es_of_sum(r, w, alpha, steps, (values[0], values[-1]), tail)
 
 
 def _median_seconds(fn, *args, repeats: int = 7) -> float:
