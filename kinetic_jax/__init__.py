@@ -10,6 +10,7 @@ from ._batch import (
     margin_accounts as margin_accounts,
     read_accounts as read_accounts,
 )
+from ._block import BlockLaw as BlockLaw, block_law as block_law
 from ._book import (
     SAMPLERS as SAMPLERS,
     Book as Book,

@@ -30,7 +30,7 @@ CONTRACT_TYPES = ("above", "below", "binary", "outcome", "parlay", "perp", "futu
 # Sum of outcome prices accepted without renormalising (numerical slack).
 OUTCOME_SUM_SLACK = 1e-6
 MAX_SCENARIOS = 1 << 24
-SAMPLERS = ("plain", "importance")
+SAMPLERS = ("plain", "importance", "exact_block")
 # Largest |quantity| of a position, open interest, and sum of |quantity| over the
 # book (contracts, so dollars at most): every q*p, sum and square the float32
 # engine forms stays finite (float32 max ~3.4e38; (1e15)^2 * 2^24 scenarios ~ 1.7e37).
@@ -57,8 +57,11 @@ class Settings:
       given open interest, at most its gross.
     - `stress_addon`: add the stress add-on, max(0, worst stress-scenario loss -
       max(base, floor)) (SPEC.md §5.2; default off).
-    - `sampler`: scenario sampler, ``"plain"`` Monte Carlo or ``"importance"``
-      (defensive-mixture importance sampling; docs/methodology.md).
+    - `sampler`: scenario sampler, ``"plain"`` Monte Carlo, ``"importance"``
+      (defensive-mixture importance sampling) or ``"exact_block"`` (importance
+      sampling, with the positions no factor touches margined by their exact
+      law; one margin call at a time: not in what-if sessions or sweeps);
+      docs/methodology.md.
     - `horizon_days`: the liquidation horizon in calendar days, in (0, 365]
       (SPEC-horizon.md §6); None (default) margins to resolution, exactly as v1.
     - `as_of`: the ISO date (``YYYY-MM-DD``) that contract dates count from.

@@ -12,7 +12,7 @@ import json
 import os
 import sys
 
-from . import BookError, EngineError
+from . import SAMPLERS, BookError, EngineError
 from ._cli_grid import COMMANDS as GRID_COMMANDS, add_parsers as grid_parsers
 
 
@@ -22,7 +22,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scenarios", type=int, help="Monte-Carlo draws (default: the book's)")
     p.add_argument("--seed", type=int, help="PRNG seed (default: the book's)")
     p.add_argument("--confidence", type=float, help="ES level in (0, 1) (default: the book's)")
-    p.add_argument("--sampler", choices=["plain", "importance"],
+    p.add_argument("--sampler", choices=list(SAMPLERS),
                    help="scenario sampler (default: the book's [model] sampler, else plain)")
     p.add_argument("--no-addon", action="append", default=[], metavar="NAME",
                    choices=["mc_error", "liquidity", "stress"],

@@ -28,6 +28,8 @@ def format_margin_report(report: MarginReport, title: str = "") -> str:
     lines += [
         f"scenarios {r.scenarios:,} | seed {r.seed} | confidence {r.confidence:g}",
         horizon_line(r),
+        *([f"sampler exact_block: {r.exact_positions} positions no factor touches are margined "
+           f"by their exact law"] if r.exact_positions else []),
         "",
         f"  {'Full collateral':<24}{money(r.full_collateral):>16}",
         (f"  {'Worst-case loss':<24}{'unbounded':>16}   (net short an underlying: no cap)"

@@ -23,6 +23,7 @@ from jax.sharding import Mesh
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from ._arrays import BookArrays, row_membership
+from ._block import BlockLaw, block_statistics, check_law, freeze
 from ._hierarchy import correlation_matrix
 from ._sampler import check_sampler, fit_proposal, simulate
 from ._sharding import gathered_losses, gathered_tail, replicated_map
@@ -252,6 +253,23 @@ def row_statistics(
     return es, se, var
 
 
+def sampled_statistics(
+    arrays: BookArrays,
+    params: MarginParams,
+    losses: Float[Array, "R Np"],
+    weights: Float[Array, " Np"],
+    top: int,
+    scenarios: int,
+    law: BlockLaw | None,
+) -> MarginResult:
+    """The margin from [`simulate`][]'s rows: [`margin_from_weighted_losses`][],
+    or with the exact-block sampler's `law` [`block_statistics`][]."""
+    if law is None:
+        return margin_from_weighted_losses(arrays, params, losses, weights, top, scenarios)
+    es, se, var = block_statistics(losses, weights, law, params.confidence, scenarios)
+    return margin_from_statistics(arrays, params, es, se, var)
+
+
 def static_top(sampler: str, scenarios: int, padded: int, top: int) -> int:
     """Rows kept from each loss row: `top` for plain sampling; every scenario for
     importance sampling, whose tail holds an unknown number of draws."""
@@ -267,10 +285,16 @@ def margin_arrays(
     sampler: str = "plain",
     chunk: int | None = None,
     mesh: Mesh | None = None,
+    law: BlockLaw | None = None,
 ) -> MarginResult:
     """Simulates `scenarios` joint outcomes with `key` and margins the book.
     Pure and jit-able (`scenarios`, `top`, `sampler`, `chunk` and `mesh` static);
     see [`portfolio_margin`][] for the host-level entry point.
+
+    `law`: with ``sampler="exact_block"``, the book's independent block
+    ([`block_law`][], computed on the host for these quantities and prices; the
+    base and the block's clusters use it). Without one that sampler is
+    ``"importance"``.
 
     Scenarios are streamed in chunks of `chunk` (default: see
     [`chunk_size`][]); the result does not depend on it. With a `mesh` of several
@@ -282,15 +306,15 @@ def margin_arrays(
     is bit-identical). The result is replicated on the mesh.
     """
     if mesh is not None and mesh.size > 1:
-        return _sharded_margin(arrays, params, key, scenarios, top, sampler, chunk, mesh)
-    losses, weights, _ = simulate(arrays, params.confidence, key, scenarios, sampler, chunk)
+        return _sharded_margin(arrays, params, key, scenarios, top, sampler, chunk, mesh, law)
+    losses, weights, _ = simulate(arrays, params.confidence, key, scenarios, sampler, chunk, law)
     top = static_top(sampler, scenarios, losses.shape[1], top)
-    return margin_from_weighted_losses(arrays, params, losses, weights, top, scenarios)
+    return sampled_statistics(arrays, params, losses, weights, top, scenarios, law)
 
 
-def _sharded_margin(arrays, params, key, scenarios, top, sampler, chunk, mesh):
-    rows, weights = sharded_rows(arrays, params, key, scenarios, top, sampler, chunk, mesh)
-    return margin_from_rows(arrays, params, rows, weights, scenarios, sampler)
+def _sharded_margin(arrays, params, key, scenarios, top, sampler, chunk, mesh, law):
+    rows, weights = sharded_rows(arrays, params, key, scenarios, top, sampler, chunk, mesh, law)
+    return margin_from_rows(arrays, params, rows, weights, scenarios, sampler, law)
 
 
 def sharded_rows(
@@ -302,21 +326,25 @@ def sharded_rows(
     sampler: str,
     chunk: int | None,
     mesh: Mesh,
+    law: BlockLaw | None = None,
 ) -> tuple[Float[Array, "K+1 T"], Float[Array, "*rows T"]]:
     """The scenarios spread over `mesh` (see ``_sharding.py``), gathered into
     what the figures need, replicated on the mesh: plain sampling, each row's
     `top` largest losses and their masses (see [`weighted_tail`][]); importance
-    sampling, the loss rows and weights (see [`scenario_losses`][])."""
+    sampling, the loss rows and weights (see [`scenario_losses`][]; with the
+    exact-block sampler's `law`, the rest's row too)."""
     check_sampler(sampler)
+    check_law(law, sampler)
 
-    def body(arrays, params, key):
+    def body(arrays, params, key, law):
         if sampler == "plain":
             return gathered_tail(arrays, key, scenarios, top, chunk, mesh.size)
-        proposal = fit_proposal(lax.stop_gradient(arrays), params.confidence, key,
-                                scenarios, chunk)
-        return gathered_losses(arrays, key, scenarios, chunk, proposal, mesh.size)
+        proposal = freeze(fit_proposal(lax.stop_gradient(arrays), params.confidence, key,
+                                       scenarios, chunk), law)
+        rest = None if law is None else law.rest
+        return gathered_losses(arrays, key, scenarios, chunk, proposal, mesh.size, rest)
 
-    return replicated_map(body, mesh, arrays, params, key)
+    return replicated_map(body, mesh, arrays, params, key, law)
 
 
 def margin_from_rows(
@@ -326,12 +354,13 @@ def margin_from_rows(
     weights: Float[Array, "*rows T"],
     scenarios: int,
     sampler: str,
+    law: BlockLaw | None = None,
 ) -> MarginResult:
     """The margin from [`sharded_rows`][]'s output, as one device computes it."""
     if sampler == "plain":
         es, se, var, _ = weighted_tail_statistics(rows, weights, params.confidence, scenarios)
         return margin_from_statistics(arrays, params, es, se, var)
-    return margin_from_weighted_losses(arrays, params, rows, weights, rows.shape[1], scenarios)
+    return sampled_statistics(arrays, params, rows, weights, rows.shape[1], scenarios, law)
 
 
 margin_jit = eqx.filter_jit(margin_arrays)

@@ -10,6 +10,7 @@ import jax
 import numpy as np
 
 from ._arrays import BookArrays, book_arrays
+from ._block import BlockLaw, block_law
 from ._book import Book
 from ._errors import EngineError
 from ._horizon import ContractHorizon, contract_horizon
@@ -18,9 +19,9 @@ from ._margin import (
     BINDING,
     MarginParams,
     MarginResult,
-    margin_from_weighted_losses,
     margin_jit,
     rows_margin_jit,
+    sampled_statistics,
     sharded_rows_jit,
     static_top,
 )
@@ -78,6 +79,8 @@ class MarginReport:
     capped: bool = True  # False when net short an underlying (SPEC-horizon.md §6.6)
     linear_notional: float = 0.0  # sum |q| F0 of perps and futures
     underlyings: tuple[UnderlyingReport, ...] = ()
+    sampler: str = "plain"  # the [model] sampler the figures were estimated with
+    exact_positions: int = 0  # positions margined by their exact law ("exact_block")
 
     @property
     def horizon_covers_all(self) -> bool:
@@ -139,6 +142,8 @@ class MarginReport:
             "capped": self.capped,
             "linear_notional": self.linear_notional,
             "underlyings": [u.to_dict() for u in self.underlyings],
+            "sampler": self.sampler,
+            "exact_positions": self.exact_positions,
         }
 
 
@@ -166,7 +171,7 @@ def portfolio_margin(
 
     - `book`: a validated [`Book`][].
     - `scenarios`, `seed`, `confidence`, `sampler`: override the book's ``[model]``
-      values (`sampler`: ``"plain"`` or ``"importance"``).
+      values (`sampler`: ``"plain"``, ``"importance"`` or ``"exact_block"``).
     - `dtype`: float32 (default) or float64 (needs ``jax_enable_x64``).
     - `key`: a PRNG key to use instead of ``jax.random.key(seed)`` (another
       stream, or another PRNG implementation).
@@ -178,32 +183,35 @@ def portfolio_margin(
 
     **Returns:** a [`MarginReport`][]. Raises [`BookError`][] for bad overrides.
     """
-    book, arrays, layout, params, key, top = _prepare(book, scenarios, seed, confidence,
-                                                      sampler, dtype, key)
+    book, arrays, layout, params, key, top, (law, exact) = _prepare(
+        book, scenarios, seed, confidence, sampler, dtype, key)
     s = book.settings
     mesh = scenario_mesh(devices)
     if mesh.size == 1:
-        result = margin_jit(arrays, params, key, s.scenarios, top, s.sampler)
+        result = margin_jit(arrays, params, key, s.scenarios, top, s.sampler, law=law)
     else:
         # The tail over every device, then the figures from it on this process's
         # first device, in the program one device uses: bit-identical to one device
         # (a program compiled for several devices may round sums differently).
-        rows = sharded_rows_jit(*replicate((arrays, params, key), mesh), s.scenarios, top,
-                                s.sampler, None, mesh)
+        placed, placed_law = replicate(((arrays, params, key), law), mesh)
+        rows = sharded_rows_jit(*placed, s.scenarios, top, s.sampler, None, mesh, placed_law)
         local = [np.asarray(x.addressable_data(0)) for x in rows]
-        result = rows_margin_jit(arrays, params, *local, s.scenarios, s.sampler)
-    return dataclasses.replace(_report(book, layout, result), devices=mesh.size)
+        result = rows_margin_jit(arrays, params, *local, s.scenarios, s.sampler, law)
+    return dataclasses.replace(_report(book, layout, result, exact), devices=mesh.size)
 
 
 def _prepare(book: Book, scenarios, seed, confidence, sampler, dtype, key):
     """The book with its overrides, its arrays, layout and run-time parameters, the
-    PRNG key (``jax.random.key(seed)`` unless given) and the static tail size."""
+    PRNG key (``jax.random.key(seed)`` unless given), the static tail size and,
+    for the exact-block sampler, ``(law, positions)`` of [`block_law`][] (else
+    ``(None, 0)``)."""
     book = book.with_overrides(scenarios=scenarios, seed=seed, confidence=confidence,
                                sampler=sampler)
     s = book.settings
     arrays, layout, params = margin_inputs(book, dtype=dtype)
     key = jax.random.key(s.seed) if key is None else key
-    return book, arrays, layout, params, key, tail_size(s.scenarios, s.confidence)
+    block = block_law(arrays) if s.sampler == "exact_block" else (None, 0)
+    return book, arrays, layout, params, key, tail_size(s.scenarios, s.confidence), block
 
 
 def margin_with_losses(
@@ -219,25 +227,27 @@ def margin_with_losses(
 ):
     """[`portfolio_margin`][] and the whole book's simulated loss in each scenario
     (dollars), from one simulation (for loss histograms: VaR and ES of the
-    report are those of these losses).
+    report are those of these losses; under ``"exact_block"`` the report's base
+    and VaR are those of R + S with S's exact law, and these are the simulated
+    book's losses, an unbiased sample of the same distribution).
 
     Under importance sampling the scenarios are not equally likely: pass
     ``with_weights=True`` to get ``(report, losses, weights)``, each scenario's
     likelihood ratio (its probability is weight / scenarios).
     """
-    book, arrays, layout, params, key, top = _prepare(book, scenarios, seed, confidence,
-                                                      sampler, dtype, key)
+    book, arrays, layout, params, key, top, (law, exact) = _prepare(
+        book, scenarios, seed, confidence, sampler, dtype, key)
     s = book.settings
     result, losses, weights = _margin_losses_jit(arrays, params, key, s.scenarios, top,
-                                                 s.sampler)
-    report = _report(book, layout, result)
+                                                 s.sampler, law)
+    report = _report(book, layout, result, exact)
     losses = np.asarray(losses, np.float64)
     if with_weights:
         return report, losses, np.asarray(weights, np.float64)
     return report, losses
 
 
-def _report(book: Book, layout, result: MarginResult) -> MarginReport:
+def _report(book: Book, layout, result: MarginResult, exact: int = 0) -> MarginReport:
     r = jax.tree.map(lambda x: np.asarray(x, dtype=np.float64), result)
     capped = not np.isposinf(r.worst_case_loss)
     values = [r.margin, r.base, r.floor, *r.cluster_es] + ([r.worst_case_loss] if capped else [])
@@ -283,16 +293,19 @@ def _report(book: Book, layout, result: MarginResult) -> MarginReport:
         linear_notional=sum(abs(qty[c.id]) * book.forward_price(c) for c in book.contracts
                             if c.is_linear),
         underlyings=underlying_reports(book),
+        sampler=s.sampler,
+        exact_positions=exact,
     )
 
 
 def _margin_and_losses(arrays: BookArrays, params: MarginParams, key, scenarios: int, top: int,
-                       sampler: str):
-    losses, weights, _ = simulate(arrays, params.confidence, key, scenarios, sampler)
-    result = margin_from_weighted_losses(arrays, params, losses, weights,
-                                         static_top(sampler, scenarios, losses.shape[1], top),
-                                         scenarios)
-    return result, losses[-1, :scenarios], weights[:scenarios]
+                       sampler: str, law: BlockLaw | None = None):
+    losses, weights, _ = simulate(arrays, params.confidence, key, scenarios, sampler, None, law)
+    result = sampled_statistics(arrays, params, losses, weights,
+                                static_top(sampler, scenarios, losses.shape[1], top),
+                                scenarios, law)
+    k = arrays.loading.shape[0]  # the book's row (the rest's follows it for "exact_block")
+    return result, losses[k, :scenarios], weights[:scenarios]
 
 
 _margin_losses_jit = eqx.filter_jit(_margin_and_losses)

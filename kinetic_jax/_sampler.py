@@ -36,7 +36,9 @@ from jax import lax, ops
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from ._arrays import PAD, PARLAY, BookArrays, row_membership
+from ._block import BlockLaw, check_law, freeze
 from ._book import SAMPLERS
+from ._errors import BookError
 from ._shortfall import sortfree_tail_statistics
 from ._simulation import (
     BLOCK,
@@ -60,6 +62,17 @@ def check_sampler(sampler: str) -> str:
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler: {sampler!r} is not one of {SAMPLERS}")
     return sampler
+
+
+def shared_sampler(sampler: str, use: str, field: str = "model.sampler") -> str:
+    """`sampler` for a simulation that serves more than one book (a what-if
+    session's trades, a sweep's points, the jump run's perturbed books): any
+    but ``"exact_block"``, whose exact law is one book's positions'."""
+    if sampler == "exact_block":
+        raise BookError(field, f"'exact_block' margins one book per call (its exact law "
+                               f"is that book's positions'); {use} take 'plain' or "
+                               f"'importance'")
+    return check_sampler(sampler)
 
 
 def chunk_size(arrays: BookArrays, scenarios: int, chunk: int | None = None) -> int:
@@ -119,10 +132,15 @@ def row_losses(arrays: BookArrays, yes: Float[Array, "n C"]) -> Float[Array, "n 
     return outcome_losses(arrays, yes.T).T
 
 
-def outcome_losses(arrays: BookArrays, yes: Float[Array, "C n"]) -> Float[Array, "K+1 n"]:
+def outcome_losses(arrays: BookArrays, yes: Float[Array, "C n"],
+                   rest: Float[Array, " C"] | None = None) -> Float[Array, "K+1 n"]:
     """[`row_losses`][] from outcome rows (scenarios on the last axis): each loss
-    row is sum_i q_i (p_i - YES_i) over the slots the row counts."""
-    weights = (row_membership(arrays) * arrays.quantity[:, None]).T  # (K + 1, C)
+    row is sum_i q_i (p_i - YES_i) over the slots the row counts. With `rest` (a
+    0/1 mask over slots), one more row: the loss of the slots it marks."""
+    member = row_membership(arrays)
+    if rest is not None:
+        member = jnp.concatenate([member, rest[:, None]], axis=1)
+    weights = (member * arrays.quantity[:, None]).T  # (K + 1 [+ 1], C)
     return jnp.matmul(weights, arrays.price[:, None] - yes, precision=HIGHEST)
 
 
@@ -186,24 +204,26 @@ def scenario_losses(
     scenarios: int,
     chunk: int | None = None,
     proposal: Proposal | None = None,
+    rest: Float[Array, " C"] | None = None,
 ) -> tuple[Float[Array, "K+1 Np"], Float[Array, " Np"]]:
     """Streamed losses per cluster and for the book (rows; padding scenarios carry
-    -inf) and each scenario's likelihood-ratio weight (0 for padding)."""
+    -inf), then with `rest` the loss of the slots it marks, and each scenario's
+    likelihood-ratio weight (0 for padding)."""
 
-    losses, weights = stream(arrays, key, scenarios, chunk, proposal, loss_rows(arrays, scenarios),
-                             per_scenario=False)
+    losses, weights = stream(arrays, key, scenarios, chunk, proposal,
+                             loss_rows(arrays, scenarios, rest), per_scenario=False)
     return chunk_rows(losses), weights.reshape(-1)
 
 
-def loss_rows(arrays: BookArrays, scenarios: int):
+def loss_rows(arrays: BookArrays, scenarios: int, rest: Float[Array, " C"] | None = None):
     """The per-chunk function of [`scenario_losses`][]: the chunk's (K + 1) loss
-    rows (scenarios on the last axis; -inf beyond `scenarios`) and each
-    scenario's weight (0 there)."""
+    rows (scenarios on the last axis; -inf beyond `scenarios`; one more with
+    `rest`, see [`outcome_losses`][]) and each scenario's weight (0 there)."""
 
     def fn(noise, index, log_w):
         yes = outcome_rows(latent_rows(noise, arrays), arrays)  # (C, n)
         valid = index < scenarios
-        losses = jnp.where(valid[None, :], outcome_losses(arrays, yes), -jnp.inf)
+        losses = jnp.where(valid[None, :], outcome_losses(arrays, yes, rest), -jnp.inf)
         return losses, jnp.where(valid, jnp.exp(log_w), 0.0)
 
     return fn
@@ -276,12 +296,19 @@ def simulate(
     scenarios: int,
     sampler: str = "plain",
     chunk: int | None = None,
+    law: BlockLaw | None = None,
 ) -> tuple[Float[Array, "K+1 Np"], Float[Array, " Np"], Proposal | None]:
     """Losses per row and weights under `sampler` (see module doc), with the
-    proposal used (None for plain sampling)."""
+    proposal used (None for plain sampling). ``"exact_block"`` with the book's
+    [`BlockLaw`][] `law`: the importance sampler's proposal with the block's
+    events unshifted, and one more row, the loss of the rest R (see
+    ``_block.py``); without a law it is ``"importance"``."""
     check_sampler(sampler)
+    check_law(law, sampler)
     proposal = None
-    if sampler == "importance":
-        proposal = fit_proposal(lax.stop_gradient(arrays), confidence, key, scenarios, chunk)
-    losses, weights = scenario_losses(arrays, key, scenarios, chunk, proposal)
+    if sampler != "plain":
+        proposal = freeze(fit_proposal(lax.stop_gradient(arrays), confidence, key, scenarios,
+                                       chunk), law)
+    rest = None if law is None else law.rest
+    losses, weights = scenario_losses(arrays, key, scenarios, chunk, proposal, rest)
     return losses, weights, proposal

@@ -105,11 +105,12 @@ def device_chunks(
     return size, -(-count // devices)
 
 
-def _local_rows(arrays, key, scenarios, chunk, proposal, devices):
+def _local_rows(arrays, key, scenarios, chunk, proposal, devices, rest=None):
     size, per = device_chunks(arrays, scenarios, chunk, devices)
     first = lax.axis_index(AXIS) * per
     losses, weights = stream_chunks(arrays, key, scenarios, size, first + jnp.arange(per),
-                                    proposal, loss_rows(arrays, scenarios), per_scenario=False)
+                                    proposal, loss_rows(arrays, scenarios, rest),
+                                    per_scenario=False)
     # (K + 1, per * size) and (per * size,): this device's
     return chunk_rows(losses), weights.reshape(-1)
 
@@ -147,12 +148,13 @@ def gathered_losses(
     chunk: int | None,
     proposal: Proposal,
     devices: int,
+    rest: Float[Array, " C"] | None = None,
 ) -> tuple[Float[Array, "R Np"], Float[Array, " Np"]]:
     """Importance sampling, inside ``shard_map``: every device's loss rows and
     weights, all-gathered in scenario order and restored to the one-device padded
     length (padding: loss -inf, weight 0), replicated on every device: exactly
-    [`scenario_losses`][] on one device."""
-    losses, weights = _local_rows(arrays, key, scenarios, chunk, proposal, devices)
+    [`scenario_losses`][] on one device (with `rest`, its extra row too)."""
+    losses, weights = _local_rows(arrays, key, scenarios, chunk, proposal, devices, rest)
     losses = lax.all_gather(losses, AXIS, axis=1, tiled=True)
     weights = lax.all_gather(weights, AXIS, axis=0, tiled=True)
     length = padded_scenarios(arrays, scenarios, chunk)

@@ -64,7 +64,7 @@ from ._errors import BookError
 from ._hierarchy import correlation_matrix
 from ._margin import BINDING, MarginParams, margin_arrays, margin_from_statistics
 from ._progress import Progress, want_progress
-from ._sampler import chunk_size, outcome_losses
+from ._sampler import chunk_size, outcome_losses, shared_sampler
 from ._sensitivities import (
     DEFAULT_TEMPERATURE,
     JumpRun,
@@ -905,6 +905,7 @@ def sweep(
     axes = _as_axes(axes)
     book = book.with_overrides(scenarios=scenarios, seed=seed)
     s = book.settings
+    shared_sampler(s.sampler, "sweeps")
     grid = _Grid(book, axes)
     size = math.prod(grid.shape)
     valid = np.zeros(size, bool)

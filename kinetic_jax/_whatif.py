@@ -68,12 +68,12 @@ from ._margin import (
 from ._portfolio import ClusterReport, MarginReport, _report
 from ._sampler import (
     Proposal,
-    check_sampler,
     chunk_rows,
     chunk_size,
     fit_proposal,
     outcome_losses,
     padded_scenarios,
+    shared_sampler,
     stream,
 )
 from ._shortfall import (
@@ -239,7 +239,7 @@ class MarginSession:
 
     def __init__(self, book: Book, *, dtype=None, key: PRNGKeyArray | None = None):
         s = book.settings
-        check_sampler(s.sampler)
+        shared_sampler(s.sampler, "what-if sessions")
         self._dtype = dtype
         self._key = jax.random.key(s.seed) if key is None else key
         self._top = tail_size(s.scenarios, s.confidence)

@@ -1,0 +1,334 @@
+"""The independent block: the positions no factor touches, margined by their exact law.
+
+A contract whose every atom (its own, or each parlay leg's) lies on an event of
+a cluster with loading 0 (the default hierarchy's Sports and Politics events) is
+independent of every factor. The slots of such contracts that share no event
+with the rest of the book form the *independent block*; the book's loss splits
+into two independent parts,
+
+    L = R + S,   R = the rest's loss (simulated),   S = the block's loss (exact law),
+
+and the base ES_alpha(R + S) is estimated against S's exact law instead of the
+simulated S: conditional Monte Carlo over S, the variance left being R's alone
+(docs/methodology.md, "The exact-block sampler").
+
+S's law ([`block_law`][], on the host, float64): with quantities that are whole
+multiples of g (integers, or after scaling by 10, 100 or 1,000), S = S0 - g k,
+k an integer, so S lives on a lattice of spacing g. The block's slots joined
+through parlays' legs form *components*; each component's joint outcomes are
+enumerated over the intervals between its events' cuts (an atom holds on a
+whole interval or on none of it), and the components' laws of k are convolved.
+A cluster whose held positions all lie in the block gets its own exact law too:
+its ES is exact (standard error 0).
+
+In JAX the law is data (a [`BlockLaw`][]): it is the law of the book's
+quantities and prices, computed once per call on the host, so derivatives
+through it see the block as fixed (use [`sensitivities`][] for those).
+"""
+
+from __future__ import annotations
+
+import math
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jaxtyping import Array, Bool, Float
+
+from ._arrays import BookArrays, bucket
+from ._shortfall import sortfree_tail_statistics
+from ._simulation import atom_cuts
+
+MAX_STATES = 1 << 14  # joint intervals of one component's events
+MAX_LATTICE = 1 << 16  # points of the block's lattice
+SCALES = (1, 10, 100, 1000)  # quantities scaled to integers
+STEPS = 48  # bisection steps on the base's VaR
+
+
+class BlockLaw(eqx.Module):
+    """The independent block of a book as arrays (see module doc).
+
+    - `rest`: 1.0 on slots outside the block (the rows of R), 0.0 inside.
+    - `frozen`: 1.0 on the block's events: the importance sampler does not shift
+      them (R does not depend on them, so shifting them would only add weight
+      noise).
+    - `origin`, `spacing`, `probs`: S's law, P(S = origin + spacing j) = probs[j]
+      (values increasing; zero-padded to a power of two).
+    - `cluster_exact`: clusters whose held positions all lie in the block; their
+      loss's law is `cluster_origin`, `cluster_spacing`, `cluster_probs` (rows of
+      other clusters are zero).
+    """
+
+    rest: Float[Array, " C"]
+    frozen: Float[Array, " E"]
+    origin: Float[Array, ""]
+    spacing: Float[Array, ""]
+    probs: Float[Array, " L"]
+    cluster_exact: Bool[Array, " K"]
+    cluster_origin: Float[Array, " K"]
+    cluster_spacing: Float[Array, " K"]
+    cluster_probs: Float[Array, "K M"]
+
+
+def independent_slots(arrays: BookArrays) -> np.ndarray:
+    """The held slots of the independent block (bool per slot): every atom on an
+    event of a loading-0 cluster, and no event shared with a held slot outside
+    the block (a parlay with one leg on a loaded event takes its other legs'
+    events out of the block, and with them every slot on those events). Empty
+    for a book with a liquidation horizon or underlyings (marks, not atoms)."""
+    q = np.asarray(arrays.quantity)
+    n = q.size
+    if arrays.dynamic or arrays.spot.shape[0]:
+        return np.zeros(n, bool)
+    event = np.asarray(arrays.event)
+    legs = np.asarray(arrays.legs)
+    free_event = (np.asarray(arrays.loading)[np.asarray(arrays.event_cluster)] == 0) & ~np.asarray(
+        arrays.event_raw)
+    real = legs < n
+    leg_events = np.where(real, event[np.minimum(legs, n - 1)], -1)  # (C, L), -1: none
+    atom_free = np.where(real, free_event[np.maximum(leg_events, 0)], True)
+    held = q != 0
+    block = held & np.all(atom_free, axis=1) & ~np.asarray(arrays.on_path) & ~np.asarray(
+        arrays.linear)
+    while True:  # events touched by the rest leave the block, with their slots
+        taken = np.unique(leg_events[held & ~block])
+        shared = np.isin(leg_events, taken[taken >= 0]).any(axis=1)
+        if not np.any(block & shared):
+            return block
+        block &= ~shared
+
+
+def _lattice(q: np.ndarray) -> float | None:
+    """The largest g with every quantity a whole multiple of it (None: none of
+    `SCALES` makes them integers)."""
+    for scale in SCALES:
+        scaled = q * scale
+        if np.all(np.abs(scaled - np.round(scaled)) <= 1e-9 * np.maximum(1.0, np.abs(scaled))):
+            return math.gcd(*(int(abs(round(x))) for x in scaled)) / scale
+    return None
+
+
+def _law_of(slots: np.ndarray, q, price, lo, hi, event, legs) -> tuple | None:
+    """``(origin, spacing, probs)`` of S = sum over `slots` of q (p - YES), values
+    increasing, or None (non-lattice quantities, a component or lattice too big)."""
+    n = q.size
+    idx = np.flatnonzero(slots)
+    g = _lattice(q[idx])
+    if g is None or g == 0:
+        return None
+    atoms = {int(i): [int(leg) for leg in legs[i] if leg < n] for i in idx}
+    parent: dict[int, int] = {}
+
+    def root(e):
+        while parent.setdefault(e, e) != e:
+            e = parent[e]
+        return e
+
+    for slot_atoms in atoms.values():
+        first = root(int(event[slot_atoms[0]]))
+        for leg in slot_atoms[1:]:
+            parent[root(int(event[leg]))] = first
+    steps = {int(i): int(round(q[i] / g)) for i in idx}  # q = g * steps
+    law, k_min = np.ones(1), 0
+    for comp in sorted({root(e) for e in list(parent)}):
+        events = sorted(e for e in parent if root(e) == comp)
+        slots_c = [i for i in atoms if root(int(event[atoms[i][0]])) == comp]
+        legs_used = sorted({leg for i in slots_c for leg in atoms[i]})
+        where = {e: j for j, e in enumerate(events)}
+        edges = []
+        for e in events:  # the intervals between the event's cuts
+            cuts = np.unique([c for leg in legs_used if event[leg] == e
+                              for c in (lo[leg], hi[leg]) if np.isfinite(c)])
+            edges.append(np.concatenate([[-np.inf], cuts, [np.inf]]))
+        shape = tuple(len(x) - 1 for x in edges)
+        if math.prod(shape) > MAX_STATES:
+            return None
+        grid = np.indices(shape).reshape(len(shape), -1)  # (events, states)
+        prob = np.ones(grid.shape[1])
+        for j, x in enumerate(edges):
+            cdf = np.array([0.5 * math.erfc(-v / math.sqrt(2)) for v in x])
+            prob *= np.diff(cdf)[grid[j]]
+        holds = {}
+        for leg in legs_used:  # lo < X <= hi on a whole interval (a, b] or on none of it
+            j = where[int(event[leg])]
+            a, b = edges[j][:-1][grid[j]], edges[j][1:][grid[j]]
+            holds[leg] = (lo[leg] <= a) & (b <= hi[leg])
+        k = np.zeros(grid.shape[1], np.int64)
+        for i in slots_c:
+            yes = np.all([holds[leg] for leg in atoms[i]], axis=0)
+            k += steps[i] * yes
+        law = np.convolve(law, np.bincount(k - k.min(), weights=prob))
+        k_min += int(k.min())
+        if law.size > MAX_LATTICE:
+            return None
+    s0 = float(np.sum(q[idx] * price[idx]))
+    # S = s0 - g k: increasing values are decreasing k.
+    top = k_min + law.size - 1
+    return s0 - g * top, g, law[::-1]
+
+
+def block_law(arrays: BookArrays) -> tuple[BlockLaw | None, int]:
+    """``(law, positions)``: the [`BlockLaw`][] of `arrays` and the number of held
+    positions it covers, or ``(None, 0)`` where the book has no independent
+    block or its law is out of reach (quantities on no lattice of `SCALES`, a
+    component above `MAX_STATES` joint intervals, a lattice above
+    `MAX_LATTICE` points)."""
+    block = independent_slots(arrays)
+    if not block.any():
+        return None, 0
+    dtype = arrays.price.dtype
+    q = np.asarray(arrays.quantity, np.float64)
+    price = np.asarray(arrays.price, np.float64)
+    lo, hi = (np.asarray(x, np.float64) for x in atom_cuts(arrays))
+    event, legs = np.asarray(arrays.event), np.asarray(arrays.legs)
+    whole = _law_of(block, q, price, lo, hi, event, legs)
+    if whole is None:
+        return None, 0
+    cluster = np.asarray(arrays.cluster)
+    k = arrays.loading.shape[0]
+    held = q != 0
+    laws = {}
+    for c in range(k):
+        mine = held & (cluster == c)
+        if mine.any() and not np.any(mine & ~block):
+            laws[c] = _law_of(mine, q, price, lo, hi, event, legs)
+    laws = {c: law for c, law in laws.items() if law is not None}
+    width = bucket(max([len(law[2]) for law in laws.values()] + [1]))
+    cluster_probs = np.zeros((k, width))
+    cluster_origin, cluster_spacing = np.zeros(k), np.ones(k)
+    for c, (origin, spacing, probs) in laws.items():
+        cluster_probs[c, :probs.size] = probs
+        cluster_origin[c], cluster_spacing[c] = origin, spacing
+    origin, spacing, probs = whole
+    padded = np.zeros(bucket(probs.size))
+    padded[:probs.size] = probs
+    n_events = arrays.event_cluster.shape[0]
+    frozen = np.zeros(n_events)
+    used = legs[block]
+    frozen[np.unique(event[used[used < q.size]])] = 1.0
+    f = lambda x: jnp.asarray(x, dtype)  # noqa: E731
+    law = BlockLaw(rest=f(~block), frozen=f(frozen), origin=f(origin), spacing=f(spacing),
+                   probs=f(padded), cluster_exact=jnp.asarray([c in laws for c in range(k)]),
+                   cluster_origin=f(cluster_origin), cluster_spacing=f(cluster_spacing),
+                   cluster_probs=f(cluster_probs))
+    return law, int(block.sum())
+
+
+def lattice_statistics(
+    origin: Float[Array, " R"],
+    spacing: Float[Array, " R"],
+    probs: Float[Array, "R M"],
+    confidence: Float[Array, ""],
+) -> tuple[Float[Array, " R"], Float[Array, " R"]]:
+    """``(es, var)`` of each row's exact lattice law (values origin + spacing j,
+    increasing): the Acerbi–Tasche tail mean, mass 1 - alpha taken from the top,
+    the boundary value fractionally; VaR the value at which the mass from the
+    top first exceeds 1 - alpha."""
+    budget = 1 - confidence
+    m = probs.shape[-1]
+    values = origin[:, None] + spacing[:, None] * jnp.arange(m, dtype=probs.dtype)
+    p, v = jnp.flip(probs, -1), jnp.flip(values, -1)
+    before = jnp.cumsum(p, axis=-1) - p
+    take = jnp.clip(budget - before, 0.0, p)
+    es = jnp.sum(take * v, axis=-1) / budget
+    at = jnp.argmax(before + p > budget, axis=-1)
+    return es, jnp.take_along_axis(v, at[:, None], axis=-1)[:, 0]
+
+
+def pairs_tail_statistics(
+    rest: Float[Array, " Np"],
+    weights: Float[Array, " Np"],
+    law: BlockLaw,
+    confidence: Float[Array, ""],
+) -> tuple[Float[Array, ""], Float[Array, ""], Float[Array, ""]]:
+    """``(es, standard_error, var)`` of R + S from R's weighted draws `rest`
+    (padding: weight 0) and S's exact law.
+
+    Each draw holds the self-normalised mass w / sum(w) (so a book that is all
+    block, R = 0, gets its exact ES with standard error 0). The VaR v solves
+    P(R + S > v) = 1 - alpha: `STEPS` bisection steps, each one index
+    computation and gather per draw (the first lattice point above x is
+    floor((x - origin) / spacing) + 1, no search). Then, with h(r) =
+    E_S[(r + S - v)^+] = E[S; S > v - r] + P(S > v - r) (r - v),
+
+        ES = v + sum_n mass_n h(R_n) / (1 - alpha),
+
+    whose delta-method standard error is sqrt(Var[w (h(R) - hbar)] / N) /
+    (mean(w) (1 - alpha)) with hbar the estimate's own sum_n mass_n h(R_n)."""
+    budget = 1 - confidence
+    size = law.probs.shape[0]
+    dtype = law.probs.dtype
+    values = law.origin + law.spacing * jnp.arange(size, dtype=dtype)
+    zero = jnp.zeros(1, dtype)
+    p_above = jnp.concatenate([jnp.cumsum(law.probs[::-1])[::-1], zero])
+    m_above = jnp.concatenate([jnp.cumsum((law.probs * values)[::-1])[::-1], zero])
+    live = weights > 0
+    count = jnp.sum(live, dtype=dtype)
+    total = jnp.sum(weights)
+    mass = weights / total
+    r = jnp.where(live, rest, 0.0)
+
+    def tail(x):  # P(S > x), E[S; S > x]; a rounding slip at a tie moves no ES
+        j = jnp.clip(jnp.floor((x - law.origin) / law.spacing), -1, size - 1)
+        j = j.astype(jnp.int32) + 1
+        return p_above[j], m_above[j]
+
+    highest = jnp.max(jnp.where(law.probs > 0, values, -jnp.inf))
+    lo = jnp.min(jnp.where(live, r, jnp.inf)) + law.origin - 1
+    hi = jnp.max(jnp.where(live, r, -jnp.inf)) + highest + 1
+
+    def step(_, bounds):
+        lo, hi = bounds
+        mid = 0.5 * (lo + hi)
+        high = jnp.sum(mass * tail(mid - r)[0]) > budget
+        return jnp.where(high, mid, lo), jnp.where(high, hi, mid)
+
+    _, var = lax.fori_loop(0, STEPS, step, (lo, hi))
+    p, m = tail(var - r)
+    h = jnp.where(live, m + p * (r - var), 0.0)
+    hbar = jnp.sum(mass * h)
+    es = var + hbar / budget
+    mean_w = total / count
+    d = jnp.where(live, weights * (h - hbar), 0.0)  # sums to 0 by hbar's definition
+    se = jnp.sqrt(jnp.sum(d * d) / count / count) / (mean_w * budget)
+    return es, se, var
+
+
+def block_statistics(
+    losses: Float[Array, "K+2 Np"],
+    weights: Float[Array, " Np"],
+    law: BlockLaw,
+    confidence: Float[Array, ""],
+    scenarios: int,
+) -> tuple[Float[Array, " K+1"], Float[Array, " K+1"], Float[Array, " K+1"]]:
+    """``(es, se, var)`` per cluster and (last) for the whole book from the loss
+    rows of the exact-block sampler (K clusters, the book, the rest R): clusters
+    in the block by their exact law (se 0), the others by the weighted
+    estimator, the book by [`pairs_tail_statistics`][]."""
+    k = law.cluster_exact.shape[0]
+    es, se, var, _ = sortfree_tail_statistics(losses[:k], weights, confidence, scenarios)
+    exact_es, exact_var = lattice_statistics(law.cluster_origin, law.cluster_spacing,
+                                             law.cluster_probs, confidence)
+    exact = law.cluster_exact
+    es = jnp.where(exact, exact_es, es)
+    se = jnp.where(exact, 0.0, se)
+    var = jnp.where(exact, exact_var, var)
+    base, base_se, base_var = pairs_tail_statistics(losses[k + 1], weights, law, confidence)
+    join = lambda x, y: jnp.concatenate([x, y[None]])  # noqa: E731
+    return join(es, base), join(se, base_se), join(var, base_var)
+
+
+def freeze(proposal, law: BlockLaw | None):
+    """`proposal` with the block's events unshifted (see [`BlockLaw`][])."""
+    if law is None or proposal is None:
+        return proposal
+    return eqx.tree_at(lambda p: p.event_shift, proposal,
+                       proposal.event_shift * (1 - law.frozen)[None, :])
+
+
+def check_law(law: BlockLaw | None, sampler: str) -> None:
+    if law is not None and sampler != "exact_block":
+        raise ValueError(f"law: given with sampler {sampler!r}; it is the "
+                         f"'exact_block' sampler's")
+

@@ -1,0 +1,200 @@
+"""The exact-block sampler (issue 7): the independent block's exact law against
+enumeration, exact figures on an all-block book, no bias and honest standard
+errors on a book with a correlated pair beside the block, the fallbacks, and the
+runs that refuse it."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+from helpers import (
+    above,
+    binary,
+    exact_es,
+    exact_losses,
+    make_book,
+    outcome,
+    parlay,
+    reference_es,
+    run_cli,
+)
+from scipy.stats import multivariate_normal, norm
+
+import kinetic_jax as kj
+from kinetic_jax._block import block_law, independent_slots, lattice_statistics
+
+PX, PY, Q = 0.95, 0.10, 1000.0
+
+
+def _games(scale: float = 1.0):
+    """Games, an election and a parlay: zero loadings only (exactly enumerable)."""
+    contracts = [binary(f"G{i}", p) for i, p in enumerate((0.55, 0.4, 0.7, 0.35, 0.5, 0.62))]
+    contracts += [outcome("E1", "PRES", "a", 0.45), outcome("E2", "PRES", "b", 0.35),
+                  parlay("P", ["G0", "G1"], 0.25)]
+    qty = {"G0": 400.0, "G1": -300.0, "G2": 250.0, "G3": -350.0, "G4": 300.0, "G5": 200.0,
+           "E1": -500.0, "E2": 400.0, "P": 350.0}
+    return contracts, {k: v * scale for k, v in qty.items()}
+
+
+def _block_book(scale: float = 1.0, **settings):
+    contracts, qty = _games(scale)
+    return make_book(contracts, qty, mc_error=False, liquidity=False, **settings)
+
+
+def _pair_and_games(**settings):
+    """Long X / short Y on co-moving assets beside the games."""
+    contracts, qty = _games()
+    pair = [above("X", "BTC-E", 1.0, PX), above("Y", "ETH-E", 1.0, PY, cluster="ETH")]
+    return make_book(pair + contracts, {"X": Q, "Y": -Q, **qty}, mc_error=False,
+                     liquidity=False, **settings)
+
+
+def _pair_and_games_exact(confidence: float = 0.99) -> float:
+    """ES of R + S: the pair's four outcomes (bivariate normal, the default
+    hierarchy's crypto correlation) convolved with the games' enumerated law."""
+    s_loss, s_prob = exact_losses(_block_book())
+    r = 0.9 * 0.9 * 0.68
+    cx, cy = norm.ppf(1 - PX), norm.ppf(1 - PY)
+    nn = multivariate_normal(cov=[[1, r], [r, 1]]).cdf([cx, cy])
+    ny, yn = (1 - PX) - nn, (1 - PY) - nn
+    r_prob = np.array([nn, ny, yn, 1 - nn - ny - yn])  # X no/yes, Y no/yes
+    r_loss = Q * np.array([PX - PY, PX + 1 - PY, PX - 1 - PY, PX - 1 + 1 - PY])
+    return reference_es((r_loss[:, None] + s_loss[None]).ravel(),
+                        (r_prob[:, None] * s_prob[None]).ravel(), confidence)
+
+
+def _seeds(book, sampler, seeds, law=None):
+    arrays, _, params = kj.margin_inputs(book)
+    n = book.settings.scenarios
+    top = kj.tail_size(n, book.settings.confidence)
+    run = jax.jit(jax.vmap(lambda k: kj.margin_arrays(arrays, params, k, n, top, sampler,
+                                                      law=law)))
+    return run(jax.random.split(jax.random.key(11), seeds))
+
+
+def test_block_law_is_the_enumerated_law():
+    book = _block_book()
+    arrays, _, _ = kj.margin_inputs(book)
+    law, positions = block_law(arrays)
+    assert positions == 9
+    losses, prob = exact_losses(book)
+    values = np.asarray(law.origin) + np.asarray(law.spacing) * np.arange(law.probs.size)
+    assert float(law.spacing) == 50.0  # the quantities' gcd
+    # Every enumerated loss lies on the lattice; its probability there is the law's.
+    index = np.round((losses - float(law.origin)) / float(law.spacing)).astype(int)
+    np.testing.assert_allclose(values[index], losses, atol=1e-3)
+    expected = np.bincount(index, weights=prob, minlength=law.probs.size)
+    np.testing.assert_allclose(np.asarray(law.probs, np.float64), expected, atol=1e-6)
+    for alpha in (0.99, 0.9, 0.5):
+        es, var = lattice_statistics(law.origin[None], law.spacing[None], law.probs[None],
+                                     np.float32(alpha))
+        assert float(es[0]) == pytest.approx(exact_es(book, alpha), rel=1e-5)
+
+
+def test_a_book_all_in_the_block_is_margined_exactly():
+    book = _block_book(scenarios=4096)
+    report = kj.portfolio_margin(book, sampler="exact_block")
+    assert report.exact_positions == 9 and report.sampler == "exact_block"
+    # R = 0: every draw's h is the same, so the estimate is the exact ES, s.e. 0.
+    assert report.base == pytest.approx(exact_es(book), rel=1e-5)
+    assert report.base_standard_error == pytest.approx(0.0, abs=1e-6 * report.base)
+    for c in report.clusters:
+        assert c.es == pytest.approx(exact_es(book, cluster=c.name), rel=1e-5, abs=1e-3)
+        assert c.standard_error == 0.0
+    assert report.floor_standard_error == 0.0
+    text = kj.format_margin_report(report)
+    assert "sampler exact_block: 9 positions no factor touches" in text
+
+
+def test_no_bias_honest_errors_and_less_noise_beside_a_correlated_pair():
+    # 48 seeds at 4,096 draws: the mean within 3 standard errors of the mean of the
+    # exact ES; the exact value within +-2 reported SE in 80-100% of runs (a
+    # binomial 99.9% band for 48 runs); the reported SE the seed-to-seed spread
+    # within sampling error; and the spread far below plain sampling's (measured:
+    # sd 7.9 against 35.8, VRF ~20).
+    book = _pair_and_games(scenarios=4096)
+    exact = _pair_and_games_exact()
+    arrays, _, _ = kj.margin_inputs(book)
+    law, positions = block_law(arrays)
+    assert positions == 9
+    res = _seeds(book, "exact_block", 48, law)
+    es, se = np.asarray(res.base, np.float64), np.asarray(res.base_se, np.float64)
+    sem = es.std(ddof=1) / np.sqrt(len(es))
+    assert abs(es.mean() - exact) <= 3 * sem + 1e-4 * exact
+    coverage = np.mean(np.abs(es - exact) <= 2 * se)
+    assert 0.8 <= coverage <= 1.0, coverage
+    assert 0.65 <= se.mean() / es.std(ddof=1) <= 1.6
+    plain = np.asarray(_seeds(book, "plain", 48).base, np.float64)
+    assert es.std(ddof=1) < 0.4 * plain.std(ddof=1)
+    # The games' clusters are exact; the pair's clusters are as importance gives them.
+    exact_clusters = np.asarray(law.cluster_exact)
+    assert exact_clusters.sum() == 3  # Sports, Election, Parlays
+    assert np.all(np.asarray(res.cluster_se)[:, exact_clusters] == 0.0)
+
+
+def test_a_parlay_with_a_loaded_leg_takes_its_events_out_of_the_block():
+    contracts, qty = _games()
+    contracts += [above("X", "BTC-E", 1.0, 0.6), parlay("XG", ["X", "G2"], 0.3)]
+    book = make_book(contracts, {**qty, "X": 100.0, "XG": 200.0})
+    arrays, layout, _ = kj.margin_inputs(book)
+    ids = np.asarray(layout.contract_ids + ("",) * (arrays.quantity.size - layout.n_contracts))
+    inside = set(ids[independent_slots(arrays)])
+    # G2 shares its event with the parlay on a loaded leg: it leaves the block.
+    assert inside == {"G0", "G1", "G3", "G4", "G5", "E1", "E2", "P"}
+    law, positions = block_law(arrays)
+    assert positions == 8
+    rest = np.asarray(law.rest)[:layout.n_contracts]
+    assert rest.tolist() == [c not in inside for c in layout.contract_ids]
+
+
+@pytest.mark.parametrize("book", [
+    pytest.param(lambda: _block_book(scale=1 / 3, scenarios=4096), id="off-lattice quantities"),
+    pytest.param(lambda: make_book([above("X", "BTC-E", 1.0, PX),
+                                    above("Y", "ETH-E", 1.0, PY, cluster="ETH")],
+                                   {"X": Q, "Y": -Q}, scenarios=4096), id="no block"),
+])
+def test_without_a_law_the_sampler_is_the_importance_sampler(book):
+    book = book()
+    arrays, _, _ = kj.margin_inputs(book)
+    assert block_law(arrays) == (None, 0)
+    block = kj.portfolio_margin(book, sampler="exact_block")
+    importance = kj.portfolio_margin(book, sampler="importance")
+    assert block.exact_positions == 0
+    assert {**block.to_dict(), "sampler": None} == {**importance.to_dict(), "sampler": None}
+
+
+def test_quantities_on_a_decimal_lattice_keep_the_exact_law():
+    book = _block_book(scale=0.1, scenarios=4096)  # 40.0, -30.0, ...: spacing 5
+    arrays, _, _ = kj.margin_inputs(book)
+    law, positions = block_law(arrays)
+    assert positions == 9 and float(law.spacing) == pytest.approx(5.0)
+    report = kj.portfolio_margin(book, sampler="exact_block")
+    assert report.base == pytest.approx(exact_es(book), rel=1e-5)
+
+
+def test_runs_that_share_one_simulation_refuse_the_sampler():
+    book = _pair_and_games(scenarios=4096, sampler="exact_block")
+    with pytest.raises(kj.BookError, match="model.sampler: 'exact_block' .* what-if"):
+        kj.margin_session(book)
+    with pytest.raises(kj.BookError, match="model.sampler: 'exact_block' .* sweeps"):
+        kj.sweep(book, {"rho.crypto": [0.5, 0.6]})
+    with pytest.raises(kj.BookError, match="sampler: 'exact_block' .* jump run"):
+        kj.jump_run(book.settings, sampler="exact_block")
+    # The core refuses a law given with another sampler.
+    arrays, _, params = kj.margin_inputs(book)
+    law, _ = block_law(arrays)
+    with pytest.raises(ValueError, match="law: given with sampler 'importance'"):
+        kj.margin_arrays(arrays, params, jax.random.key(0), 4096, 64, "importance", law=law)
+
+
+def test_cli_reports_the_sampler_and_the_exact_positions(tmp_path):
+    rc, out, _ = run_cli("margin", "examples/reference_book.toml", "--sampler", "exact_block",
+                         "--scenarios", "4096", "--json")
+    assert rc == 0
+    import json
+
+    report = json.loads(out)
+    assert report["sampler"] == "exact_block" and report["exact_positions"] == 27
+    sports = {c["name"]: c for c in report["clusters"]}["Sports"]
+    assert sports["standard_error"] == 0.0
