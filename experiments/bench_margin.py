@@ -17,10 +17,14 @@ the cores from whichever call comes next (measured: the engine's call right
 after the baseline's took 1.6x as long as after a pause).
 
 To the same standard error: the base's seed-to-seed variance of the baseline
-(plain Monte Carlo) over that of the engine's importance sampler, at equal
-scenarios, is the variance-reduction factor VRF; the baseline needs VRF times
-the scenarios (and time) to match, so the speed-up at equal standard error is
-VRF x t_baseline / t_importance. VRF is given three ways: from the baseline's
+(plain Monte Carlo) over that of one of the engine's variance-reduced samplers
+(``importance``; ``exact_block``, importance sampling with the independent
+block's exact law), at equal scenarios, is the variance-reduction factor VRF;
+the baseline needs VRF times the scenarios (and time) to match, so the speed-up
+at equal standard error is VRF x t_baseline / t_sampler. The exact-block
+sampler's time is timed two ways: the jitted call given the block's law, and
+`portfolio_margin` end to end (the law computed on the host each call, with the
+layout and the report). VRF is given three ways: from the baseline's
 spread over `--seeds` seeds (an F-ratio: noisy), from the baseline's and the
 engine's plain spreads pooled (the same estimator on independent draws: twice the
 degrees of freedom), and from the engine's reported standard errors (the plain
@@ -126,37 +130,58 @@ def main():
     t0 = time.perf_counter()
     jax.block_until_ready(kj.margin_jit(arrays, params, key, s.scenarios, top, "importance"))
     compile_is = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    law, exact_positions = kj.block_law(arrays)
+    law_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    jax.block_until_ready(kj.margin_jit(arrays, params, key, s.scenarios, top, "exact_block",
+                                        law=law))
+    compile_block = time.perf_counter() - t0
+
+    def sampled(sampler, k=key):
+        return kj.margin_jit(arrays, params, k, s.scenarios, top, sampler,
+                             law=law if sampler == "exact_block" else None)
 
     engine = lambda: kj.margin_jit(arrays, params, key, s.scenarios, top).margin  # noqa: E731
-    importance = lambda: kj.margin_jit(  # noqa: E731
-        arrays, params, key, s.scenarios, top, "importance").margin
+    importance = lambda: sampled("importance").margin  # noqa: E731
+    block = lambda: sampled("exact_block").margin  # noqa: E731
     report = lambda: kj.portfolio_margin(book)  # noqa: E731  (host layout + call + report)
+    block_report = lambda: kj.portfolio_margin(book, sampler="exact_block")  # noqa: E731
     baseline = lambda: numpy_margin_pieces(book, s.scenarios, s.seed)  # noqa: E731
-    t_engine, t_is, t_report, t_numpy = [], [], [], []
+    timed = {"numpy": baseline, "engine": engine, "importance": importance,
+             "exact_block": block, "report": report, "exact_block_report": block_report}
+    times = {name: [] for name in timed}
     for _ in range(args.repeats):
-        t_numpy.append(median_time(baseline, 1))
-        t_engine.append(median_time(engine, 1))
-        t_is.append(median_time(importance, 1))
-        t_report.append(median_time(report, 1))
-    t_engine, t_is, t_report, t_numpy = map(np.median, (t_engine, t_is, t_report, t_numpy))
+        for name, fn in timed.items():
+            times[name].append(median_time(fn, 1))
+    times = {name: float(np.median(t)) for name, t in times.items()}
+    t_engine, t_is, t_report, t_numpy = (times[n] for n in ("engine", "importance", "report",
+                                                             "numpy"))
+    t_block, t_block_report = times["exact_block"], times["exact_block_report"]
 
-    # The base's spread over seeds: the baseline, the engine plain and importance.
-    base_np, base_plain, base_is, se_plain, se_is = [], [], [], [], []
+    # The base's spread over seeds: the baseline, the engine plain, importance and
+    # exact-block.
+    base = {n: [] for n in ("numpy", "plain", "importance", "exact_block")}
+    se = {n: [] for n in ("plain", "importance", "exact_block")}
     for seed in range(args.seeds):
         k = jax.random.key(seed)
-        base_np.append(numpy_margin_pieces(book, s.scenarios, seed))
-        r = kj.margin_jit(arrays, params, k, s.scenarios, top)
-        base_plain.append(float(r.base))
-        se_plain.append(float(r.base_se))
-        r = kj.margin_jit(arrays, params, k, s.scenarios, top, "importance")
-        base_is.append(float(r.base))
-        se_is.append(float(r.base_se))
-    var_np, var_plain, var_is = (float(np.var(x, ddof=1)) for x in (base_np, base_plain, base_is))
-    vrf_spread = var_np / var_is
+        base["numpy"].append(numpy_margin_pieces(book, s.scenarios, seed))
+        for sampler in se:
+            r = sampled(sampler, k)
+            base[sampler].append(float(r.base))
+            se[sampler].append(float(r.base_se))
+    var = {n: float(np.var(x, ddof=1)) for n, x in base.items()}
     # NumPy's and the engine's plain runs are the same estimator on independent
     # draws: their pooled variance is the steadier plain-sampling reference.
-    vrf_pooled = 0.5 * (var_np + var_plain) / var_is
-    vrf_reported = float(np.mean(np.square(se_plain)) / np.mean(np.square(se_is)))
+    vrf = {n: {"spread": var["numpy"] / var[n],
+               "pooled": 0.5 * (var["numpy"] + var["plain"]) / var[n],
+               "reported": float(np.mean(np.square(se["plain"])) / np.mean(np.square(se[n])))}
+           for n in ("importance", "exact_block")}
+    vrf_spread, vrf_pooled, vrf_reported = (vrf["importance"][w] for w in ("spread", "pooled",
+                                                                            "reported"))
+    base_np, base_plain, base_is = base["numpy"], base["plain"], base["importance"]
+    se_plain, se_is = se["plain"], se["importance"]
+    var_np, var_plain, var_is = var["numpy"], var["plain"], var["importance"]
 
     # Many accounts on one simulation.
     rng = np.random.default_rng(0)
@@ -194,6 +219,18 @@ def main():
         "equal_se_speedup_spread": vrf_spread * t_numpy / t_is,
         "equal_se_speedup_pooled": vrf_pooled * t_numpy / t_is,
         "equal_se_speedup_reported": vrf_reported * t_numpy / t_is,
+        "exact_block": {
+            "positions": exact_positions, "law_host_seconds": law_s,
+            "compile_seconds": compile_block, "call_seconds": t_block,
+            "portfolio_margin_seconds": t_block_report,
+            "base_sd": var["exact_block"] ** 0.5,
+            "base_mean": float(np.mean(base["exact_block"])),
+            "reported_se_mean": float(np.mean(se["exact_block"])),
+            "vrf": vrf["exact_block"],
+            "equal_se_speedup": {w: v * t_numpy / t_block for w, v in vrf["exact_block"].items()},
+            "equal_se_speedup_end_to_end": {w: v * t_numpy / t_block_report
+                                            for w, v in vrf["exact_block"].items()},
+        },
         "accounts": args.accounts, "accounts_shared_seconds": t_shared,
         "accounts_separate_seconds": t_separate, "shared_compile_seconds": shared_compile,
         "separate_over_shared": t_separate / t_shared,
@@ -218,6 +255,19 @@ def main():
     print(f"  to the same standard error: NumPy / engine = {vrf_spread * t_numpy / t_is:.1f} "
           f"(NumPy's spread), {vrf_pooled * t_numpy / t_is:.1f} (pooled), "
           f"{vrf_reported * t_numpy / t_is:.1f} (reported s.e.)   (goal >= 10)")
+    b = out["exact_block"]
+    print(f"  exact-block sampler ({exact_positions} positions by their exact law): call "
+          f"{t_block * 1e3:.1f} ms (compile {compile_block:.2f} s), portfolio_margin end to "
+          f"end {t_block_report * 1e3:.1f} ms (the law on the host {law_s * 1e3:.1f} ms)")
+    print(f"  base sd {b['base_sd']:.1f} (mean {b['base_mean']:,.1f}), mean reported s.e. "
+          f"{b['reported_se_mean']:.1f}; VRF {vrf['exact_block']['spread']:.2f} (NumPy's "
+          f"spread), {vrf['exact_block']['pooled']:.2f} (pooled), "
+          f"{vrf['exact_block']['reported']:.2f} (reported s.e.)")
+    print("  to the same standard error, NumPy / exact-block: "
+          + ", ".join(f"{b['equal_se_speedup'][w]:.1f} ({w})" for w in vrf["exact_block"])
+          + "; end to end: "
+          + ", ".join(f"{b['equal_se_speedup_end_to_end'][w]:.1f} ({w})"
+                      for w in vrf["exact_block"]) + "   (goal >= 10)")
     print(f"  {args.accounts} accounts, shared simulation  {t_shared * 1e3:8.1f} ms   "
           f"vs separate calls {t_separate * 1e3:.1f} ms: ratio {t_separate / t_shared:.2f}"
           f" (compile {shared_compile:.1f} s)")

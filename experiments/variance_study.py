@@ -1,12 +1,15 @@
 """Variance reduction and sensitivity noise, measured over many seeds (issue 7).
 
-Part 1, samplers. For each book and sampler: the variance-reduction factor
-VRF = Var_plain / Var_sampler over `--seeds` independent seeds at equal scenario
-counts, of the base, the floor and each cluster ES; the cost per call (median
-wall time after compilation, same process); the efficiency VRF x cost_plain /
-cost_sampler; and a bias check against plain Monte Carlo at 16x the scenarios
-(z = difference / combined standard error). Books: the reference book, sports
-and parlays only, a long/short crypto pair, a large ladder book.
+Part 1, samplers (``importance``; ``exact_block``, importance sampling with
+the independent block's exact law, its law computed once per book on the host
+and passed to the jitted call). For each book and sampler: the
+variance-reduction factor VRF = Var_plain / Var_sampler over `--seeds`
+independent seeds at equal scenario counts, of the base, the floor and each
+cluster ES; the cost per call (median wall time after compilation, same
+process); the efficiency VRF x cost_plain / cost_sampler; and a bias check
+against plain Monte Carlo at 16x the scenarios (z = difference / combined
+standard error). Books (`--books`, default all): the reference book, sports and
+parlays only, a long/short crypto pair, a large ladder book.
 
 Part 2, sensitivities of the reference book's margin: mean, seed-to-seed
 standard deviation and coefficient of variation of every dM/drho and
@@ -18,7 +21,7 @@ conditional estimator beside its spread, and the seconds per call.
 
     .venv/bin/python experiments/variance_study.py [--seeds 32] [--scenarios 32768]
         [--sens-seeds 8] [--sens-scenarios 131072] [--skip-samplers | --skip-sensitivities]
-        [--out experiments/results/variance_study.json]
+        [--books reference,...] [--out experiments/results/variance_study.json]
 """
 
 from __future__ import annotations
@@ -76,18 +79,23 @@ def _timed(fn, *args):
     return float(np.median(times))
 
 
+SAMPLERS = ("plain", "importance", "exact_block")
+
+
 def sampler_study(book: kj.Book, seeds: int, scenarios: int) -> dict:
     arrays, layout, params = kj.margin_inputs(book)
     top = kj.tail_size(scenarios, book.settings.confidence)
     out: dict = {"clusters": list(layout.cluster_names)}
     figures = {}
-    for sampler in ("plain", "importance"):
-        run = eqx.filter_jit(lambda k, s=sampler, n=scenarios, t=top:
-                             kj.margin_arrays(arrays, params, k, n, t, s))
-        cost = _timed(run, jax.random.key(0))
+    law, out["exact_positions"] = kj.block_law(arrays)
+    for sampler in SAMPLERS:
+        given = law if sampler == "exact_block" else None  # an argument, not a constant
+        run = eqx.filter_jit(lambda k, g, s=sampler, n=scenarios, t=top:
+                             kj.margin_arrays(arrays, params, k, n, t, s, law=g))
+        cost = _timed(run, jax.random.key(0), given)
         rows = []
         for seed in range(seeds):
-            r = run(jax.random.key(1000 + seed))
+            r = run(jax.random.key(1000 + seed), given)
             rows.append(np.concatenate([[float(r.base), float(r.floor), float(r.base_se)],
                                         np.asarray(r.cluster_es, np.float64)]))
         figures[sampler] = np.array(rows)
@@ -102,9 +110,9 @@ def sampler_study(book: kj.Book, seeds: int, scenarios: int) -> dict:
     ref = np.array([[float((r := ref_run(jax.random.key(7 + s))).base), float(r.base_se)]
                     for s in range(4)])
     ref_mean, ref_se = ref[:, 0].mean(), ref[:, 1].mean() / 2
-    p, q = figures["plain"], figures["importance"]
+    p = figures["plain"]
 
-    def vrf(col):
+    def vrf(q, col):
         # A figure exact at any N under plain sampling (a tail inside one atom) has
         # sd 0; importance weights then leave only float32 rounding (sd < 1e-5
         # relative): reported as None ("exact under both"), not as a ratio of noise.
@@ -114,10 +122,14 @@ def sampler_study(book: kj.Book, seeds: int, scenarios: int) -> dict:
             return None
         return float("inf") if vq == 0 else float(vp / vq)
 
-    out["vrf"] = {"base": vrf(0), "floor": vrf(1),
-                  **{name: vrf(3 + k) for k, name in enumerate(layout.cluster_names)}}
-    ratio = out["plain"]["seconds_per_call"] / out["importance"]["seconds_per_call"]
-    out["efficiency_base"] = None if out["vrf"]["base"] is None else out["vrf"]["base"] * ratio
+    for sampler in SAMPLERS[1:]:
+        q = figures[sampler]
+        v = {"base": vrf(q, 0), "floor": vrf(q, 1),
+             **{name: vrf(q, 3 + k) for k, name in enumerate(layout.cluster_names)}}
+        ratio = out["plain"]["seconds_per_call"] / out[sampler]["seconds_per_call"]
+        suffix = "" if sampler == "importance" else f"_{sampler}"  # v1.2's keys kept
+        out["vrf" + suffix] = v
+        out["efficiency_base" + suffix] = None if v["base"] is None else v["base"] * ratio
     for sampler, f in figures.items():
         se = np.hypot(f[:, 0].std(ddof=1) / np.sqrt(seeds), ref_se)
         diff = f[:, 0].mean() - ref_mean
@@ -183,20 +195,31 @@ def main() -> None:
     ap.add_argument("--skip-sensitivities", action="store_true")
     ap.add_argument("--skip-samplers", action="store_true",
                     help="only the sensitivity part (part 2)")
+    ap.add_argument("--books", default=None,
+                    help="comma-separated subset of the sampler part's books")
     ap.add_argument("--out", default="experiments/results/variance_study.json")
     args = ap.parse_args()
     result = {"seeds": args.seeds, "scenarios": args.scenarios, "books": {}}
-    for name, book in ({} if args.skip_samplers else _books(args.large_events)).items():
+    books = {} if args.skip_samplers else _books(args.large_events)
+    if args.books:
+        wanted = args.books.split(",")
+        unknown = sorted(set(wanted) - set(books))
+        if unknown:
+            raise SystemExit(f"--books: {', '.join(unknown)} not among {', '.join(books)}")
+        books = {name: books[name] for name in wanted}
+    for name, book in books.items():
         r = sampler_study(book, args.seeds, args.scenarios)
         result["books"][name] = r
-        v = r["vrf"]
-        print(f"\n{name}: base VRF {v['base']}, floor VRF {v['floor']}, efficiency "
-              f"{r['efficiency_base']}; cost plain {r['plain']['seconds_per_call']*1e3:.0f} ms, "
-              f"importance {r['importance']['seconds_per_call']*1e3:.0f} ms")
-        print("  cluster VRF: " + ", ".join(
-            f"{k} {'exact' if x is None else f'{x:.2f}'}" for k, x in v.items()
-            if k not in ("base", "floor")))
-        for s in ("plain", "importance"):
+        print(f"\n{name} ({r['exact_positions']} positions in the independent block): cost "
+              + ", ".join(f"{s} {r[s]['seconds_per_call'] * 1e3:.0f} ms" for s in SAMPLERS))
+        for suffix in ("", "_exact_block"):
+            v = r["vrf" + suffix]
+            print(f"  {suffix[1:] or 'importance'}: base VRF {v['base']}, floor VRF "
+                  f"{v['floor']}, efficiency {r['efficiency_base' + suffix]}")
+            print("    cluster VRF: " + ", ".join(
+                f"{k} {'exact' if x is None else f'{x:.2f}'}" for k, x in v.items()
+                if k not in ("base", "floor")))
+        for s in SAMPLERS:
             z = r[s]["bias_z_vs_16x_plain"]
             print(f"  {s:10s} base {r[s]['base_mean']:.1f} sd {r[s]['base_sd']:.1f} "
                   f"(reported se {r[s]['base_mean_reported_se']:.1f}); vs 16x plain "

@@ -168,6 +168,9 @@ def _law_of(slots: np.ndarray, q, price, lo, hi, event, legs) -> tuple | None:
     return s0 - g * top, g, law[::-1]
 
 
+_cuts = eqx.filter_jit(atom_cuts)  # one dispatch instead of dozens (host time 24 -> 12 ms)
+
+
 def block_law(arrays: BookArrays) -> tuple[BlockLaw | None, int]:
     """``(law, positions)``: the [`BlockLaw`][] of `arrays` and the number of held
     positions it covers, or ``(None, 0)`` where the book has no independent
@@ -180,7 +183,7 @@ def block_law(arrays: BookArrays) -> tuple[BlockLaw | None, int]:
     dtype = arrays.price.dtype
     q = np.asarray(arrays.quantity, np.float64)
     price = np.asarray(arrays.price, np.float64)
-    lo, hi = (np.asarray(x, np.float64) for x in atom_cuts(arrays))
+    lo, hi = (np.asarray(x, np.float64) for x in _cuts(arrays))
     event, legs = np.asarray(arrays.event), np.asarray(arrays.legs)
     whole = _law_of(block, q, price, lo, hi, event, legs)
     if whole is None:
