@@ -239,6 +239,47 @@ def lattice_statistics(
     return es, jnp.take_along_axis(v, at[:, None], axis=-1)[:, 0]
 
 
+def pairs_excess(
+    rest: Float[Array, " Np"],
+    weights: Float[Array, " Np"],
+    law: BlockLaw,
+    confidence: Float[Array, ""],
+) -> tuple[Float[Array, ""], Float[Array, " Np"], Float[Array, " Np"]]:
+    """``(var, h, mass)`` of R + S from R's weighted draws `rest` (padding:
+    weight 0) and S's exact law: each draw's self-normalised mass w / sum(w),
+    the VaR v solving P(R + S > v) = 1 - alpha, and each draw's expected excess
+    h = E_S[(R_n + S - v)^+] (0 on padding); see [`pairs_tail_statistics`][]."""
+    budget = 1 - confidence
+    size = law.probs.shape[0]
+    dtype = law.probs.dtype
+    values = law.origin + law.spacing * jnp.arange(size, dtype=dtype)
+    zero = jnp.zeros(1, dtype)
+    p_above = jnp.concatenate([jnp.cumsum(law.probs[::-1])[::-1], zero])
+    m_above = jnp.concatenate([jnp.cumsum((law.probs * values)[::-1])[::-1], zero])
+    live = weights > 0
+    mass = weights / jnp.sum(weights)
+    r = jnp.where(live, rest, 0.0)
+
+    def tail(x):  # P(S > x), E[S; S > x]; a rounding slip at a tie moves no ES
+        j = jnp.clip(jnp.floor((x - law.origin) / law.spacing), -1, size - 1)
+        j = j.astype(jnp.int32) + 1
+        return p_above[j], m_above[j]
+
+    highest = jnp.max(jnp.where(law.probs > 0, values, -jnp.inf))
+    lo = jnp.min(jnp.where(live, r, jnp.inf)) + law.origin - 1
+    hi = jnp.max(jnp.where(live, r, -jnp.inf)) + highest + 1
+
+    def step(_, bounds):
+        lo, hi = bounds
+        mid = 0.5 * (lo + hi)
+        high = jnp.sum(mass * tail(mid - r)[0]) > budget
+        return jnp.where(high, mid, lo), jnp.where(high, hi, mid)
+
+    _, var = lax.fori_loop(0, STEPS, step, (lo, hi))
+    p, m = tail(var - r)
+    return var, jnp.where(live, m + p * (r - var), 0.0), mass
+
+
 def pairs_tail_statistics(
     rest: Float[Array, " Np"],
     weights: Float[Array, " Np"],
@@ -260,39 +301,12 @@ def pairs_tail_statistics(
     whose delta-method standard error is sqrt(Var[w (h(R) - hbar)] / N) /
     (mean(w) (1 - alpha)) with hbar the estimate's own sum_n mass_n h(R_n)."""
     budget = 1 - confidence
-    size = law.probs.shape[0]
-    dtype = law.probs.dtype
-    values = law.origin + law.spacing * jnp.arange(size, dtype=dtype)
-    zero = jnp.zeros(1, dtype)
-    p_above = jnp.concatenate([jnp.cumsum(law.probs[::-1])[::-1], zero])
-    m_above = jnp.concatenate([jnp.cumsum((law.probs * values)[::-1])[::-1], zero])
+    var, h, mass = pairs_excess(rest, weights, law, confidence)
     live = weights > 0
-    count = jnp.sum(live, dtype=dtype)
-    total = jnp.sum(weights)
-    mass = weights / total
-    r = jnp.where(live, rest, 0.0)
-
-    def tail(x):  # P(S > x), E[S; S > x]; a rounding slip at a tie moves no ES
-        j = jnp.clip(jnp.floor((x - law.origin) / law.spacing), -1, size - 1)
-        j = j.astype(jnp.int32) + 1
-        return p_above[j], m_above[j]
-
-    highest = jnp.max(jnp.where(law.probs > 0, values, -jnp.inf))
-    lo = jnp.min(jnp.where(live, r, jnp.inf)) + law.origin - 1
-    hi = jnp.max(jnp.where(live, r, -jnp.inf)) + highest + 1
-
-    def step(_, bounds):
-        lo, hi = bounds
-        mid = 0.5 * (lo + hi)
-        high = jnp.sum(mass * tail(mid - r)[0]) > budget
-        return jnp.where(high, mid, lo), jnp.where(high, hi, mid)
-
-    _, var = lax.fori_loop(0, STEPS, step, (lo, hi))
-    p, m = tail(var - r)
-    h = jnp.where(live, m + p * (r - var), 0.0)
+    count = jnp.sum(live, dtype=h.dtype)
     hbar = jnp.sum(mass * h)
     es = var + hbar / budget
-    mean_w = total / count
+    mean_w = jnp.sum(weights) / count
     d = jnp.where(live, weights * (h - hbar), 0.0)  # sums to 0 by hbar's definition
     se = jnp.sqrt(jnp.sum(d * d) / count / count) / (mean_w * budget)
     return es, se, var
@@ -306,18 +320,33 @@ def block_statistics(
     scenarios: int,
 ) -> tuple[Float[Array, " K+1"], Float[Array, " K+1"], Float[Array, " K+1"]]:
     """``(es, se, var)`` per cluster and (last) for the whole book from the loss
-    rows of the exact-block sampler (K clusters, the book, the rest R): clusters
-    in the block by their exact law (se 0), the others by the weighted
-    estimator, the book by [`pairs_tail_statistics`][]."""
+    rows of the exact-block sampler (K clusters, the book, the rest R): see
+    [`exact_block_rows`][]; the clusters' rows by the weighted estimator."""
     k = law.cluster_exact.shape[0]
     es, se, var, _ = sortfree_tail_statistics(losses[:k], weights, confidence, scenarios)
+    return exact_block_rows(es, se, var, losses[k + 1], weights, law, confidence)
+
+
+def exact_block_rows(
+    es: Float[Array, " K"],
+    se: Float[Array, " K"],
+    var: Float[Array, " K"],
+    rest: Float[Array, " Np"],
+    weights: Float[Array, " Np"],
+    law: BlockLaw,
+    confidence: Float[Array, ""],
+) -> tuple[Float[Array, " K+1"], Float[Array, " K+1"], Float[Array, " K+1"]]:
+    """The clusters' sampled ``(es, se, var)`` with those inside the block
+    replaced by their exact law's (se 0), and the book's figures appended: the
+    ES of R + S from the rest's losses `rest` and S's law
+    ([`pairs_tail_statistics`][])."""
     exact_es, exact_var = lattice_statistics(law.cluster_origin, law.cluster_spacing,
                                              law.cluster_probs, confidence)
     exact = law.cluster_exact
     es = jnp.where(exact, exact_es, es)
     se = jnp.where(exact, 0.0, se)
     var = jnp.where(exact, exact_var, var)
-    base, base_se, base_var = pairs_tail_statistics(losses[k + 1], weights, law, confidence)
+    base, base_se, base_var = pairs_tail_statistics(rest, weights, law, confidence)
     join = lambda x, y: jnp.concatenate([x, y[None]])  # noqa: E731
     return join(es, base), join(se, base_se), join(var, base_var)
 

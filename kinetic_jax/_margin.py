@@ -340,7 +340,7 @@ def sharded_rows(
         if sampler == "plain":
             return gathered_tail(arrays, key, scenarios, top, chunk, mesh.size)
         proposal = freeze(fit_proposal(lax.stop_gradient(arrays), params.confidence, key,
-                                       scenarios, chunk), law)
+                                       scenarios, chunk, law), law)
         rest = None if law is None else law.rest
         return gathered_losses(arrays, key, scenarios, chunk, proposal, mesh.size, rest)
 

@@ -40,7 +40,11 @@ the proposal fitted to the book it was opened on (a valid likelihood-ratio
 estimator for any traded book, with honest standard errors) rather than
 refitting it per what-if, so its figures equal a full call only for the
 untraded book; they agree with a full call on the traded book to within their
-standard errors.
+standard errors. With ``sampler = "exact_block"`` the same holds, and each
+what-if computes the traded book's independent block and its exact law on the
+host (about 10 ms; a trade may move positions into or out of the block), the
+rest's loss R from the outcome matrix at the traded quantities, and the base
+as the ES of R + S ([`block_law`][]).
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ from jax import lax
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, UInt8
 
 from ._arrays import BookArrays, BookLayout, book_arrays, bucket, row_membership
+from ._block import BlockLaw, block_law, exact_block_rows, freeze
 from ._book import MAX_AMOUNT, Book, Contract, check_number
 from ._errors import BookError
 from ._margin import (
@@ -68,12 +73,12 @@ from ._margin import (
 from ._portfolio import ClusterReport, MarginReport, _report
 from ._sampler import (
     Proposal,
+    check_sampler,
     chunk_rows,
     chunk_size,
     fit_proposal,
     outcome_losses,
     padded_scenarios,
-    shared_sampler,
     stream,
 )
 from ._shortfall import (
@@ -109,10 +114,11 @@ def _outcome_step(arrays: BookArrays, scenarios: int):
 
 @eqx.filter_jit
 def _simulate(arrays: BookArrays, confidence, key: PRNGKeyArray, scenarios: int,
-              sampler: str, chunk: int | None) -> tuple[SessionState, Proposal | None]:
+              sampler: str, chunk: int | None, law: BlockLaw | None = None
+              ) -> tuple[SessionState, Proposal | None]:
     proposal = None
-    if sampler == "importance":
-        proposal = fit_proposal(arrays, confidence, key, scenarios, chunk)
+    if sampler != "plain":
+        proposal = freeze(fit_proposal(arrays, confidence, key, scenarios, chunk, law), law)
     yes, losses, weights = stream(arrays, key, scenarios, chunk, proposal,
                                   _outcome_step(arrays, scenarios), per_scenario=False)
     return SessionState(chunk_rows(yes), chunk_rows(losses), weights.reshape(-1)), proposal
@@ -137,19 +143,24 @@ class RowStatistics(eqx.Module):
 def _what_if(state: SessionState, stats: RowStatistics, arrays: BookArrays,
              params: MarginParams, quantity: Float[Array, " C"], index: Int[Array, " T"],
              delta: Float[Array, " T"], refresh: Bool[Array, ""], top: int,
-             scenarios: int) -> MarginResult:
+             scenarios: int, law: BlockLaw | None = None) -> MarginResult:
     """The margin of `arrays` with quantities `quantity` = the session's + `delta`
     on slots `index` (padding: the null slot with delta 0).
 
     Only the loss rows a trade moves (its cluster's and the book's) are
     recomputed, one row at a time (``lax.map`` over the rows, ``lax.cond`` on
     whether a trade touches the row); the others keep the session's `stats`.
-    `refresh` recomputes every row (the session's own figures)."""
+    `refresh` recomputes every row (the session's own figures). With the
+    exact-block sampler's `law` (the traded book's), the book's row is instead
+    the ES of R + S (R, the rest's loss, from the outcome matrix at the traded
+    quantities) and the clusters inside the block take their exact figures."""
     k = arrays.loading.shape[0]
     cols = state.yes[index].astype(arrays.price.dtype)  # (T, Np)
     per = delta[:, None] * (arrays.price[index][:, None] - cols)
     rows = row_membership(arrays, arrays.cluster[index])  # (T, K + 1): the rows t moves
     touched = (jnp.any((rows > 0) & (delta != 0)[:, None], axis=0)) | refresh
+    if law is not None:  # the book's row comes from the law below
+        touched = touched.at[k].set(False)
 
     def row(r):
         def fresh():
@@ -162,6 +173,12 @@ def _what_if(state: SessionState, stats: RowStatistics, arrays: BookArrays,
 
     es, se, var = lax.map(row, jnp.arange(k + 1))
     traded = eqx.tree_at(lambda a: a.quantity, arrays, quantity)
+    if law is not None:
+        rest = jnp.matmul((quantity * law.rest)[None],
+                          traded.price[:, None] - state.yes.astype(traded.price.dtype),
+                          precision=HIGHEST)[0]
+        es, se, var = exact_block_rows(es[:k], se[:k], var[:k], rest, state.weights, law,
+                                       params.confidence)
     return margin_from_statistics(traded, params, es, se, var)
 
 
@@ -239,7 +256,7 @@ class MarginSession:
 
     def __init__(self, book: Book, *, dtype=None, key: PRNGKeyArray | None = None):
         s = book.settings
-        shared_sampler(s.sampler, "what-if sessions")
+        check_sampler(s.sampler)
         self._dtype = dtype
         self._key = jax.random.key(s.seed) if key is None else key
         self._top = tail_size(s.scenarios, s.confidence)
@@ -253,8 +270,9 @@ class MarginSession:
         arrays, layout = book_arrays(book, self._dtype)
         s = book.settings
         self._params = MarginParams.from_settings(s, arrays.price.dtype)
+        law = block_law(arrays)[0] if s.sampler == "exact_block" else None
         state, self._proposal = _simulate(arrays, self._params.confidence, self._key,
-                                          s.scenarios, s.sampler, None)
+                                          s.scenarios, s.sampler, None, law)
         self._set(book, arrays, layout, state)
 
     def _set(self, book: Book, arrays: BookArrays, layout: BookLayout,
@@ -290,10 +308,13 @@ class MarginSession:
         if refresh:
             zero = jnp.zeros(arrays.loading.shape[0] + 1, f)
             stats = RowStatistics(zero, zero, zero)
-        result = _what_if(state, stats, arrays, self._params, jnp.asarray(quantity, f),
-                          jnp.asarray(idx), jnp.asarray(dq, f), jnp.asarray(refresh), top,
-                          s.scenarios)
-        return _report(book, layout, result), result
+        quantity = jnp.asarray(quantity, f)
+        law, exact = None, 0
+        if s.sampler == "exact_block":  # the traded book's law (host, ~10 ms)
+            law, exact = block_law(eqx.tree_at(lambda a: a.quantity, arrays, quantity))
+        result = _what_if(state, stats, arrays, self._params, quantity, jnp.asarray(idx),
+                          jnp.asarray(dq, f), jnp.asarray(refresh), top, s.scenarios, law)
+        return _report(book, layout, result, exact), result
 
     # ---- trades --------------------------------------------------------------------
     def _parse(self, trades) -> tuple[dict[str, float], list[Contract]]:

@@ -5,6 +5,8 @@ runs that refuse it."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -230,10 +232,46 @@ def test_quantities_on_a_decimal_lattice_keep_the_exact_law():
     assert report.base == pytest.approx(exact_es(book), rel=1e-5)
 
 
+def test_what_if_sessions_recompute_the_law_per_trade():
+    book = _pair_and_games(scenarios=4096, sampler="exact_block")
+    session = kj.margin_session(book)
+    full = kj.portfolio_margin(book)
+    # The untraded book: the full call's figures (R's losses summed in another
+    # order: to float32 rounding).
+    for name in ("margin", "base", "base_standard_error", "var", "floor"):
+        assert getattr(session.report, name) == pytest.approx(getattr(full, name), rel=1e-6)
+    assert session.report.exact_positions == 9
+
+    def full_after(trades, contracts=()):
+        qty = book.net_quantities()
+        traded = dataclasses.replace(book, contracts=book.contracts + tuple(contracts))
+        return kj.portfolio_margin(traded.with_positions(
+            {**{c.id: 0.0 for c in contracts}, **qty,
+             **{k: qty.get(k, 0.0) + v for k, v in trades.items()}}))
+
+    # A game traded: the block's law changes, Sports stays exact (the full call's
+    # figure); the base agrees with a full call within its standard error (the
+    # session keeps its proposal).
+    after = session.what_if({"G3": 500.0})
+    ref = full_after({"G3": 500.0})
+    sports = {c.name: c for c in after.clusters}["Sports"]
+    assert sports.es == pytest.approx({c.name: c for c in ref.clusters}["Sports"].es, rel=1e-6)
+    assert sports.standard_error == 0.0
+    assert abs(after.base - ref.base) <= 2 * max(after.base_standard_error, 1.0)
+    # A parlay with a loaded leg takes G2's event out of the block.
+    mixed = parlay("XG", ["X", "G2"], 0.3)
+    after = session.what_if({mixed: 300.0})
+    ref = full_after({"XG": 300.0}, [mixed])
+    assert after.exact_positions == ref.exact_positions == 8
+    assert abs(after.base - ref.base) <= 2 * max(after.base_standard_error, 1.0)
+    # Committing recomputes every row: the session's report is its book's.
+    session.apply({"G3": 500.0})
+    assert session.report.base == pytest.approx(
+        session.what_if({"G3": 0.0}).base, rel=1e-6)
+
+
 def test_runs_that_share_one_simulation_refuse_the_sampler():
     book = _pair_and_games(scenarios=4096, sampler="exact_block")
-    with pytest.raises(kj.BookError, match="model.sampler: 'exact_block' .* what-if"):
-        kj.margin_session(book)
     with pytest.raises(kj.BookError, match="model.sampler: 'exact_block' .* sweeps"):
         kj.sweep(book, {"rho.crypto": [0.5, 0.6]})
     with pytest.raises(kj.BookError, match="sampler: 'exact_block' .* jump run"):
