@@ -21,7 +21,7 @@ conditional estimator beside its spread, and the seconds per call.
 
     .venv/bin/python experiments/variance_study.py [--seeds 32] [--scenarios 32768]
         [--sens-seeds 8] [--sens-scenarios 131072] [--skip-samplers | --skip-sensitivities]
-        [--books reference,...] [--out experiments/results/variance_study.json]
+        [--books reference,...] [--ref-seeds 4] [--out experiments/results/variance_study.json]
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def _timed(fn, *args):
 SAMPLERS = ("plain", "importance", "exact_block")
 
 
-def sampler_study(book: kj.Book, seeds: int, scenarios: int) -> dict:
+def sampler_study(book: kj.Book, seeds: int, scenarios: int, ref_seeds: int = 4) -> dict:
     arrays, layout, params = kj.margin_inputs(book)
     top = kj.tail_size(scenarios, book.settings.confidence)
     out: dict = {"clusters": list(layout.cluster_names)}
@@ -103,13 +103,13 @@ def sampler_study(book: kj.Book, seeds: int, scenarios: int) -> dict:
                         "base_mean": float(figures[sampler][:, 0].mean()),
                         "base_sd": float(figures[sampler][:, 0].std(ddof=1)),
                         "base_mean_reported_se": float(figures[sampler][:, 2].mean())}
-    # Reference: plain Monte Carlo at 16x the scenarios, 4 seeds.
+    # Reference: plain Monte Carlo at 16x the scenarios, `ref_seeds` seeds.
     big = 16 * scenarios
     ref_run = eqx.filter_jit(lambda k: kj.margin_arrays(
         arrays, params, k, big, kj.tail_size(big, book.settings.confidence)))
     ref = np.array([[float((r := ref_run(jax.random.key(7 + s))).base), float(r.base_se)]
-                    for s in range(4)])
-    ref_mean, ref_se = ref[:, 0].mean(), ref[:, 1].mean() / 2
+                    for s in range(ref_seeds)])
+    ref_mean, ref_se = ref[:, 0].mean(), ref[:, 1].mean() / np.sqrt(ref_seeds)
     p = figures["plain"]
 
     def vrf(q, col):
@@ -136,6 +136,7 @@ def sampler_study(book: kj.Book, seeds: int, scenarios: int) -> dict:
         out[sampler]["bias_z_vs_16x_plain"] = float(diff / se) if se > 0 else None
         out[sampler]["bias_vs_16x_plain"] = float(diff)
     out["plain_16x_base"] = float(ref_mean)
+    out["plain_16x_seeds"] = ref_seeds
     return out
 
 
@@ -195,6 +196,8 @@ def main() -> None:
     ap.add_argument("--skip-sensitivities", action="store_true")
     ap.add_argument("--skip-samplers", action="store_true",
                     help="only the sensitivity part (part 2)")
+    ap.add_argument("--ref-seeds", type=int, default=4,
+                    help="seeds of the bias check's plain run at 16x the scenarios")
     ap.add_argument("--books", default=None,
                     help="comma-separated subset of the sampler part's books")
     ap.add_argument("--out", default="experiments/results/variance_study.json")
@@ -208,7 +211,7 @@ def main() -> None:
             raise SystemExit(f"--books: {', '.join(unknown)} not among {', '.join(books)}")
         books = {name: books[name] for name in wanted}
     for name, book in books.items():
-        r = sampler_study(book, args.seeds, args.scenarios)
+        r = sampler_study(book, args.seeds, args.scenarios, args.ref_seeds)
         result["books"][name] = r
         print(f"\n{name} ({r['exact_positions']} positions in the independent block): cost "
               + ", ".join(f"{s} {r[s]['seconds_per_call'] * 1e3:.0f} ms" for s in SAMPLERS))
