@@ -60,7 +60,7 @@ class Settings:
     - `sampler`: scenario sampler, ``"plain"`` Monte Carlo, ``"importance"``
       (defensive-mixture importance sampling) or ``"exact_block"`` (importance
       sampling, with the positions no factor touches margined by their exact
-      law; margin calls and what-if sessions, not sweeps);
+      law; margin calls, what-if sessions and sweeps without sensitivities);
       docs/methodology.md.
     - `horizon_days`: the liquidation horizon in calendar days, in (0, 365]
       (SPEC-horizon.md §6); None (default) margins to resolution, exactly as v1.

@@ -65,9 +65,9 @@ def check_sampler(sampler: str) -> str:
 
 
 def shared_sampler(sampler: str, use: str, field: str = "model.sampler") -> str:
-    """`sampler` for a simulation that serves many books at once (a sweep's
-    points, the jump run's perturbed books): any but ``"exact_block"``, whose
-    exact law is one book's positions'."""
+    """`sampler` for a simulation that serves many books at once (the jump
+    run's perturbed books): any but ``"exact_block"``, whose exact law is one
+    book's positions'."""
     if sampler == "exact_block":
         raise BookError(field, f"'exact_block' margins one book per call (its exact law "
                                f"is that book's positions'); {use} take 'plain' or "

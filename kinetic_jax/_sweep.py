@@ -29,7 +29,9 @@ number of devices (tests/test_scaling.py). Sweeps with sensitivities vmap
 [`margin_arrays`][] itself; importance sampling maps it over the points one at
 a time (its fitted proposal makes discrete choices that batched arithmetic may
 round differently, so a vmapped point could differ from the margin call by more
-than rounding). These two run on one device.
+than rounding). The exact-block sampler does the same with each point's block
+law, computed on the host ([`point_laws`][]); a point without one is margined
+as ``"importance"``, as its margin call is. These run on one device.
 
 Sensitivities (``sensitivities=True``): at each point, the derivative of the
 margin along each axis — quantity and confidence: the exact derivative of the
@@ -55,16 +57,17 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, Bool, Float, Int
 
 from ._arrays import BookArrays, book_arrays, bucket
+from ._block import BlockLaw, block_law
 from ._book import Book, Position
 from ._dates import DAYS_PER_YEAR, MAX_HORIZON_DAYS
 from ._errors import BookError
 from ._hierarchy import correlation_matrix
 from ._margin import BINDING, MarginParams, margin_arrays, margin_from_statistics
 from ._progress import Progress, want_progress
-from ._sampler import chunk_size, outcome_losses, shared_sampler
+from ._sampler import chunk_size, outcome_losses
 from ._sensitivities import (
     DEFAULT_TEMPERATURE,
     JumpRun,
@@ -489,17 +492,28 @@ def streamed_margins(arrays, params, points: Points, stream: _Stream | _ShardedS
 @eqx.filter_jit
 def sweep_chunk_general(arrays: BookArrays, params: MarginParams, key, points: Points,
                         scenarios: int, top: int, sampler: str, targets: tuple,
-                        sensitivities: bool, jumps: JumpRun | None
+                        sensitivities: bool, jumps: JumpRun | None,
+                        laws: tuple[BlockLaw, Bool[Array, " P"]] | None = None
                         ) -> tuple[dict, dict, dict]:
     """Figures of P points by [`margin_arrays`][] (any sampler; vmapped for plain
     sampling, one point after another for importance sampling) and, with
     `sensitivities`, each point's derivative along each target (kind, slot) and
     its standard error (NaN where the estimator gives none); prices, rho and
     loadings from the conditional estimator's run `jumps` ([`jump_run`][]; None
-    without sensitivities)."""
+    without sensitivities). The exact-block sampler takes each point's law
+    (`laws`: the stacked [`BlockLaw`][]s, and whether each point has one; a
+    point without one is margined as ``"importance"``, as a margin call is)."""
 
-    def one(pt):
+    def one(pt, law=None, has=None):
         a, p = at_point(arrays, params, pt)
+        if law is not None:
+            def block():
+                return _figures(margin_arrays(a, p, key, scenarios, top, sampler, law=law))
+
+            def plain_is():
+                return _figures(margin_arrays(a, p, key, scenarios, top, "importance"))
+
+            return lax.cond(has, block, plain_is), {}, {}
         if not sensitivities:
             return _figures(margin_arrays(a, p, key, scenarios, top, sampler)), {}, {}
 
@@ -549,10 +563,46 @@ def sweep_chunk_general(arrays: BookArrays, params: MarginParams, key, points: P
     jump_is = sensitivities and not arrays.dynamic and jumps.sampler != "plain"
     if sampler == "plain" and not jump_is:
         return jax.vmap(one)(points)
+    if laws is not None:
+        return lax.map(lambda x: one(*x), (points, *laws))
     # The importance sampler's fitted proposal makes discrete choices (which shift
     # coordinates to keep, the pilot's tail) that batched arithmetic can round the
     # other way: one point at a time keeps each point the margin call's.
     return lax.map(one, points)
+
+
+def point_laws(arrays: BookArrays, params: MarginParams, points: Points, cache: dict
+               ) -> tuple[BlockLaw, Bool[Array, " P"]] | None:
+    """Each point's [`block_law`][] (host; `cache` keyed by the values the law
+    depends on, so a rho or confidence axis computes it once), stacked with its
+    lattice zero-padded to the widest, and whether each point has one; None
+    when no point has one (the sweep is then the importance sampler's)."""
+    count = points.confidence.shape[0]
+    laws = []
+    for i in range(count):
+        a, _ = at_point(arrays, params, jax.tree.map(lambda x: x[i], points))
+        key = tuple(np.asarray(x).tobytes() for x in (a.quantity, a.price, a.loading))
+        if key not in cache:
+            cache[key] = block_law(a)[0]
+        laws.append(cache[key])
+    if all(law is None for law in laws):
+        return None
+    like = next(law for law in laws if law is not None)
+    dtype = like.probs.dtype
+    width = max(law.probs.shape[0] for law in laws if law is not None)
+    cwidth = max(law.cluster_probs.shape[1] for law in laws if law is not None)
+
+    def padded(law):
+        if law is None:  # never read (the point is margined by importance sampling)
+            law = eqx.tree_at(lambda x: (x.rest, x.frozen), like,
+                              (jnp.ones_like(like.rest), jnp.zeros_like(like.frozen)))
+        probs = jnp.zeros(width, dtype).at[: law.probs.shape[0]].set(law.probs)
+        cprobs = jnp.zeros((law.cluster_probs.shape[0], cwidth), dtype)
+        cprobs = cprobs.at[:, : law.cluster_probs.shape[1]].set(law.cluster_probs)
+        return eqx.tree_at(lambda x: (x.probs, x.cluster_probs), law, (probs, cprobs))
+
+    stacked = jax.tree.map(lambda *x: jnp.stack(x), *[padded(law) for law in laws])
+    return stacked, jnp.asarray([law is not None for law in laws])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -905,7 +955,11 @@ def sweep(
     axes = _as_axes(axes)
     book = book.with_overrides(scenarios=scenarios, seed=seed)
     s = book.settings
-    shared_sampler(s.sampler, "sweeps")
+    if sensitivities and s.sampler == "exact_block":
+        raise BookError("sensitivities", "the 'exact_block' sampler holds each point's law "
+                                         "fixed, so derivatives through it would miss the "
+                                         "block's; sweep sensitivities with 'importance' or "
+                                         "'plain'")
     grid = _Grid(book, axes)
     size = math.prod(grid.shape)
     valid = np.zeros(size, bool)
@@ -956,6 +1010,7 @@ def sweep(
         stream = _ShardedStream(grid.arrays, key, s.scenarios, chunk, mesh)
     elif fast:
         stream = _Stream(grid.arrays, key, s.scenarios, chunk)
+    law_cache: dict = {}
     if len(todo):
         rows, width = grid.table_shape()
         with Progress(len(todo), "sweep", want_progress(progress)) as bar:
@@ -968,9 +1023,13 @@ def sweep(
                                            structure)
                     d = e = {}
                 else:
+                    laws = (point_laws(grid.arrays, grid.params, pts, law_cache)
+                            if s.sampler == "exact_block" else None)
+                    sampler = "importance" if s.sampler == "exact_block" and laws is None \
+                        else s.sampler
                     out, d, e = sweep_chunk_general(grid.arrays, grid.params, key, pts,
-                                                    s.scenarios, top, s.sampler, targets,
-                                                    sensitivities, jumps)
+                                                    s.scenarios, top, sampler, targets,
+                                                    sensitivities, jumps, laws)
                 out = jax.device_get(out)
                 m = len(flat)
                 for n in names:

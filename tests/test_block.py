@@ -270,10 +270,25 @@ def test_what_if_sessions_recompute_the_law_per_trade():
         session.what_if({"G3": 0.0}).base, rel=1e-6)
 
 
+def test_sweep_points_are_margin_calls_with_their_own_law():
+    # A quantity axis moves the block's law per point; a third of a contract puts
+    # the block on no lattice, so that point is the importance sampler's (as a
+    # margin call of it is).
+    book = _pair_and_games(scenarios=4096, sampler="exact_block")
+    values = [-350.0, 500.0, 1 / 3]
+    result = kj.sweep(book, {"quantity.G3": values})
+    for value, margin, base in zip(values, result.margin, result.base):
+        point = book.with_positions({**book.net_quantities(), "G3": value})
+        full = kj.portfolio_margin(point)
+        assert full.exact_positions == (0 if value == 1 / 3 else 9)
+        assert base == pytest.approx(full.base, rel=1e-5)
+        assert margin == pytest.approx(full.margin, rel=1e-5)
+    with pytest.raises(kj.BookError, match="sensitivities: the 'exact_block' sampler"):
+        kj.sweep(book, {"rho.crypto": [0.5, 0.6]}, sensitivities=True)
+
+
 def test_runs_that_share_one_simulation_refuse_the_sampler():
     book = _pair_and_games(scenarios=4096, sampler="exact_block")
-    with pytest.raises(kj.BookError, match="model.sampler: 'exact_block' .* sweeps"):
-        kj.sweep(book, {"rho.crypto": [0.5, 0.6]})
     with pytest.raises(kj.BookError, match="sampler: 'exact_block' .* jump run"):
         kj.jump_run(book.settings, sampler="exact_block")
     # The core refuses a law given with another sampler.
