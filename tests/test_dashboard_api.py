@@ -198,6 +198,24 @@ def test_margin_matches_the_engine(client):
     assert_error(client.post("/api/losses", json=bad), 422, "positions[1].contract")
 
 
+def test_an_importance_sampled_histogram_is_weighted(client):
+    # The draws of a variance-reduced sampler are not equally likely: the page's
+    # probabilities, mean and sd are likelihood-ratio weighted (counts stay draws).
+    book = small_book()
+    book["model"]["sampler"] = "exact_block"
+    out = client.post("/api/losses", params={"bins": 30}, json=book)
+    assert out.status_code == 200, out.text
+    h = out.json()["histogram"]
+    report, losses, w = kj.margin_with_losses(kj.parse_book(book), with_weights=True)
+    assert report.exact_positions == 27 and h["es"] == report.base
+    mass, _ = np.histogram(losses, bins=30, range=(losses.min(), losses.max()), weights=w)
+    np.testing.assert_allclose(h["probability"], mass / SCENARIOS, rtol=1e-9, atol=1e-12)
+    assert sum(h["counts"]) == SCENARIOS
+    assert h["mean"] == pytest.approx(np.sum(w * losses) / SCENARIOS, rel=1e-9)
+    # The tail is oversampled: unweighted, the largest bins would hold more.
+    assert mass[-5:].sum() / SCENARIOS < np.asarray(h["counts"])[-5:].sum() / SCENARIOS
+
+
 @pytest.mark.skipif(not hasattr(kj, "sensitivities"), reason="no kinetic_jax.sensitivities")
 def test_margin_with_sensitivities_and_the_sensitivities_endpoint(client):
     book = small_book()

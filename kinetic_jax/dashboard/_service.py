@@ -316,24 +316,33 @@ def hierarchy_dict(book: Book) -> dict:
     }
 
 
-def histogram(losses: np.ndarray, bins: int, report: kj.MarginReport | None = None) -> dict:
+def histogram(losses: np.ndarray, bins: int, report: kj.MarginReport | None = None,
+              weights: np.ndarray | None = None) -> dict:
     """Histogram of the simulated book losses (dollars). With the margin
     `report` of the same book, `var` and `es` (= the base, the ES of the same
-    draws) are added; without it they are None and the caller has them."""
+    draws) are added; without it they are None and the caller has them.
+    `weights`: the draws' likelihood ratios (importance-sampled books: a draw's
+    probability is weight / draws); `counts` are draws, `probability`, `mean`
+    and `std` are weighted."""
     losses = np.asarray(losses, np.float64)
-    losses = losses[np.isfinite(losses)]
+    w = np.ones_like(losses) if weights is None else np.asarray(weights, np.float64)
+    keep = np.isfinite(losses)
+    losses, w = losses[keep], w[keep]
     lo, hi = (float(losses.min()), float(losses.max())) if losses.size else (0.0, 0.0)
     if hi <= lo:
         lo, hi = lo - 0.5, hi + 0.5
     counts, edges = np.histogram(losses, bins=bins, range=(lo, hi))
+    mass, _ = np.histogram(losses, bins=bins, range=(lo, hi), weights=w)
     n = max(1, losses.size)
+    mean = float(np.sum(w * losses) / n) if losses.size else 0.0
+    spread = float(np.sum(w * (losses - mean) ** 2) / n) if losses.size else 0.0
     return {
         "edges": edges.tolist(),
         "counts": counts.tolist(),
-        "probability": (counts / n).tolist(),
+        "probability": (mass / n).tolist(),
         "scenarios": int(losses.size),
-        "mean": float(losses.mean()) if losses.size else 0.0,
-        "std": float(losses.std()) if losses.size else 0.0,
+        "mean": mean,
+        "std": spread ** 0.5,
         "min": lo,
         "max": hi,
         "var": report.var if report is not None else None,
@@ -345,8 +354,8 @@ def histogram(losses: np.ndarray, bins: int, report: kj.MarginReport | None = No
 def losses_response(book: Book, bins: int) -> dict:
     """The loss histogram alone, with VaR and ES of the same draws."""
     t0 = time.perf_counter()
-    report, losses = kj.margin_with_losses(book)
-    out = {"histogram": histogram(losses, bins, report), "timing": {
+    report, losses, weights = kj.margin_with_losses(book, with_weights=True)
+    out = {"histogram": histogram(losses, bins, report, weights), "timing": {
         "losses_ms": round((time.perf_counter() - t0) * 1e3, 1)}}
     return finite(out)
 
@@ -409,9 +418,9 @@ def margin_response(book: Book, bins: int, with_sensitivities: bool,
     t0 = time.perf_counter()
     # One compiled program and one simulation for the report and the histogram
     # (every request shape shares it, so nothing compiles after warm-up).
-    report, losses = kj.margin_with_losses(book)
+    report, losses, weights = kj.margin_with_losses(book, with_weights=True)
     t1 = time.perf_counter()
-    hist = histogram(losses, bins, report) if with_histogram else None
+    hist = histogram(losses, bins, report, weights) if with_histogram else None
     views = underlying_views(book, report)
     t2 = time.perf_counter()
     sens = sensitivities(book) if with_sensitivities else None
