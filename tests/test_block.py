@@ -8,12 +8,14 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import (
     above,
     below,
     binary,
+    books,
     exact_es,
     exact_losses,
     make_book,
@@ -22,6 +24,7 @@ from helpers import (
     reference_es,
     run_cli,
 )
+from hypothesis import HealthCheck, given, settings
 from scipy.stats import multivariate_normal, norm
 
 import kinetic_jax as kj
@@ -114,6 +117,40 @@ def test_block_law_is_the_enumerated_law():
         es, var = lattice_statistics(law.origin[None], law.spacing[None], law.probs[None],
                                      np.float32(alpha))
         assert float(es[0]) == pytest.approx(exact_es(book, alpha), rel=1e-5)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(books(max_games=3, zero_loadings=True))
+def test_the_law_of_random_independent_books_is_the_enumerated_law(book):
+    """Every contract type (ladders above and below, outcomes with a remainder or
+    an overround, games, parlays with two legs on one event), every loading 0:
+    the whole book is the block, and its law is the enumeration's, point by
+    point, at its ES at three levels and per cluster."""
+    arrays, layout, _ = kj.margin_inputs(book)
+    law, positions = block_law(arrays)
+    held = sum(q != 0 for q in book.net_quantities().values())
+    if held == 0:
+        assert law is None
+        return
+    assert positions == held
+    losses, prob = exact_losses(book)
+    origin, spacing = float(law.origin), float(law.spacing)
+    index = np.round((losses - origin) / spacing).astype(int)
+    # The origin (sum q p) is stored in float32: values agree to its rounding.
+    np.testing.assert_allclose(origin + spacing * index, losses, rtol=0,
+                               atol=2e-7 * (abs(origin) + np.abs(losses).max()))
+    expected = np.bincount(index, weights=prob, minlength=law.probs.size)
+    np.testing.assert_allclose(np.asarray(law.probs, np.float64), expected, atol=2e-6)
+    for alpha in (0.99, 0.95, 0.8):
+        es, _ = lattice_statistics(law.origin[None], law.spacing[None], law.probs[None],
+                                   np.float32(alpha))
+        assert float(es[0]) == pytest.approx(exact_es(book, alpha), rel=1e-5, abs=1e-2)
+    exact = np.asarray(law.cluster_exact)
+    es, _ = lattice_statistics(law.cluster_origin, law.cluster_spacing, law.cluster_probs,
+                               np.float32(0.99))
+    for c, name in enumerate(layout.cluster_names):
+        if exact[c]:
+            assert float(es[c]) == pytest.approx(exact_es(book, 0.99, name), rel=1e-5, abs=1e-2)
 
 
 def test_a_book_all_in_the_block_is_margined_exactly():
@@ -221,6 +258,19 @@ def test_without_a_law_the_sampler_is_the_importance_sampler(book):
     importance = kj.portfolio_margin(book, sampler="importance")
     assert block.exact_positions == 0
     assert {**block.to_dict(), "sampler": None} == {**importance.to_dict(), "sampler": None}
+
+
+def test_float64_runs_the_same_estimator(x64):
+    # The same draws (float32 normals), the law and the statistics in float64.
+    book = _ladder_and_games(scenarios=4096)
+    single = kj.portfolio_margin(book, sampler="exact_block")
+    double = kj.portfolio_margin(book, sampler="exact_block", dtype=jnp.float64)
+    assert double.exact_positions == single.exact_positions == 9
+    assert double.base == pytest.approx(single.base, rel=1e-4)
+    assert double.base_standard_error == pytest.approx(single.base_standard_error, rel=1e-3)
+    all_block = _block_book(scenarios=4096)
+    exact = kj.portfolio_margin(all_block, sampler="exact_block", dtype=jnp.float64)
+    assert exact.base == pytest.approx(exact_es(all_block), rel=1e-12)
 
 
 def test_quantities_on_a_decimal_lattice_keep_the_exact_law():
