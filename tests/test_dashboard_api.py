@@ -359,7 +359,7 @@ def test_malformed_requests(client):
 def test_engine_failure_is_a_json_500(client, monkeypatch):
     from kinetic_jax.dashboard import _service
 
-    def boom(book):
+    def boom(book, **kwargs):
         raise RuntimeError("XLA ran out of something\nlong internal details")
 
     monkeypatch.setattr(_service.kj, "portfolio_margin", boom)
