@@ -14,7 +14,8 @@ on the plain sampler's draws (`kj.outcomes`):
 - ``pairs``: ES of the N^2 pairs R_i + S_j (S from the same N scenarios);
 - ``pairs_big_s``: ES of the pairs R_i + S_j with S from M = `--big` draws of
   their own stream (nearly S's exact law; the block's events only);
-- ``pairs_exact_s``: ES of R + S with S's *exact* law (`block_law`): with
+- ``pairs_exact_s``: ES of R + S with S's *exact* law (`kj.block_law`, the
+  engine's, which the exact-block sampler uses): with
   integer quantities, S = S0 - g K with K an integer, and K's law is the
   convolution of the laws of the block's components (events joined by a
   parlay), each enumerated over the intervals between its events' cuts; the
@@ -42,9 +43,7 @@ from __future__ import annotations
 
 import argparse
 import functools
-import itertools
 import json
-import math
 import time
 
 import jax
@@ -52,81 +51,6 @@ import jax.numpy as jnp
 import numpy as np
 
 import kinetic_jax as kj
-
-
-def independent_slots(arrays: kj.BookArrays) -> np.ndarray:
-    """Slots whose every atom (its own, or each parlay leg's) lies on an event of a
-    cluster with loading 0 (padding slots included: their quantity is 0)."""
-    loading = np.asarray(arrays.loading)[np.asarray(arrays.event_cluster)]  # per event
-    atom_free = np.append(loading[np.asarray(arrays.event)] == 0, True)  # + "always YES"
-    return np.all(atom_free[np.asarray(arrays.legs)], axis=1)
-
-
-def block_law(arrays: kj.BookArrays, block: np.ndarray, max_states: int = 1 << 16):
-    """The exact law of the independent block's loss S = sum q (p - YES) over the
-    held slots of `block`: ``(values, probabilities)``, values increasing.
-
-    Needs a held position in the block and integer quantities (S = S0 - g K, g
-    their gcd, K an integer; None otherwise). The block's events are independent
-    standard normals (loading 0); slots joined by a parlay's legs form one
-    component, whose joint outcomes are enumerated over the intervals between
-    its events' cuts (at most `max_states` per component, None beyond); K's law
-    is the convolution of the components'. The values are the whole lattice
-    (equally spaced, g apart), empty points included."""
-    q = np.asarray(arrays.quantity, np.float64)
-    price = np.asarray(arrays.price, np.float64)
-    held = np.flatnonzero(block & (q != 0))
-    if held.size == 0 or not np.all(q[held] == np.round(q[held])):
-        return None
-    lo, hi = (np.asarray(x, np.float64) for x in kj.atom_cuts(arrays))
-    event = np.asarray(arrays.event)
-    legs = np.asarray(arrays.legs)
-    n = q.size
-    atoms = {i: [int(leg) for leg in legs[i] if leg < n] for i in held}
-    # Components: the events a held slot's atoms touch, joined slot by slot.
-    parent: dict[int, int] = {}
-
-    def root(e):
-        while parent.setdefault(e, e) != e:
-            e = parent[e]
-        return e
-
-    for slot_atoms in atoms.values():
-        first = root(int(event[slot_atoms[0]]))
-        for leg in slot_atoms[1:]:
-            parent[root(int(event[leg]))] = first
-    g = math.gcd(*(int(abs(q[i])) for i in held))
-    law = np.ones(1)
-    k_min = 0
-    for comp in {root(e) for e in list(parent)}:
-        events = sorted(e for e in parent if root(e) == comp)
-        slots = [i for i in held if root(int(event[atoms[i][0]])) == comp]
-        legs_used = sorted({leg for i in slots for leg in atoms[i]})
-        intervals = []  # per event: (lower, upper, probability) of each interval
-        for e in events:
-            cuts = np.unique([c for leg in legs_used if event[leg] == e
-                              for c in (lo[leg], hi[leg]) if np.isfinite(c)])
-            edges = np.concatenate([[-np.inf], cuts, [np.inf]])
-            cdf = np.array([0.5 * (1 + math.erf(x / math.sqrt(2))) for x in edges])
-            intervals.append(list(zip(edges[:-1], edges[1:], np.diff(cdf))))
-        if math.prod(len(v) for v in intervals) > max_states:
-            return None
-        where = {e: j for j, e in enumerate(events)}
-        ks, probs = [], []
-        for combo in itertools.product(*intervals):
-            # An atom lo < X <= hi holds on the whole interval (a, b] or on none of it.
-            atom = {leg: lo[leg] <= combo[where[int(event[leg])]][0]
-                    and combo[where[int(event[leg])]][1] <= hi[leg] for leg in legs_used}
-            k = sum(int(q[i]) // g for i in slots if all(atom[leg] for leg in atoms[i]))
-            ks.append(k)
-            probs.append(math.prod(c[2] for c in combo))
-        ks = np.asarray(ks)
-        law = np.convolve(law, np.bincount(ks - ks.min(), weights=probs))
-        k_min += int(ks.min())
-    s0 = float(np.sum(q[held] * price[held]))
-    k = k_min + np.arange(law.size)
-    values = s0 - g * k.astype(np.float64)  # the whole lattice, with its empty points
-    return values[::-1], law[::-1]
 
 
 def direct_es(losses: np.ndarray, alpha: float) -> float:
@@ -240,7 +164,10 @@ def main() -> None:
     book = kj.load_book("examples/reference_book.toml")
     arrays, layout, params = kj.margin_inputs(book)
     alpha = book.settings.confidence
-    block = independent_slots(arrays)
+    law, _ = kj.block_law(arrays)  # the engine's block and law (see kinetic_jax/_block.py)
+    if law is None:
+        raise SystemExit("the block's exact law needs lattice quantities and small components")
+    block = np.asarray(law.rest) == 0
     q = np.asarray(arrays.quantity, np.float64)
     p = np.asarray(arrays.price, np.float64)
     held = q != 0
@@ -253,12 +180,12 @@ def main() -> None:
         return loss[:, ~block].sum(axis=1), loss[:, block].sum(axis=1)
 
     _, s_big = split(jax.random.key(0x5EED), args.big)
-    law = block_law(arrays, block)
-    if law is None:
-        raise SystemExit("the block's exact law needs integer quantities and small components")
-    origin, spacing = float(law[0][0]), float(law[0][1] - law[0][0])
-    probs = jnp.asarray(law[1], jnp.float32)
-    alone = kj.exact_expected_shortfall(*law, alpha)
+    # The lattice without the law's zero padding above its highest point.
+    points = int(np.flatnonzero(np.asarray(law.probs))[-1]) + 1
+    origin, spacing = float(law.origin), float(law.spacing)
+    probs = law.probs[:points]
+    values = origin + spacing * np.arange(points)
+    alone = kj.exact_expected_shortfall(values, np.asarray(probs, np.float64), alpha)
     print(f"the block's exact law: {probs.size} lattice points {spacing:g} apart "
           f"(its ES alone {alone:,.2f})")
     ones = jnp.ones(args.scenarios, jnp.float32)
