@@ -433,7 +433,8 @@ def sensitivities(
       [`default_estimator`][] (conditional, or hybrid under a horizon, where
       the conditional estimator does not apply).
     - `scenarios`, `seed`: override the book's settings (the margin, its
-      figures and the quantity derivatives are those of `portfolio_margin`).
+      figures and the quantity derivatives are those of `portfolio_margin`
+      with plain sampling, whatever ``[model] sampler`` says).
     - `jump_scenarios`, `sampler`: the conditional estimator's own run, for
       prices, rho and loadings (default JUMP_FACTOR = 8 x `scenarios`,
       importance-sampled: see [`jump_run`][]); ignored by the other estimators.
