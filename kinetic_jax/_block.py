@@ -31,9 +31,11 @@ from __future__ import annotations
 import math
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.custom_derivatives import SymbolicZero
 from jaxtyping import Array, Bool, Float
 
 from ._arrays import BookArrays, bucket
@@ -349,6 +351,37 @@ def exact_block_rows(
     base, base_se, base_var = pairs_tail_statistics(rest, weights, law, confidence)
     join = lambda x, y: jnp.concatenate([x, y[None]])  # noqa: E731
     return join(es, base), join(se, base_se), join(var, base_var)
+
+
+@jax.custom_jvp
+def _without_derivative(x):
+    return x
+
+
+def _refuse_tangent(primals, tangents):
+    (x,), (t,) = primals, tangents
+    if not isinstance(t, SymbolicZero):
+        raise ValueError(
+            "quantity, price, probability, loading: the 'exact_block' sampler's law is "
+            "fixed data for the book's values, so a derivative through it would miss the "
+            "block's own terms; differentiate the 'importance' sampler's margin, or use "
+            "kj.sensitivities")
+    return x, t
+
+
+_without_derivative.defjvp(_refuse_tangent, symbolic_zeros=True)
+
+
+def held_fixed(arrays: BookArrays, law: BlockLaw | None) -> BookArrays:
+    """`arrays` whose values the block's law depends on (quantities, prices,
+    probabilities, loadings) refuse differentiation when `law` is given: a
+    derivative would hold the law fixed, silently missing the block's terms, so
+    `jax.grad` / `jax.jvp` with respect to them raises instead (rho and
+    confidence, which the law does not depend on, differentiate as usual)."""
+    if law is None:
+        return arrays
+    return eqx.tree_at(lambda a: (a.quantity, a.price, a.probability, a.loading), arrays,
+                       replace_fn=_without_derivative)
 
 
 def freeze(proposal, law: BlockLaw | None):

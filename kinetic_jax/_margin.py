@@ -23,7 +23,7 @@ from jax.sharding import Mesh
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from ._arrays import BookArrays, row_membership
-from ._block import BlockLaw, block_statistics, check_law, freeze
+from ._block import BlockLaw, block_statistics, check_law, freeze, held_fixed
 from ._hierarchy import correlation_matrix
 from ._sampler import check_sampler, fit_proposal, simulate
 from ._sharding import gathered_losses, gathered_tail, replicated_map
@@ -294,7 +294,8 @@ def margin_arrays(
     `law`: with ``sampler="exact_block"``, the book's independent block
     ([`block_law`][], computed on the host for these quantities and prices; the
     base and the block's clusters use it). Without one that sampler is
-    ``"importance"``.
+    ``"importance"``. With one, derivatives with respect to quantities, prices,
+    probabilities or loadings raise (see [`held_fixed`][]).
 
     Scenarios are streamed in chunks of `chunk` (default: see
     [`chunk_size`][]); the result does not depend on it. With a `mesh` of several
@@ -305,6 +306,7 @@ def margin_arrays(
     for several devices; [`portfolio_margin`][] computes them on one device and
     is bit-identical). The result is replicated on the mesh.
     """
+    arrays = held_fixed(arrays, law)
     if mesh is not None and mesh.size > 1:
         return _sharded_margin(arrays, params, key, scenarios, top, sampler, chunk, mesh, law)
     losses, weights, _ = simulate(arrays, params.confidence, key, scenarios, sampler, chunk, law)
