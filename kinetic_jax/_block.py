@@ -39,7 +39,7 @@ from jax.custom_derivatives import SymbolicZero
 from jaxtyping import Array, Bool, Float
 
 from ._arrays import BookArrays, bucket
-from ._shortfall import sortfree_tail_statistics
+from ._shortfall import sortfree_tail_statistics, weighted_tail_statistics
 from ._simulation import atom_cuts
 
 MAX_STATES = 1 << 14  # joint intervals of one component's events
@@ -59,7 +59,7 @@ class BlockLaw(eqx.Module):
       (values increasing; zero-padded to a power of two).
     - `cluster_exact`: clusters whose held positions all lie in the block; their
       loss's law is `cluster_origin`, `cluster_spacing`, `cluster_probs` (rows of
-      other clusters are zero).
+      other clusters a point mass at 0, never read).
     """
 
     rest: Float[Array, " C"]
@@ -201,6 +201,7 @@ def block_law(arrays: BookArrays) -> tuple[BlockLaw | None, int]:
     laws = {c: law for c, law in laws.items() if law is not None}
     width = bucket(max([len(law[2]) for law in laws.values()] + [1]))
     cluster_probs = np.zeros((k, width))
+    cluster_probs[:, 0] = 1.0  # clusters without a law: a point mass at 0 (never read)
     cluster_origin, cluster_spacing = np.zeros(k), np.ones(k)
     for c, (origin, spacing, probs) in laws.items():
         cluster_probs[c, :probs.size] = probs
@@ -227,18 +228,15 @@ def lattice_statistics(
     confidence: Float[Array, ""],
 ) -> tuple[Float[Array, " R"], Float[Array, " R"]]:
     """``(es, var)`` of each row's exact lattice law (values origin + spacing j,
-    increasing): the Acerbi–Tasche tail mean, mass 1 - alpha taken from the top,
-    the boundary value fractionally; VaR the value at which the mass from the
-    top first exceeds 1 - alpha."""
-    budget = 1 - confidence
+    increasing): the weighted Acerbi–Tasche estimator
+    ([`weighted_tail_statistics`][]) with the lattice's values, from the top, as
+    the draws and their probabilities as the masses, which is the law's exact
+    ES."""
     m = probs.shape[-1]
     values = origin[:, None] + spacing[:, None] * jnp.arange(m, dtype=probs.dtype)
-    p, v = jnp.flip(probs, -1), jnp.flip(values, -1)
-    before = jnp.cumsum(p, axis=-1) - p
-    take = jnp.clip(budget - before, 0.0, p)
-    es = jnp.sum(take * v, axis=-1) / budget
-    at = jnp.argmax(before + p > budget, axis=-1)
-    return es, jnp.take_along_axis(v, at[:, None], axis=-1)[:, 0]
+    es, _, var, _ = weighted_tail_statistics(jnp.flip(values, -1), jnp.flip(probs, -1),
+                                             confidence, 1)
+    return es, var
 
 
 def pairs_excess(

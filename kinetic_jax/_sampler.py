@@ -38,7 +38,6 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 from ._arrays import PAD, PARLAY, BookArrays, row_membership
 from ._block import BlockLaw, check_law, freeze, pairs_excess
 from ._book import SAMPLERS
-from ._errors import BookError
 from ._shortfall import sortfree_tail_statistics
 from ._simulation import (
     BLOCK,
@@ -62,17 +61,6 @@ def check_sampler(sampler: str) -> str:
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler: {sampler!r} is not one of {SAMPLERS}")
     return sampler
-
-
-def shared_sampler(sampler: str, use: str, field: str = "model.sampler") -> str:
-    """`sampler` for a simulation that serves many books at once (the jump
-    run's perturbed books): any but ``"exact_block"``, whose exact law is one
-    book's positions'."""
-    if sampler == "exact_block":
-        raise BookError(field, f"'exact_block' margins one book per call (its exact law "
-                               f"is that book's positions'); {use} take 'plain' or "
-                               f"'importance'")
-    return check_sampler(sampler)
 
 
 def chunk_size(arrays: BookArrays, scenarios: int, chunk: int | None = None) -> int:

@@ -64,7 +64,7 @@ from ._margin import (
     static_top,
 )
 from ._portfolio import margin_inputs
-from ._sampler import outcome_losses, padded_scenarios, shared_sampler, simulate
+from ._sampler import outcome_losses, padded_scenarios, simulate
 from ._shortfall import (
     sortfree_tail_statistics,
     tail_size,
@@ -116,7 +116,10 @@ def jump_run(settings, scenarios: int | None = None, sampler: str | None = None)
     sampler = JUMP_SAMPLER if sampler is None else sampler
     if sampler not in SAMPLERS:
         raise BookError("sampler", f"{sampler!r} is not one of {', '.join(SAMPLERS)}")
-    shared_sampler(sampler, "the jump run's perturbed books", "sampler")
+    if sampler == "exact_block":  # its exact law is one book's, not the perturbed books'
+        raise BookError("sampler", "'exact_block' margins one book per call (its exact law "
+                                   "is that book's positions'); the jump run takes 'plain' "
+                                   "or 'importance'")
     return JumpRun(scenarios, tail_size(scenarios, settings.confidence), sampler)
 
 
