@@ -10,14 +10,16 @@ from ._batch import (
     margin_accounts as margin_accounts,
     read_accounts as read_accounts,
 )
-from ._block import BlockLaw as BlockLaw, block_law as block_law
+from ._block import BlockLaw as BlockLaw, block_law as block_law, sampler_law as sampler_law
 from ._book import (
+    DEFAULT_SAMPLERS as DEFAULT_SAMPLERS,
     SAMPLERS as SAMPLERS,
     Book as Book,
     Contract as Contract,
     Position as Position,
     Settings as Settings,
     Stress as Stress,
+    resolved_sampler as resolved_sampler,
 )
 from ._book_file import (
     book_to_dict as book_to_dict,

@@ -31,12 +31,28 @@ CONTRACT_TYPES = ("above", "below", "binary", "outcome", "parlay", "perp", "futu
 OUTCOME_SUM_SLACK = 1e-6
 MAX_SCENARIOS = 1 << 24
 SAMPLERS = ("plain", "importance", "exact_block")
+# The sampler a tool uses where ``[model] sampler`` is unset (docs/methodology.md,
+# "Which sampler, where"): margin calls and what-if sessions margin one book,
+# so they take the lowest-variance one; a sweep's points and a batch's accounts
+# share one set of plain draws (the sweep's fast vmapped and multi-device path,
+# its sensitivities; one simulation for every account).
+DEFAULT_SAMPLERS = {"margin": "exact_block", "what_if": "exact_block", "sweep": "plain",
+                    "batch": "plain"}
 # Largest |quantity| of a position, open interest, and sum of |quantity| over the
 # book (contracts, so dollars at most): every q*p, sum and square the float32
 # engine forms stays finite (float32 max ~3.4e38; (1e15)^2 * 2^24 scenarios ~ 1.7e37).
 MAX_AMOUNT = 1e15
 # Smallest open interest: |q| / open_interest stays finite in float32.
 MIN_OPEN_INTEREST = 1e-6
+
+
+def resolved_sampler(settings: Settings, tool: str = "margin") -> str:
+    """The sampler `tool` (``"margin"``, ``"what_if"``, ``"sweep"`` or
+    ``"batch"``) uses under `settings`: ``[model] sampler`` where set, else the
+    tool's default (`DEFAULT_SAMPLERS`)."""
+    if tool not in DEFAULT_SAMPLERS:
+        raise ValueError(f"tool: {tool!r} is not one of {', '.join(DEFAULT_SAMPLERS)}")
+    return DEFAULT_SAMPLERS[tool] if settings.sampler is None else settings.sampler
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +77,9 @@ class Settings:
       (defensive-mixture importance sampling) or ``"exact_block"`` (importance
       sampling, with the positions no factor touches margined by their exact
       law; margin calls, what-if sessions and sweeps without sensitivities);
+      None (default): each tool's own, [`resolved_sampler`][] (``"exact_block"``
+      for margin calls and what-if sessions, ``"plain"`` for sweeps and account
+      batches, whose points and accounts share one set of draws);
       docs/methodology.md.
     - `horizon_days`: the liquidation horizon in calendar days, in (0, 365]
       (SPEC-horizon.md §6); None (default) margins to resolution, exactly as v1.
@@ -80,7 +99,7 @@ class Settings:
     liquidity_threshold: float = 0.1
     liquidity_rate: float = 1.0
     stress_addon: bool = False
-    sampler: str = "plain"
+    sampler: str | None = None
     horizon_days: float | None = None
     as_of: str | None = None
     pnl_range: tuple[float, float] | None = None
@@ -105,7 +124,7 @@ class Settings:
             check_horizon_days(self.horizon_days)
         if self.as_of is not None:
             object.__setattr__(self, "as_of", iso_date("model.as_of", self.as_of).isoformat())
-        if self.sampler not in SAMPLERS:
+        if self.sampler is not None and self.sampler not in SAMPLERS:
             raise BookError("model.sampler",
                             f"{self.sampler!r} is not one of {', '.join(SAMPLERS)}")
         check_number("model.confidence", self.confidence, low=0, high=1, low_open=True,
@@ -323,6 +342,12 @@ class Book:
 
     def with_settings(self, **changes) -> Book:
         return dataclasses.replace(self, settings=dataclasses.replace(self.settings, **changes))
+
+    def with_sampler_for(self, tool: str) -> Book:
+        """The book with ``[model] sampler`` set to what `tool` uses when it is
+        unset ([`resolved_sampler`][])."""
+        sampler = resolved_sampler(self.settings, tool)
+        return self if sampler == self.settings.sampler else self.with_settings(sampler=sampler)
 
     def with_overrides(self, **changes) -> Book:
         """[`with_settings`][] for the values given (not None): how every entry point

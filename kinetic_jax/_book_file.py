@@ -310,9 +310,8 @@ def book_to_dict(book: Book) -> dict:
         "model": {"confidence": s.confidence, "scenarios": s.scenarios, "seed": s.seed,
                   "ladder_tolerance": s.ladder_tolerance,
                   "outcome_overround": s.outcome_overround, "stress_addon": s.stress_addon,
-                  "sampler": s.sampler,
                   **{k: (list(getattr(s, k)) if k == "pnl_range" else getattr(s, k))
-                     for k in ("horizon_days", "as_of", "pnl_range", "pnl_points")
+                     for k in ("sampler", "horizon_days", "as_of", "pnl_range", "pnl_points")
                      if getattr(s, k) is not None}},
         "addons": {k: getattr(s, k) for k in sorted(_ADDONS)},
         "hierarchy": [{"node": n.name, **({"parent": n.parent} if n.parent else {}), "rho": n.rho}

@@ -23,7 +23,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="PRNG seed (default: the book's)")
     p.add_argument("--confidence", type=float, help="ES level in (0, 1) (default: the book's)")
     p.add_argument("--sampler", choices=list(SAMPLERS),
-                   help="scenario sampler (default: the book's [model] sampler, else plain)")
+                   help="scenario sampler (default: the book's [model] sampler, else "
+                        "exact_block for margin and what-if, plain for sweeps and batches)")
     p.add_argument("--no-addon", action="append", default=[], metavar="NAME",
                    choices=["mc_error", "liquidity", "stress"],
                    help="switch an add-on off (repeatable)")

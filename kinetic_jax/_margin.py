@@ -292,9 +292,10 @@ def margin_arrays(
     see [`portfolio_margin`][] for the host-level entry point.
 
     `law`: with ``sampler="exact_block"``, the book's independent block
-    ([`block_law`][], computed on the host for these quantities and prices; the
+    ([`sampler_law`][], computed on the host for these quantities and prices; the
     base and the block's clusters use it). Without one that sampler is
-    ``"importance"``. With one, derivatives with respect to quantities, prices,
+    ``"importance"`` (a different program: margin calls pass the empty law
+    instead). With one, derivatives with respect to quantities, prices,
     probabilities or loadings raise (see [`held_fixed`][]).
 
     Scenarios are streamed in chunks of `chunk` (default: see

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 
 from ._arrays import BookArrays, book_arrays
-from ._block import BlockLaw, block_law
+from ._block import BlockLaw, sampler_law
 from ._book import Book
 from ._errors import EngineError
 from ._horizon import ContractHorizon, contract_horizon
@@ -171,7 +171,8 @@ def portfolio_margin(
 
     - `book`: a validated [`Book`][].
     - `scenarios`, `seed`, `confidence`, `sampler`: override the book's ``[model]``
-      values (`sampler`: ``"plain"``, ``"importance"`` or ``"exact_block"``).
+      values (`sampler`: ``"plain"``, ``"importance"`` or ``"exact_block"``;
+      unset: ``"exact_block"``, see [`resolved_sampler`][]).
     - `dtype`: float32 (default) or float64 (needs ``jax_enable_x64``).
     - `key`: a PRNG key to use instead of ``jax.random.key(seed)`` (another
       stream, or another PRNG implementation).
@@ -203,14 +204,14 @@ def portfolio_margin(
 def _prepare(book: Book, scenarios, seed, confidence, sampler, dtype, key):
     """The book with its overrides, its arrays, layout and run-time parameters, the
     PRNG key (``jax.random.key(seed)`` unless given), the static tail size and,
-    for the exact-block sampler, ``(law, positions)`` of [`block_law`][] (else
+    for the exact-block sampler, ``(law, positions)`` of [`sampler_law`][] (else
     ``(None, 0)``)."""
     book = book.with_overrides(scenarios=scenarios, seed=seed, confidence=confidence,
-                               sampler=sampler)
+                               sampler=sampler).with_sampler_for("margin")
     s = book.settings
     arrays, layout, params = margin_inputs(book, dtype=dtype)
     key = jax.random.key(s.seed) if key is None else key
-    block = block_law(arrays) if s.sampler == "exact_block" else (None, 0)
+    block = sampler_law(arrays) if s.sampler == "exact_block" else (None, 0)
     return book, arrays, layout, params, key, tail_size(s.scenarios, s.confidence), block
 
 

@@ -15,10 +15,11 @@ own stream; an eighth of the run, 4,096 to 16,384 draws) estimates, for the whol
 and for each cluster, the mean of xi over the scenarios in that row's 1 - alpha
 loss tail (the cross-entropy mean shift; coordinates within ``THRESHOLD``
 standard errors of 0 are set to 0, and a cluster's shift touches only the
-factors and its own events). Scenario s belongs to component j by a fixed
-allocation of the positions within each block (fractions `MIXTURE`: unshifted,
-whole book, the clusters sharing the rest; stratified, so the balance-heuristic
-weight below is unbiased), is drawn as xi + mu_j, and carries the weight
+factors and the events its contracts depend on, [`cluster_events`][]). Scenario
+s belongs to component j by a fixed allocation of the positions within each
+block (fractions `MIXTURE`: unshifted, whole book, the clusters sharing the rest;
+stratified, so the balance-heuristic weight below is unbiased), is drawn as
+xi + mu_j, and carries the weight
 
     w(xi) = phi(xi) / sum_j pi_j phi(xi - mu_j)
           = 1 / sum_j pi_j exp(mu_j . xi - |mu_j|^2 / 2),
@@ -225,6 +226,22 @@ def real_events(arrays: BookArrays) -> Float[Array, " E"]:
     return jnp.minimum(hit, 1.0)
 
 
+def cluster_events(arrays: BookArrays) -> Float[Array, "K E"]:
+    """1.0 where a cluster's loss can depend on an event: the cluster's own events
+    and the events its contracts' legs resolve off (a parlay of games in the
+    Parlays cluster depends on the Sports events)."""
+    k = arrays.loading.shape[0]
+    n_slots = arrays.quantity.shape[0]
+    dtype = arrays.rho.dtype
+    own = jax.nn.one_hot(arrays.event_cluster, k, dtype=dtype).T  # (K, E)
+    leg = arrays.legs  # (C, L) slot indices; C: no leg
+    events = arrays.event[jnp.minimum(leg, n_slots - 1)]
+    clusters = jnp.broadcast_to(arrays.cluster[:, None], leg.shape)
+    used = ((leg < n_slots) & (arrays.kind != PAD)[:, None]).astype(dtype)
+    touched = jnp.zeros_like(own).at[clusters, events].max(used)
+    return jnp.maximum(own, touched)
+
+
 def pilot_scenarios(scenarios: int) -> int:
     """Pilot draws: an eighth of the run, at least 4,096 and at most
     `PILOT_SCENARIOS`, in whole blocks (never more than the run's own blocks)."""
@@ -277,8 +294,9 @@ def fit_proposal(
     mu_z = jnp.matmul(tail, noise.factors, precision=HIGHEST) / scale
     mu_e = jnp.matmul(tail, noise.events, precision=HIGHEST) / scale
     keep = THRESHOLD / jnp.sqrt(count)
-    # A cluster's shift moves the factors and its own events; the book's all events.
-    own = jax.nn.one_hot(arrays.event_cluster, k, dtype=losses.dtype).T  # (K, E)
+    # A cluster's shift moves the factors and the events its loss depends on
+    # (its own, its parlays' legs'); the book's all events.
+    own = cluster_events(arrays).astype(losses.dtype)  # (K, E)
     relevant = jnp.concatenate([own, jnp.ones((1, own.shape[1]), own.dtype)]) * real_events(
         arrays)
     mu_z = jnp.where(jnp.abs(mu_z) > keep, mu_z, 0.0)

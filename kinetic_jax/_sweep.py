@@ -30,8 +30,8 @@ number of devices (tests/test_scaling.py). Sweeps with sensitivities vmap
 a time (its fitted proposal makes discrete choices that batched arithmetic may
 round differently, so a vmapped point could differ from the margin call by more
 than rounding). The exact-block sampler does the same with each point's block
-law, computed on the host ([`point_laws`][]); a point without one is margined
-as ``"importance"``, as its margin call is. These run on one device.
+law, computed on the host ([`point_laws`][]; the empty law where a point has
+no block, as its margin call does). These run on one device.
 
 Sensitivities (``sensitivities=True``): at each point, the derivative of the
 margin along each axis — quantity and confidence: the exact derivative of the
@@ -57,10 +57,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, Float, Int
 
 from ._arrays import BookArrays, book_arrays, bucket
-from ._block import BlockLaw, block_law
+from ._block import BlockLaw, sampler_law
 from ._book import Book, Position
 from ._dates import DAYS_PER_YEAR, MAX_HORIZON_DAYS
 from ._errors import BookError
@@ -493,7 +493,7 @@ def streamed_margins(arrays, params, points: Points, stream: _Stream | _ShardedS
 def sweep_chunk_general(arrays: BookArrays, params: MarginParams, key, points: Points,
                         scenarios: int, top: int, sampler: str, targets: tuple,
                         sensitivities: bool, jumps: JumpRun | None,
-                        laws: tuple[BlockLaw, Bool[Array, " P"]] | None = None
+                        laws: BlockLaw | None = None
                         ) -> tuple[dict, dict, dict]:
     """Figures of P points by [`margin_arrays`][] (any sampler; vmapped for plain
     sampling, one point after another for importance sampling) and, with
@@ -501,19 +501,12 @@ def sweep_chunk_general(arrays: BookArrays, params: MarginParams, key, points: P
     its standard error (NaN where the estimator gives none); prices, rho and
     loadings from the conditional estimator's run `jumps` ([`jump_run`][]; None
     without sensitivities). The exact-block sampler takes each point's law
-    (`laws`: the stacked [`BlockLaw`][]s, and whether each point has one; a
-    point without one is margined as ``"importance"``, as a margin call is)."""
+    (`laws`: the stacked [`BlockLaw`][]s of [`point_laws`][])."""
 
-    def one(pt, law=None, has=None):
+    def one(pt, law=None):
         a, p = at_point(arrays, params, pt)
         if law is not None:
-            def block():
-                return _figures(margin_arrays(a, p, key, scenarios, top, sampler, law=law))
-
-            def plain_is():
-                return _figures(margin_arrays(a, p, key, scenarios, top, "importance"))
-
-            return lax.cond(has, block, plain_is), {}, {}
+            return _figures(margin_arrays(a, p, key, scenarios, top, sampler, law=law)), {}, {}
         if not sensitivities:
             return _figures(margin_arrays(a, p, key, scenarios, top, sampler)), {}, {}
 
@@ -564,7 +557,7 @@ def sweep_chunk_general(arrays: BookArrays, params: MarginParams, key, points: P
     if sampler == "plain" and not jump_is:
         return jax.vmap(one)(points)
     if laws is not None:
-        return lax.map(lambda x: one(*x), (points, *laws))
+        return lax.map(lambda x: one(*x), (points, laws))
     # The importance sampler's fitted proposal makes discrete choices (which shift
     # coordinates to keep, the pilot's tail) that batched arithmetic can round the
     # other way: one point at a time keeps each point the margin call's.
@@ -572,37 +565,20 @@ def sweep_chunk_general(arrays: BookArrays, params: MarginParams, key, points: P
 
 
 def point_laws(arrays: BookArrays, params: MarginParams, points: Points, cache: dict
-               ) -> tuple[BlockLaw, Bool[Array, " P"]] | None:
-    """Each point's [`block_law`][] (host; `cache` keyed by the values the law
-    depends on, so a rho or confidence axis computes it once), stacked with its
-    lattice zero-padded to the widest, and whether each point has one; None
-    when no point has one (the sweep is then the importance sampler's)."""
+               ) -> BlockLaw:
+    """Each point's exact-block law ([`sampler_law`][], as its margin call's: the
+    empty law where it has no block), computed on the host (`cache` keyed by the
+    values the law depends on, so a rho or confidence axis computes it once),
+    stacked (every law has the same fixed width)."""
     count = points.confidence.shape[0]
     laws = []
     for i in range(count):
         a, _ = at_point(arrays, params, jax.tree.map(lambda x: x[i], points))
         key = tuple(np.asarray(x).tobytes() for x in (a.quantity, a.price, a.loading))
         if key not in cache:
-            cache[key] = block_law(a)[0]
+            cache[key] = sampler_law(a)[0]
         laws.append(cache[key])
-    if all(law is None for law in laws):
-        return None
-    like = next(law for law in laws if law is not None)
-    dtype = like.probs.dtype
-    width = max(law.probs.shape[0] for law in laws if law is not None)
-    cwidth = max(law.cluster_probs.shape[1] for law in laws if law is not None)
-
-    def padded(law):
-        if law is None:  # never read (the point is margined by importance sampling)
-            law = eqx.tree_at(lambda x: (x.rest, x.frozen), like,
-                              (jnp.ones_like(like.rest), jnp.zeros_like(like.frozen)))
-        probs = jnp.zeros(width, dtype).at[: law.probs.shape[0]].set(law.probs)
-        cprobs = jnp.zeros((law.cluster_probs.shape[0], cwidth), dtype)
-        cprobs = cprobs.at[:, : law.cluster_probs.shape[1]].set(law.cluster_probs)
-        return eqx.tree_at(lambda x: (x.probs, x.cluster_probs), law, (probs, cprobs))
-
-    stacked = jax.tree.map(lambda *x: jnp.stack(x), *[padded(law) for law in laws])
-    return stacked, jnp.asarray([law is not None for law in laws])
+    return jax.tree.map(lambda *x: jnp.stack(x), *laws)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -936,7 +912,11 @@ def sweep(
     **Arguments:**
 
     - `book`: a validated [`Book`][] (its settings give the sampler, confidence,
-      add-ons; `scenarios` and `seed` override its ``[model]`` values).
+      add-ons; `scenarios` and `seed` override its ``[model]`` values). An unset
+      sampler is ``"plain"`` here: every point on the same draws, vmapped and
+      spread over the devices, with sensitivities available; ``"exact_block"``
+      gives tighter points at several times the time (docs/methodology.md,
+      "Which sampler, where").
     - `axes`: the grid's axes, each an [`Axis`][], a ``"NAME=START:STOP:COUNT"``
       string or a ``(name, values)`` pair (or a mapping name -> values). The grid is
       their product, in the order given.
@@ -953,7 +933,7 @@ def sweep(
     name or a malformed axis; invalid *points* are reported in the result.
     """
     axes = _as_axes(axes)
-    book = book.with_overrides(scenarios=scenarios, seed=seed)
+    book = book.with_overrides(scenarios=scenarios, seed=seed).with_sampler_for("sweep")
     s = book.settings
     if sensitivities and s.sampler == "exact_block":
         raise BookError("sensitivities", "the 'exact_block' sampler holds each point's law "
@@ -1025,10 +1005,8 @@ def sweep(
                 else:
                     laws = (point_laws(grid.arrays, grid.params, pts, law_cache)
                             if s.sampler == "exact_block" else None)
-                    sampler = "importance" if s.sampler == "exact_block" and laws is None \
-                        else s.sampler
                     out, d, e = sweep_chunk_general(grid.arrays, grid.params, key, pts,
-                                                    s.scenarios, top, sampler, targets,
+                                                    s.scenarios, top, s.sampler, targets,
                                                     sensitivities, jumps, laws)
                 out = jax.device_get(out)
                 m = len(flat)

@@ -33,18 +33,19 @@ outcome rows of every contract on those events and of every parlay with a leg
 there, and keeps every other row. The result equals
 [`portfolio_margin`][] of the new book with the same seed.
 
-Samplers. With the plain sampler (the default) every figure equals
-[`portfolio_margin`][] of the traded book with the same seed, to float32
-rounding of the loss updates. With ``sampler = "importance"`` the session keeps
+Samplers. With the plain sampler every figure equals [`portfolio_margin`][] of
+the traded book with the same seed, to float32 rounding of the loss updates.
+With ``sampler = "importance"`` the session keeps
 the proposal fitted to the book it was opened on (a valid likelihood-ratio
 estimator for any traded book, with honest standard errors) rather than
 refitting it per what-if, so its figures equal a full call only for the
 untraded book; they agree with a full call on the traded book to within their
-standard errors. With ``sampler = "exact_block"`` the same holds, and each
-what-if computes the traded book's independent block and its exact law on the
-host (about 10 ms; a trade may move positions into or out of the block), the
-rest's loss R from the outcome matrix at the traded quantities, and the base
-as the ES of R + S ([`block_law`][]).
+standard errors. With ``sampler = "exact_block"`` (the default where
+``[model] sampler`` is unset) the same holds, and each what-if computes the
+traded book's independent block and its exact law on the host (about 10 ms; a
+trade may move positions into or out of the block), the rest's loss R from the
+outcome matrix at the traded quantities, and the base as the ES of R + S
+([`sampler_law`][]; the law's fixed width keeps the compiled program).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ from jax import lax
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, UInt8
 
 from ._arrays import BookArrays, BookLayout, book_arrays, bucket, row_membership
-from ._block import BlockLaw, block_law, exact_block_rows, freeze
+from ._block import BlockLaw, exact_block_rows, freeze, sampler_law
 from ._book import MAX_AMOUNT, Book, Contract, check_number
 from ._errors import BookError
 from ._margin import (
@@ -124,6 +125,18 @@ def _simulate(arrays: BookArrays, confidence, key: PRNGKeyArray, scenarios: int,
     return SessionState(chunk_rows(yes), chunk_rows(losses), weights.reshape(-1)), proposal
 
 
+class RestUpdate(eqx.Module):
+    """The exact-block what-if's rest row R from the session's: `losses` (R of
+    the session's book) plus `delta` (the change of q x rest) on slots `index`
+    (padding: the null slot, delta 0); `full`: recompute R from every slot
+    instead (a session without R yet, or more changed slots than the width)."""
+
+    losses: Float[Array, " Np"]
+    index: Int[Array, " T"]
+    delta: Float[Array, " T"]
+    full: Bool[Array, ""]
+
+
 class RowStatistics(eqx.Module):
     """ES, standard error and VaR of each loss row (each cluster's, then the
     book's), as [`margin_from_statistics`][] takes them."""
@@ -143,7 +156,8 @@ class RowStatistics(eqx.Module):
 def _what_if(state: SessionState, stats: RowStatistics, arrays: BookArrays,
              params: MarginParams, quantity: Float[Array, " C"], index: Int[Array, " T"],
              delta: Float[Array, " T"], refresh: Bool[Array, ""], top: int,
-             scenarios: int, law: BlockLaw | None = None) -> MarginResult:
+             scenarios: int, law: BlockLaw | None = None, rest: RestUpdate | None = None
+             ) -> tuple[MarginResult, Float[Array, " Np"] | None]:
     """The margin of `arrays` with quantities `quantity` = the session's + `delta`
     on slots `index` (padding: the null slot with delta 0).
 
@@ -152,15 +166,17 @@ def _what_if(state: SessionState, stats: RowStatistics, arrays: BookArrays,
     whether a trade touches the row); the others keep the session's `stats`.
     `refresh` recomputes every row (the session's own figures). With the
     exact-block sampler's `law` (the traded book's), the book's row is instead
-    the ES of R + S (R, the rest's loss, from the outcome matrix at the traded
-    quantities) and the clusters inside the block take their exact figures."""
+    the ES of R + S (R, the rest's loss: the session's R plus the slots whose
+    q x rest changed, or all of them when `rest.full`, from the outcome matrix)
+    and the clusters inside the block take their exact figures; R is returned
+    beside the result (None without a law)."""
     k = arrays.loading.shape[0]
     cols = state.yes[index].astype(arrays.price.dtype)  # (T, Np)
     per = delta[:, None] * (arrays.price[index][:, None] - cols)
     rows = row_membership(arrays, arrays.cluster[index])  # (T, K + 1): the rows t moves
     touched = (jnp.any((rows > 0) & (delta != 0)[:, None], axis=0)) | refresh
-    if law is not None:  # the book's row comes from the law below
-        touched = touched.at[k].set(False)
+    if law is not None:  # the book's row: R + S, unless the law is empty
+        touched = touched.at[k].set(touched[k] & jnp.all(law.rest > 0))
 
     def row(r):
         def fresh():
@@ -173,13 +189,23 @@ def _what_if(state: SessionState, stats: RowStatistics, arrays: BookArrays,
 
     es, se, var = lax.map(row, jnp.arange(k + 1))
     traded = eqx.tree_at(lambda a: a.quantity, arrays, quantity)
+    r_loss = None
     if law is not None:
-        rest = jnp.matmul((quantity * law.rest)[None],
-                          traded.price[:, None] - state.yes.astype(traded.price.dtype),
-                          precision=HIGHEST)[0]
-        es, se, var = exact_block_rows(es[:k], se[:k], var[:k], rest, state.weights, law,
+        f = traded.price.dtype
+
+        def whole():
+            return jnp.matmul((quantity * law.rest)[None],
+                              traded.price[:, None] - state.yes.astype(f), precision=HIGHEST)[0]
+
+        def update():
+            cols = traded.price[rest.index][:, None] - state.yes[rest.index].astype(f)
+            return rest.losses + jnp.matmul(rest.delta[None], cols, precision=HIGHEST)[0]
+
+        r_loss = lax.cond(rest.full, whole, update)
+        r_loss = jnp.where(state.weights > 0, r_loss, 0.0)
+        es, se, var = exact_block_rows(es, se, var, r_loss, state.weights, law,
                                        params.confidence)
-    return margin_from_statistics(traded, params, es, se, var)
+    return margin_from_statistics(traded, params, es, se, var), r_loss
 
 
 @eqx.filter_jit
@@ -255,6 +281,7 @@ class MarginSession:
     """
 
     def __init__(self, book: Book, *, dtype=None, key: PRNGKeyArray | None = None):
+        book = book.with_sampler_for("what_if")
         s = book.settings
         check_sampler(s.sampler)
         self._dtype = dtype
@@ -270,7 +297,7 @@ class MarginSession:
         arrays, layout = book_arrays(book, self._dtype)
         s = book.settings
         self._params = MarginParams.from_settings(s, arrays.price.dtype)
-        law = block_law(arrays)[0] if s.sampler == "exact_block" else None
+        law = sampler_law(arrays)[0] if s.sampler == "exact_block" else None
         state, self._proposal = _simulate(arrays, self._params.confidence, self._key,
                                           s.scenarios, s.sampler, None, law)
         self._set(book, arrays, layout, state)
@@ -280,8 +307,10 @@ class MarginSession:
         self.book, self._arrays, self._layout, self._state = book, arrays, layout, state
         self._slot = {cid: i for i, cid in enumerate(layout.contract_ids)}
         self._quantity = np.asarray(arrays.quantity, np.float64)
-        self.report, result = self._margin(book, arrays, layout, state, None, self._quantity,
-                                           np.zeros(0, np.int64), np.zeros(0))
+        self._rest = None  # (q x rest, R) of this book and state, exact-block sampler
+        self.report, result, self._rest = self._margin(
+            book, arrays, layout, state, None, self._quantity, np.zeros(0, np.int64),
+            np.zeros(0))
         self._stats = RowStatistics.of(result)
 
     @property
@@ -293,9 +322,11 @@ class MarginSession:
         return self.book.settings.sampler
 
     def _margin(self, book, arrays, layout, state, stats, quantity, index, delta
-                ) -> tuple[MarginReport, MarginResult]:
-        """The report after trading `delta` on slots `index`; `stats` are the row
-        statistics of `state` before the trades (None: recompute every row)."""
+                ) -> tuple[MarginReport, MarginResult, tuple | None]:
+        """The report after trading `delta` on slots `index`, its result and, for
+        the exact-block sampler, ``(q x rest, R)`` of the traded book; `stats`
+        are the row statistics of `state` before the trades (None: recompute
+        every row, and R: `state` is not the session's)."""
         s = book.settings
         width = bucket(len(index), MIN_TRADES)
         null = arrays.quantity.shape[0] - 1  # a padding slot: quantity 0, any outcome
@@ -308,13 +339,27 @@ class MarginSession:
         if refresh:
             zero = jnp.zeros(arrays.loading.shape[0] + 1, f)
             stats = RowStatistics(zero, zero, zero)
-        quantity = jnp.asarray(quantity, f)
-        law, exact = None, 0
+        law, exact, update, rest_q = None, 0, None, None
         if s.sampler == "exact_block":  # the traded book's law (host, ~10 ms)
-            law, exact = block_law(eqx.tree_at(lambda a: a.quantity, arrays, quantity))
-        result = _what_if(state, stats, arrays, self._params, quantity, jnp.asarray(idx),
-                          jnp.asarray(dq, f), jnp.asarray(refresh), top, s.scenarios, law)
-        return _report(book, layout, result, exact), result
+            law, exact = sampler_law(eqx.tree_at(lambda a: a.quantity, arrays,
+                                                 jnp.asarray(quantity, f)))
+            rest_q = np.asarray(quantity, np.float64) * np.asarray(law.rest, np.float64)
+            base = None if refresh else self._rest
+            changed = (np.arange(0) if base is None
+                       else np.flatnonzero(rest_q != base[0]))
+            full = base is None or len(changed) > width
+            r_idx = np.full(width, null, np.int32)
+            r_dq = np.zeros(width)
+            if not full:
+                r_idx[: len(changed)] = changed
+                r_dq[: len(changed)] = rest_q[changed] - base[0][changed]
+            update = RestUpdate(base[1] if base is not None else state.weights * 0,
+                                jnp.asarray(r_idx), jnp.asarray(r_dq, f), jnp.asarray(full))
+        result, r_loss = _what_if(state, stats, arrays, self._params, jnp.asarray(quantity, f),
+                                  jnp.asarray(idx), jnp.asarray(dq, f), jnp.asarray(refresh),
+                                  top, s.scenarios, law, update)
+        rest = None if law is None else (rest_q, r_loss)
+        return _report(book, layout, result, exact), result, rest
 
     # ---- trades --------------------------------------------------------------------
     def _parse(self, trades) -> tuple[dict[str, float], list[Contract]]:
@@ -399,7 +444,8 @@ class MarginSession:
         delta = np.array([after[cid] - held[cid] for cid in net], np.float64)
         # A book extended by new contracts has no row statistics yet: all rows.
         stats = None if new else self._stats
-        report, _ = self._margin(traded, arrays, layout, state, stats, quantity, index, delta)
+        report, _, _ = self._margin(traded, arrays, layout, state, stats, quantity, index,
+                                    delta)
         what = WhatIfReport(
             **{f.name: getattr(report, f.name) for f in dataclasses.fields(MarginReport)},
             incremental=report.margin - self.report.margin,

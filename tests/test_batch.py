@@ -47,7 +47,8 @@ def test_each_account_is_the_margin_call_of_its_positions(book):
     assert [a.account for a in result.accounts] == list(accounts)
     assert not result.failed
     for a in result.accounts:
-        report = kj.portfolio_margin(book.with_positions(accounts[a.account]), scenarios=N)
+        report = kj.portfolio_margin(book.with_positions(accounts[a.account]), scenarios=N,
+                                     sampler="plain")  # a batch's sampler
         for k in ("margin", "base", "floor", "full_collateral", "worst_case_loss",
                   "capital_released", "standard_error"):
             assert getattr(a, k) == pytest.approx(getattr(report, k), rel=RTOL, abs=1e-3), (

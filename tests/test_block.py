@@ -251,14 +251,35 @@ def test_a_parlay_with_a_loaded_leg_takes_its_events_out_of_the_block():
                                     above("Y", "ETH-E", 1.0, PY, cluster="ETH")],
                                    {"X": Q, "Y": -Q}, scenarios=4096), id="no block"),
 ])
-def test_without_a_law_the_sampler_is_the_importance_sampler(book):
+def test_without_a_law_the_sampler_runs_on_the_empty_law(book):
+    """No block, or its law out of reach: margin calls run on the empty law (S =
+    0, every slot sampled; one compiled program whether a book has a block or
+    not): the importance sampler's draws and weighted estimator, its proposal
+    fitted on the excess over the VaR, so its figures agree with the importance
+    sampler's within standard errors; the exact parts are equal."""
     book = book()
     arrays, _, _ = kj.margin_inputs(book)
     assert block_law(arrays) == (None, 0)
+    law, positions = kj.sampler_law(arrays)
+    assert positions == 0 and bool(jnp.all(law.rest == 1)) and not bool(law.cluster_exact.any())
     block = kj.portfolio_margin(book, sampler="exact_block")
     importance = kj.portfolio_margin(book, sampler="importance")
-    assert block.exact_positions == 0
-    assert {**block.to_dict(), "sampler": None} == {**importance.to_dict(), "sampler": None}
+    assert block.exact_positions == 0 and block.sampler == "exact_block"
+    pairs = [(block.base, importance.base, block.base_standard_error,
+              importance.base_standard_error)]
+    pairs += [(a.es, b.es, a.standard_error, b.standard_error)
+              for a, b in zip(block.clusters, importance.clusters)]
+    for x, y, sx, sy in pairs:
+        assert abs(x - y) <= 4 * (sx + sy) + 1e-5 * block.full_collateral
+    for field in ("worst_case_loss", "full_collateral", "correlation"):
+        assert getattr(block, field) == getattr(importance, field)
+    # One cluster holds everything here ("no block": BTC and ETH are two, so take
+    # the book without Y): the base is that cluster's ES, the same estimator.
+    if "Y" in book.contract_ids:
+        one = book.with_positions({"X": Q})
+        r = kj.portfolio_margin(one, sampler="exact_block")
+        btc = next(c for c in r.clusters if c.name == "BTC")
+        assert r.base == pytest.approx(btc.es, rel=1e-6) and r.exact_positions == 0
 
 
 def test_float64_runs_the_same_estimator(x64):

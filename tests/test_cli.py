@@ -57,9 +57,11 @@ def _books() -> dict[str, dict]:
         # Two independent clusters of 10 coin flips, long 1000 each: ES is
         # subadditive, so the top-2 floor (both clusters) exceeds the joint ES;
         # the worst case (all 20 lost, $10,000) is far in the tail. |q| / open
-        # interest = 0.2 > 0.1 switches the liquidity add-on on.
+        # interest = 0.2 > 0.1 switches the liquidity add-on on. Plain sampling:
+        # the default would margin these independent games by their exact law
+        # (no Monte-Carlo error, no seed dependence: see the test below).
         "floor": {
-            "model": {"scenarios": N, "seed": 5},
+            "model": {"scenarios": N, "seed": 5, "sampler": "plain"},
             "hierarchy": [{"node": "games", "parent": "root", "rho": 0.4}],
             "clusters": [{"name": "A", "parent": "games", "loading": 0.0},
                          {"name": "B", "parent": "games", "loading": 0.0}],
@@ -238,6 +240,16 @@ def test_same_seed_gives_identical_json_and_another_seed_does_not(books):
     # Other draws: the simulated figures move (the exact ones do not).
     assert [c["es"] for c in other["clusters"]] != [c["es"] for c in same["clusters"]]
     assert other["worst_case_loss"] == same["worst_case_loss"]
+
+
+def test_default_sampler_margins_independent_games_by_their_exact_law(books):
+    # Every game has loading 0: the default sampler (exact_block) margins the whole
+    # book by its exact law, so no seed moves it and the Monte-Carlo add-on is 0.
+    argv = ("margin", books["floor"], "--json", "--sampler", "exact_block")
+    a, b = (json.loads(run(*argv, "--seed", s)[1]) for s in ("5", "6"))
+    assert a["sampler"] == "exact_block" and a["exact_positions"] == 20
+    assert a["base_standard_error"] == a["addons"]["mc_error"] == 0.0
+    assert (a["base"], a["floor"], a["margin"]) == (b["base"], b["floor"], b["margin"])
 
 
 @pytest.mark.parametrize("off", [["mc_error"], ["liquidity"], ["mc_error", "liquidity"]])

@@ -52,7 +52,11 @@ def test_what_if_preview_before_apply(server, tmp_path):  # noqa: F811
         _wait_preview(page, CONTRACT)
         box = page.locator("#whatif")
         shown = float(box.get_attribute("data-incremental"))
-        assert shown == pytest.approx(after.margin - before.margin, abs=0.05)
+        # The default sampler (exact_block): the preview keeps the opening book's
+        # proposal, the full call refits it, so they agree within standard errors
+        # (exactly under the plain sampler: tests/test_dashboard_whatif.py).
+        noise = 4 * (before.standard_error + after.standard_error)
+        assert abs(shown - (after.margin - before.margin)) < noise
         assert "(applied)" not in box.inner_text()
         # Not applied yet: the tiles still show the book before the edit.
         assert page.evaluate("window.dashboard.state.result.report.margin") == pytest.approx(
@@ -85,7 +89,10 @@ def test_what_if_preview_before_apply(server, tmp_path):  # noqa: F811
         grown = kj.Book(traded.contracts + (contract,), traded.positions
                         + (kj.Position(contract.id, -4000.0),), traded.hierarchy,
                         traded.settings, traded.stress)
-        expected = kj.portfolio_margin(grown).margin - after.margin
+        grown_report = kj.portfolio_margin(grown)
+        expected = grown_report.margin - after.margin
         shown = float(box.get_attribute("data-incremental"))
-        assert shown == pytest.approx(expected, abs=0.05)
+        # Within standard errors under the default sampler (see above).
+        noise = 4 * (after.standard_error + grown_report.standard_error)
+        assert abs(shown - expected) < noise
         assert errors == []

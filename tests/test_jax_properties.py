@@ -240,7 +240,7 @@ def test_vmap_over_quantities_equals_per_book_results():
         if abs(float(alone.worst_case_loss) - uncapped) > 1e-5 * float(alone.full_collateral):
             assert int(row.binding) == int(alone.binding)
         book = structure.with_positions(dict(zip(structure.contract_ids, q[b])))
-        report = kj.portfolio_margin(book)
+        report = kj.portfolio_margin(book, sampler="plain")  # the outcomes' draws
         for field in ("base", "floor", "margin", "worst_case_loss", "full_collateral"):
             assert float(getattr(alone, field)) == pytest.approx(getattr(report, field),
                                                                  rel=1e-5, abs=1e-3)
@@ -260,7 +260,9 @@ def test_float64_agrees_with_float32(which):
     holds at any scenario count, so 4,096 (the CLI tests' count) keeps the
     float64 run cheap; x64 is switched on only around the float64 run."""
     book = kj.load_book("examples/reference_book.toml") if which == "reference" else parlay_book()
-    book = book.with_settings(scenarios=4096)
+    # The plain sampler, the core's default (`margin_jit` below); the default
+    # sampler's float64 run is checked in tests/test_block.py.
+    book = book.with_settings(scenarios=4096, sampler="plain")
     r32 = kj.portfolio_margin(book)
     with jax.enable_x64(True):
         r64 = kj.portfolio_margin(book, dtype="float64")

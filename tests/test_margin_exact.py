@@ -86,7 +86,8 @@ def test_single_contract_with_a_thin_tail(kind, p, q):
     1000 sqrt(pi (1 - pi) / N) / 0.01 (pi the losing probability): the engine's
     reported s.e. must match it within 10% (it is estimated from ~600 hits)."""
     c = SINGLE[kind](p)
-    r = kj.portfolio_margin(make_book([c], {"X": q}))
+    book = make_book([c], {"X": q})
+    r = kj.portfolio_margin(book, sampler="plain")  # the binomial s.e. is plain sampling's
     lose = 1 - p if q > 0 else p
     big = q * p if q > 0 else -q * (1 - p)
     exact = kj.exact_expected_shortfall([big, big - abs(q)], [lose, 1 - lose], 0.99)
@@ -102,6 +103,13 @@ def test_single_contract_with_a_thin_tail(kind, p, q):
     assert r.binding == "base"
     assert r.addons["mc_error"] == pytest.approx(2 * r.base_standard_error, rel=1e-6)
     assert r.margin == pytest.approx(r.base + r.addons["mc_error"], rel=REL)
+    # The default sampler: an outcome (Election, loading 0) is exact (s.e. 0); a
+    # strike on a loaded cluster is importance-sampled (a smaller s.e.).
+    d = kj.portfolio_margin(book)
+    assert d.sampler == "exact_block" and d.exact_positions == (kind == "outcome")
+    assert_mc(d.base, exact, d.base_standard_error, big)
+    assert (d.base_standard_error == 0) == (kind == "outcome")
+    assert d.base_standard_error < r.base_standard_error
 
 
 def test_separately_given_probability_drives_the_simulation():
@@ -110,13 +118,17 @@ def test_separately_given_probability_drives_the_simulation():
     (0.005 * 500 - 0.005 * 500) / 0.01 = 0 (binomial s.e. as above), while the
     worst case and full collateral (which ignore probabilities) are 500."""
     c = binary("X", 0.5, probability=0.995)
-    r = kj.portfolio_margin(make_book([c], {"X": 1000.0}))
+    r = kj.portfolio_margin(make_book([c], {"X": 1000.0}), sampler="plain")
     assert exact_es(make_book([c], {"X": 1000.0})) == pytest.approx(0.0, abs=1e-9)
     binomial_se = 1000 * math.sqrt(0.005 * 0.995 / r.scenarios) / 0.01
     assert r.base_standard_error == pytest.approx(binomial_se, rel=0.1)
     assert_mc(r.base, 0.0, r.base_standard_error, 500)
     assert r.worst_case_loss == pytest.approx(500.0, rel=REL)
     assert r.full_collateral == pytest.approx(500.0, rel=REL)
+    # The default sampler: a game (Sports, loading 0) is margined by its exact law.
+    d = kj.portfolio_margin(make_book([c], {"X": 1000.0}))
+    assert d.exact_positions == 1 and d.base_standard_error == 0
+    assert d.base == pytest.approx(0.0, abs=1e-3)
 
 
 # --- 2. long X / short Y on two co-moving assets ------------------------------------
@@ -374,19 +386,21 @@ def sports_book(n: int = 10, seed: int = 0, **settings):
     return make_book(games, {f"G{i}": float(q) for i, q in enumerate(qty)}, **settings)
 
 
-def test_independent_sports_book_against_enumeration():
+@pytest.mark.parametrize("sampler", ["plain", None])
+def test_independent_sports_book_against_enumeration(sampler):
     """Ten independent games (Sports loading 0) against the 1024 joint outcomes:
     worst case exact; base, the Sports cluster ES and (one cluster) the floor
-    within 4 s.e. of the exact ES."""
+    within 4 s.e. of the exact ES (plain), or equal to it (the default,
+    exact_block: every game is in the block, s.e. 0)."""
     book = sports_book()
     exact = exact_es(book)
-    r = kj.portfolio_margin(book)
+    r = kj.portfolio_margin(book, sampler=sampler)
     assert r.worst_case_loss == pytest.approx(brute_worst_case(book), rel=REL)
     assert r.full_collateral == pytest.approx(full_collateral(book), rel=REL)
     assert_mc(r.base, exact, r.base_standard_error, r.full_collateral)
     assert_mc(cluster_es(r, "Sports"), exact, cluster_se(r, "Sports"), r.full_collateral)
     assert r.floor == cluster_es(r, "Sports")
-    assert r.base_standard_error > 0
+    assert (r.base_standard_error > 0) == (sampler == "plain")
     # The tail is not an atom here: the exact ES is well below the worst case.
     assert exact < 0.9 * brute_worst_case(book)
 
@@ -416,13 +430,16 @@ def test_parlays_sharing_legs_against_enumeration():
 # --- 9. determinism ----------------------------------------------------------------------
 
 
-def test_same_seed_same_report_other_seed_within_error():
+@pytest.mark.parametrize("sampler", ["plain", None])
+def test_same_seed_same_report_other_seed_within_error(sampler):
     book = sports_book()
-    a = kj.portfolio_margin(book).to_dict()
-    b = kj.portfolio_margin(book).to_dict()
+    a = kj.portfolio_margin(book, sampler=sampler).to_dict()
+    b = kj.portfolio_margin(book, sampler=sampler).to_dict()
     assert a == b
-    c = kj.portfolio_margin(book, seed=1).to_dict()
-    assert c["seed"] == 1 and c["base"] != a["base"]
+    c = kj.portfolio_margin(book, seed=1, sampler=sampler).to_dict()
+    # Plain draws move with the seed; the default margins this all-block book
+    # by its exact law, which no seed moves.
+    assert c["seed"] == 1 and (c["base"] != a["base"]) == (sampler == "plain")
     spread = math.hypot(a["base_standard_error"], c["base_standard_error"])
     assert abs(c["base"] - a["base"]) < SIGMAS * spread
     # The exact parts do not depend on the draws.

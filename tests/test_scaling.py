@@ -48,10 +48,11 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-def _one_device() -> dict:
+def _one_device(sampler: str | None = None) -> dict:
     book = kj.load_book(BOOK)
     # Through JSON, as the CLI prints it (floats round-trip exactly).
-    return json.loads(json.dumps(kj.portfolio_margin(book, scenarios=int(SCENARIOS)).to_dict()))
+    return json.loads(json.dumps(kj.portfolio_margin(book, scenarios=int(SCENARIOS),
+                                                     sampler=sampler).to_dict()))
 
 
 def _without_devices(report: dict) -> dict:
@@ -166,7 +167,7 @@ def test_importance_sampler_and_the_core_on_two_devices(many_devices):
     one, two = result["importance"]
     assert (one["devices"], two["devices"]) == (1, 2)
     assert _close(_without_devices(one), _without_devices(two), 1e-6)
-    single = _one_device()  # margin_arrays on one device
+    single = _one_device("plain")  # margin_arrays (plain) on one device
     mesh_margin, mesh_se, placed = result["core"]
     assert mesh_margin == pytest.approx(single["margin"], rel=1e-6)
     assert mesh_se == pytest.approx(single["base_standard_error"], rel=1e-6)

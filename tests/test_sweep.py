@@ -50,7 +50,9 @@ def point_book(book: kj.Book, values: dict) -> kj.Book:
 
 def assert_point_is_margin_call(result, book, idx):
     values = {a.name: a.values[i] for a, i in zip(result.axes, idx)}
-    report = kj.portfolio_margin(point_book(book, values), scenarios=N)
+    # The sampler the sweep used (unset: plain, where a margin call's is exact_block).
+    sampler = kj.resolved_sampler(book.settings, "sweep")
+    report = kj.portfolio_margin(point_book(book, values), scenarios=N, sampler=sampler)
     got = {k: float(getattr(result, k)[idx]) for k in
            ("margin", "base", "floor", "standard_error", "worst_case_loss",
             "capital_released")}
@@ -267,7 +269,7 @@ def test_stress_addon_importance_sampler_and_partial_blocks(book):
     odd = kj.sweep(book, ["loading.SOL=0.5:0.8:2"], scenarios=5000, points_per_call=4)
     for i in range(2):
         report = kj.portfolio_margin(point_book(book, {"loading.SOL": odd.axes[0].values[i]}),
-                                     scenarios=5000)
+                                     scenarios=5000, sampler="plain")
         assert odd.margin[i] == pytest.approx(report.margin, rel=RTOL)
         assert odd.standard_error[i] == pytest.approx(report.standard_error, rel=1e-5)
     imp = book.with_settings(sampler="importance")

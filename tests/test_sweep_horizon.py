@@ -16,7 +16,9 @@ N = 4096
 
 @pytest.fixture(scope="module")
 def book():
-    return kj.load_book("examples/reference_book.toml").with_settings(scenarios=N)
+    # The sweep's sampler (plain where unset), for its margin calls too.
+    return kj.load_book("examples/reference_book.toml").with_settings(scenarios=N,
+                                                                      sampler="plain")
 
 
 def test_horizon_axis_points_equal_margin_calls(book):
@@ -59,7 +61,8 @@ def test_layout_at_the_shortest_valid_horizon():
     from test_horizon import _four_cluster_parlay, day
 
     # 1,024 scenarios: the parlay's three-cluster quadrature dominates the run time.
-    book = _four_cluster_parlay(None, d_date=day(5)).with_settings(scenarios=1024)
+    book = _four_cluster_parlay(None, d_date=day(5)).with_settings(scenarios=1024,
+                                                                   sampler="plain")
     book = book.with_positions({"P4": 1.0, "a": 1000.0})  # a: 30 days out, loaded
     r = kj.sweep(book, [("horizon_days", [2.0, 6.0, 8.0])])
     assert list(r.valid) == [False, True, True]

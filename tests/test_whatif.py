@@ -68,7 +68,9 @@ def small_book(**settings) -> kj.Book:
 
 @pytest.fixture(scope="module")
 def reference():
-    book = kj.load_book(REFERENCE).with_settings(scenarios=N)
+    # The plain sampler: there a what-if equals the full call of the traded book
+    # (the default, exact_block, agrees within standard errors: below).
+    book = kj.load_book(REFERENCE).with_settings(scenarios=N, sampler="plain")
     return book, kj.margin_session(book)
 
 
@@ -108,7 +110,7 @@ def test_what_if_does_not_commit(reference):
 @pytest.mark.parametrize("settings", [{}, {"stress_addon": True, "confidence": 0.9},
                                       {"confidence": 0.975}])
 def test_what_if_on_unheld_contracts_with_every_addon(settings):
-    book = small_book(**settings)
+    book = small_book(sampler="plain", **settings)
     session = kj.margin_session(book)
     trades = {"B100": 900.0, "C": -4000.0, "G1": 250.0, "B110": 5000.0, "P01": 1200.0}
     r = session.what_if(trades)
@@ -196,6 +198,30 @@ def test_what_ifs_do_not_recompile():
     session.apply({"G2": 10.0})
     session.what_if({"G2": -10.0})
     assert _whatif._what_if._cached._cache_size() == compiled
+
+
+def test_default_sampler_what_ifs_agree_with_full_calls():
+    # The default (exact_block): the untraded session is the full call exactly;
+    # a what-if keeps the opening proposal and computes the traded book's law, so
+    # it agrees with the full call (which refits) within standard errors; a
+    # cluster exact in both (Sports, Parlays) is equal. (A half-unit trade puts
+    # the block's lattice out of reach: the full call then samples Sports, while
+    # the what-if keeps its untraded exact row.)
+    book = kj.load_book(REFERENCE).with_settings(scenarios=N)
+    session = kj.margin_session(book)
+    assert session.sampler == "exact_block" and session.report.exact_positions == 27
+    assert_same(session.report, kj.portfolio_margin(book))
+    for trades in ({"BTC-100K-DEC": 500.0}, {"NBA-LAL": 700.0, "PARLAY-LAL-KC": -800.0},
+                   {"SPX-5500-BELOW-DEC": -4600.0, "PRES-2028-A": 2500.5}):
+        r = session.what_if(trades)
+        f = kj.portfolio_margin(traded_book(book, trades))
+        assert r.exact_positions == f.exact_positions
+        assert abs(r.base - f.base) < 4 * (r.base_standard_error + f.base_standard_error)
+        for a, b in zip(r.clusters, f.clusters):
+            if a.standard_error == b.standard_error == 0:
+                assert a.es == pytest.approx(b.es, rel=1e-5), a.name
+            else:
+                assert abs(a.es - b.es) < 4 * (a.standard_error + b.standard_error), a.name
 
 
 def test_importance_sampler_keeps_the_original_proposal():

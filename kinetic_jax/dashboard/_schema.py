@@ -80,7 +80,7 @@ SETTING_DESCRIPTIONS = {
     "liquidity": "liquidity add-on", "liquidity_threshold": "|q| / open interest threshold",
     "liquidity_rate": "liquidity add-on rate",
     "stress_addon": "stress add-on: the worst stress-scenario loss above max(base, floor)",
-    "sampler": "scenario sampler",
+    "sampler": "scenario sampler (null: exact_block for margins and what-ifs)",
     "horizon_days": "liquidation horizon in calendar days (SPEC-horizon.md §6): the loss over "
                     "the horizon, positions marked at it; absent or null: to resolution (v1)",
     "as_of": "the date (YYYY-MM-DD) contract dates (`resolves`, `expiry`) count from",
@@ -133,6 +133,8 @@ def _bound_schema(name: str, limits: service.Limits) -> dict:
         out["exclusiveMaximum" if high_open else "maximum"] = high
     if name == "horizon_days":
         out["examples"] = list(HORIZON_CHOICES)
+    if name == "sampler":  # null: the engine's default for margin calls
+        out["enum"] = [*kj.SAMPLERS, None]
     if name == "scenarios":  # the service's own, narrower set
         out["enum"] = list(limits.scenarios)
         out["minimum"], out["maximum"] = min(limits.scenarios), max(limits.scenarios)

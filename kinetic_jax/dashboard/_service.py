@@ -321,9 +321,10 @@ def histogram(losses: np.ndarray, bins: int, report: kj.MarginReport | None = No
     """Histogram of the simulated book losses (dollars). With the margin
     `report` of the same book, `var` and `es` (= the base, the ES of the same
     draws) are added; without it they are None and the caller has them.
-    `weights`: the draws' likelihood ratios (importance-sampled books: a draw's
-    probability is weight / draws); `counts` are draws, `probability`, `mean`
-    and `std` are weighted."""
+    `weights`: the draws' likelihood ratios (importance-sampled books); `counts`
+    are draws, `probability`, `mean` and `std` are weighted, self-normalised (a
+    draw's probability is its weight over the weights' sum, so the
+    probabilities add up to 1)."""
     losses = np.asarray(losses, np.float64)
     w = np.ones_like(losses) if weights is None else np.asarray(weights, np.float64)
     keep = np.isfinite(losses)
@@ -333,7 +334,7 @@ def histogram(losses: np.ndarray, bins: int, report: kj.MarginReport | None = No
         lo, hi = lo - 0.5, hi + 0.5
     counts, edges = np.histogram(losses, bins=bins, range=(lo, hi))
     mass, _ = np.histogram(losses, bins=bins, range=(lo, hi), weights=w)
-    n = max(1, losses.size)
+    n = float(np.sum(w)) if losses.size and np.sum(w) > 0 else 1.0
     mean = float(np.sum(w * losses) / n) if losses.size else 0.0
     spread = float(np.sum(w * (losses - mean) ** 2) / n) if losses.size else 0.0
     return {
