@@ -124,16 +124,16 @@ def main():
     jax.block_until_ready(kj.margin_jit(arrays, params, key, s.scenarios, top))
     compile_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    kj.portfolio_margin(book)
+    kj.portfolio_margin(book, sampler="plain")
     first_report_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     jax.block_until_ready(kj.margin_jit(arrays, params, key, s.scenarios, top, "importance"))
     compile_is = time.perf_counter() - t0
     t0 = time.perf_counter()
-    law, exact_positions = kj.block_law(arrays)
+    law, exact_positions = kj.sampler_law(arrays)
     law_first_s = time.perf_counter() - t0  # compiles the cuts' program once
-    law_s = median_time(lambda: kj.block_law(arrays)[0].probs, args.repeats)
+    law_s = median_time(lambda: kj.sampler_law(arrays)[0].probs, args.repeats)
     t0 = time.perf_counter()
     jax.block_until_ready(kj.margin_jit(arrays, params, key, s.scenarios, top, "exact_block",
                                         law=law))
@@ -146,8 +146,9 @@ def main():
     engine = lambda: kj.margin_jit(arrays, params, key, s.scenarios, top).margin  # noqa: E731
     importance = lambda: sampled("importance").margin  # noqa: E731
     block = lambda: sampled("exact_block").margin  # noqa: E731
-    report = lambda: kj.portfolio_margin(book)  # noqa: E731  (host layout + call + report)
-    block_report = lambda: kj.portfolio_margin(book, sampler="exact_block")  # noqa: E731
+    # host layout + call + report; the default sampler is exact_block
+    report = lambda: kj.portfolio_margin(book, sampler="plain")  # noqa: E731
+    block_report = lambda: kj.portfolio_margin(book)  # noqa: E731
     baseline = lambda: numpy_margin_pieces(book, s.scenarios, s.seed)  # noqa: E731
     timed = {"numpy": baseline, "engine": engine, "importance": importance,
              "exact_block": block, "report": report, "exact_block_report": block_report}
