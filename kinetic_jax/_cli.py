@@ -213,7 +213,10 @@ def _sensitivities(args) -> int:
         return 0
     print(f"kinetic-jax sensitivities: {args.book}")
     smoothed = report.estimator != "conditional"
-    print(f"margin ${report.margin:,.2f} (binding: {report.binding}); estimator "
+    # The figures differentiate the plain estimator's margin (methodology.md,
+    # "Which sampler, where"); `margin` prints the book's sampler's.
+    print(f"margin ${report.margin:,.2f} (binding: {report.binding}; plain sampling, the "
+          f"margin these figures differentiate); estimator "
           f"{report.estimator}" + (f", temperature {report.temperature:g}" if smoothed else
                                    "; ± is one Monte-Carlo standard error"))
     if report.jump_scenarios is not None:

@@ -224,5 +224,6 @@ def test_cli_sensitivities_json_and_table(capsys):
     assert cli(["sensitivities", REFERENCE, "--scenarios", str(N), "--top", "5"]) == 0
     text = capsys.readouterr().out
     assert "largest Euler contribution first" in text and "dM/drho" in text
+    assert f"margin ${margin:,.2f} (binding: " in text and "plain sampling" in text
     assert cli(["sensitivities", REFERENCE, "--temperature", "-1"]) == 2
     assert "temperature: -1.0 is outside (0, 1]" in capsys.readouterr().err
