@@ -42,9 +42,9 @@ refitting it per what-if, so its figures equal a full call only for the
 untraded book; they agree with a full call on the traded book to within their
 standard errors. With ``sampler = "exact_block"`` (the default where
 ``[model] sampler`` is unset) the same holds, and each what-if computes the
-traded book's independent block and its exact law on the host (about 10 ms; a
+traded book's independent block and its exact law on the host (10-25 ms; a
 trade may move positions into or out of the block), the rest's loss R from the
-outcome matrix at the traded quantities, and the base as the ES of R + S
+outcome matrix (updated on the slots whose q x rest changed), and the base as the ES of R + S
 ([`sampler_law`][]; the law's fixed width keeps the compiled program).
 """
 
@@ -340,7 +340,7 @@ class MarginSession:
             zero = jnp.zeros(arrays.loading.shape[0] + 1, f)
             stats = RowStatistics(zero, zero, zero)
         law, exact, update, rest_q = None, 0, None, None
-        if s.sampler == "exact_block":  # the traded book's law (host, ~10 ms)
+        if s.sampler == "exact_block":  # the traded book's law (host, 10-25 ms)
             law, exact = sampler_law(eqx.tree_at(lambda a: a.quantity, arrays,
                                                  jnp.asarray(quantity, f)))
             rest_q = np.asarray(quantity, np.float64) * np.asarray(law.rest, np.float64)
