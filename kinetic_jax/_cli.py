@@ -2,7 +2,8 @@
 
 Exit status 0 on success, 2 on an input error (message on stderr, no traceback),
 1 on an engine fault (EngineError) or an unexpected internal error (one line;
-set KINETIC_JAX_DEBUG=1 for the traceback).
+set KINETIC_JAX_DEBUG=1 for the traceback), 141 and no message when the reader
+of the output has gone (``kinetic-jax margin BOOK | head``).
 """
 
 from __future__ import annotations
@@ -403,6 +404,18 @@ COMMANDS = {"margin": _margin, "sensitivities": _sensitivities, "hedge": _hedge,
 COMMANDS.update(GRID_COMMANDS)  # sweep, batch (kinetic_jax._cli_grid)
 
 
+def _silence_stdout() -> None:
+    """Points stdout's descriptor at /dev/null, so that the interpreter's final
+    flush of what is still buffered does not fail a second time."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file (e.g. captured in a test)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -411,7 +424,9 @@ def main(argv: list[str] | None = None) -> int:
     enable_compilation_cache()  # compile once per machine ($KINETIC_JAX_CACHE_DIR=off: never)
     try:
         start_distributed(args)
-        return COMMANDS[args.command](args)
+        status = COMMANDS[args.command](args)
+        sys.stdout.flush()  # a closed pipe fails here, inside the handlers below
+        return status
     except BookError as e:
         print(f"kinetic-jax: error: {e}", file=sys.stderr)
         return 2
@@ -420,6 +435,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # the reader went away (`... | head`): stop quietly, as cat does
+        _silence_stdout()
+        return 141  # 128 + SIGPIPE, the status a shell reports for a closed pipe
     except Exception as e:  # noqa: BLE001 - the last line of defence: no traceback
         if os.environ.get("KINETIC_JAX_DEBUG"):
             raise

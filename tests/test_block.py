@@ -96,9 +96,10 @@ def _seeds(book, sampler, seeds, law=None):
     arrays, _, params = kj.margin_inputs(book)
     n = book.settings.scenarios
     top = kj.tail_size(n, book.settings.confidence)
-    run = jax.jit(jax.vmap(lambda k: kj.margin_arrays(arrays, params, k, n, top, sampler,
-                                                      law=law)))
-    return run(jax.random.split(jax.random.key(11), seeds))
+    # The book's arrays as arguments, not closed over (constants: conftest.py).
+    run = jax.jit(jax.vmap(lambda a, p, k, w: kj.margin_arrays(a, p, k, n, top, sampler, law=w),
+                           in_axes=(None, None, 0, None)))
+    return run(arrays, params, jax.random.split(jax.random.key(11), seeds), law)
 
 
 def test_block_law_is_the_enumerated_law():

@@ -387,6 +387,27 @@ def test_internal_error_exits_1_with_one_line(books, capsys, monkeypatch):
     assert err == "kinetic-jax: internal error: RuntimeError: boom\n"
 
 
+def test_a_closed_pipe_ends_quietly(books, monkeypatch):
+    """``kinetic-jax margin BOOK | head`` with the reader gone before the report is
+    written: exit 141 (128 + SIGPIPE), nothing on stderr, and stdout's descriptor
+    pointed at /dev/null so the final flush cannot fail again."""
+    import io
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has gone
+    stdout = open(write_end, "w")  # noqa: SIM115 - closed below
+    err = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", stdout)
+    monkeypatch.setattr(sys, "stderr", err)
+    try:
+        assert main(["margin", books["worst_case"], "--scenarios", str(N)]) == 141
+        stdout.write("more")
+        stdout.flush()  # /dev/null now: no second BrokenPipeError
+    finally:
+        stdout.close()
+    assert err.getvalue() == ""
+
+
 def test_engine_fault_exits_1_not_2(books, capsys, monkeypatch):
     """A non-finite figure from valid input is the engine's fault: EngineError, exit
     1 (2 is for input errors), one line, no traceback."""
