@@ -212,11 +212,33 @@ def dashboard_page(url: str, profile):
             context.close()
 
 
+# What the page was doing, for a wait that timed out: its request flags, the
+# banner and footer, and the server's engine queue (5 s at most to ask).
+_SNAPSHOT = """async () => {
+  const S = window.dashboard ? window.dashboard.state : {};
+  const text = (id) => { const e = document.getElementById(id); return e ? e.innerText : null; };
+  let health;
+  try {
+    const r = await fetch("/api/health", {signal: AbortSignal.timeout(5000)});
+    health = (await r.json()).engine;
+  } catch (e) { health = String(e); }
+  return {running: S.running, pending: S.pending, scheduled: S.scheduled, gen: S.gen,
+          resultGen: S.resultGen, serverError: S.serverError, unreachable: S.unreachable,
+          banner: text("banner"), footer: text("footer"), engine: health};
+}"""
+
+
 def _wait_idle(page, condition: str = "true", timeout_s: float = COMPUTE_S):
-    page.wait_for_function(
-        "window.dashboard && window.dashboard.idle() && window.dashboard.state.result"
-        f" && ({condition})",
-        timeout=timeout_s * 1000, polling=100)
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.wait_for_function(
+            "window.dashboard && window.dashboard.idle() && window.dashboard.state.result"
+            f" && ({condition})",
+            timeout=timeout_s * 1000, polling=100)
+    except PlaywrightTimeout:
+        pytest.fail(f"the page was not idle with {condition} after {timeout_s} s; "
+                    f"its state: {json.dumps(page.evaluate(_SNAPSHOT), default=str)}")
 
 
 def _wait_follow_ups(page):

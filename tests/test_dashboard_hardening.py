@@ -275,6 +275,44 @@ def test_writes_need_application_json(client):
     assert r.status_code == 200
 
 
+def test_program_cache_clears_only_when_no_program_runs(monkeypatch):
+    """A request that needs one program too many waits for the program another
+    engine thread is running before clearing JAX's caches (clearing under a
+    computation that is tracing or compiling is not safe), then runs."""
+    import threading
+
+    import jax
+
+    order = []
+    monkeypatch.setattr(jax, "clear_caches", lambda: order.append("clear"))
+    cache = service.ProgramCache(capacity=1)
+    inside, release = threading.Event(), threading.Event()
+
+    def first():
+        with cache.running(["a"]) as cleared:
+            assert not cleared
+            inside.set()
+            release.wait(30)
+            order.append("a done")
+
+    def second():
+        with cache.running(["b"]) as cleared:  # a second program: over capacity
+            order.append(("b runs", cleared))
+
+    one = threading.Thread(target=first)
+    one.start()
+    assert inside.wait(30)
+    two = threading.Thread(target=second)
+    two.start()
+    two.join(0.5)
+    assert two.is_alive() and order == []  # waiting for "a" to finish
+    release.set()
+    one.join(30)
+    two.join(30)
+    assert order == ["a done", "clear", ("b runs", True)]
+    assert cache.snapshot() == {"programs": 1, "capacity": 1, "evictions": 1}
+
+
 def test_cross_origin_requests_are_refused(client, state_path):
     before = client.get("/api/state").json()
     err = error_of(client.post("/api/state/reset", headers={**JSON, "Origin": "http://evil.example"}),

@@ -293,7 +293,6 @@ class Engine:
         self.superseded = 0
         self._latest: dict[str, int] = {}
         self._tickets = 0
-        self._clear = threading.Lock()  # cache clearing waits for running programs
 
     def snapshot(self) -> dict:
         return {"queue_size": self.queue_size, "engine": self.admitted["engine"],
@@ -333,10 +332,10 @@ class Engine:
                   fn, *args, key: str | None = None, ticket: int = 0):
         def job():
             self.check_current(key, ticket)
-            for kind in kinds:
-                if self.cache.use(service.program_key(kind, book)):
+            with self.cache.running(service.program_key(k, book) for k in kinds) as cleared:
+                if cleared:
                     logger.info("compile cache full: cleared JAX's in-memory caches")
-            return fn(book, *args)
+                return fn(book, *args)
 
         return await asyncio.wrap_future(pool.submit(job))
 
@@ -410,9 +409,8 @@ class Dashboard:
                 (self.engine.sens_pool, ("sensitivities",), service.sensitivities, ()),
             ):
                 def job(kinds=kinds, fn=fn, args=args):
-                    for kind in kinds:
-                        self.engine.cache.use(service.program_key(kind, book))
-                    return fn(book, *args)
+                    with self.engine.cache.running(service.program_key(k, book) for k in kinds):
+                        return fn(book, *args)
 
                 pool.submit(job).result()
         except Exception as e:  # noqa: BLE001 - reported by /api/health, never raised

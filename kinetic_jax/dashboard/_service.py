@@ -7,13 +7,14 @@ non-finite number becomes ``null``, never ``NaN``).
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import math
 import threading
 import time
 import typing
 import weakref
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from importlib import resources
 from typing import Any
 
@@ -93,6 +94,11 @@ class ProgramCache:
     names its program (endpoint, scenarios, padded size); when a request needs
     a program beyond the `capacity` most recently used, JAX's in-memory caches
     are cleared (`jax.clear_caches`), so at most `capacity` programs are held.
+
+    The engine's threads run their work inside [`running`][]: a clear waits
+    until no other thread is running a program (JAX's caches are not cleared
+    under a computation that is tracing or compiling), and no program starts
+    while it clears.
     """
 
     def __init__(self, capacity: int = 12):
@@ -101,24 +107,56 @@ class ProgramCache:
         self.capacity = capacity
         self.evictions = 0
         self._keys: collections.OrderedDict[Hashable, None] = collections.OrderedDict()
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
+        self._running = 0  # threads inside `running`
+
+    def _touch(self, key: Hashable) -> bool:
+        """LRU bookkeeping (lock held): True if `key` is one program too many (the
+        other keys are then forgotten: the caches are about to be cleared)."""
+        if key in self._keys:
+            self._keys.move_to_end(key)
+            return False
+        self._keys[key] = None
+        if len(self._keys) <= self.capacity:
+            return False
+        self._keys.clear()
+        self._keys[key] = None
+        self.evictions += 1
+        return True
+
+    def _clear(self) -> None:
+        """Clears JAX's caches once no program runs (lock held)."""
+        import jax
+
+        self._lock.wait_for(lambda: self._running == 0)
+        jax.clear_caches()
 
     def use(self, key: Hashable) -> bool:
         """Marks `key` as used; returns True if the caches were cleared for it."""
         with self._lock:
-            if key in self._keys:
-                self._keys.move_to_end(key)
-                return False
-            self._keys[key] = None
-            if len(self._keys) <= self.capacity:
-                return False
-            import jax
+            cleared = self._touch(key)
+            if cleared:
+                self._clear()
+            return cleared
 
-            jax.clear_caches()
-            self._keys.clear()
-            self._keys[key] = None
-            self.evictions += 1
-            return True
+    @contextlib.contextmanager
+    def running(self, keys: Iterable[Hashable]):
+        """Marks `keys` as used (clearing the caches first if one is new beyond
+        the capacity) and counts the caller as running a program until the
+        block ends; yields whether the caches were cleared."""
+        with self._lock:
+            cleared = False
+            for key in keys:
+                cleared |= self._touch(key)
+            if cleared:
+                self._clear()
+            self._running += 1
+        try:
+            yield cleared
+        finally:
+            with self._lock:
+                self._running -= 1
+                self._lock.notify_all()
 
     def snapshot(self) -> dict:
         with self._lock:
