@@ -120,10 +120,12 @@ def pytest_collection_modifyitems(config, items):
     worker runs a whole module (``--dist loadgroup``): a module's tests share
     books and scenario counts, hence compiled programs, and a program is traced,
     lowered and (unless the other worker has already written it to the
-    persistent cache) compiled in each process that runs it. Measured in two
-    whole runs of the suite (notebooks and browser tests aside, the sum of the
-    tests' times): 1,378 s with module groups against 1,742 s without, e.g.
-    tests/test_conditional.py 33 s against 90 s."""
+    persistent cache) compiled in each process that runs it. Three whole runs
+    of the suite on the 2-core machine, not back to back (its load drifts), the
+    sum of the tests' times with the notebooks and browser tests aside: 1,491 s
+    (test-module mixing, constant folding on), 1,742 s (mixing, folding off) and
+    1,378 s (module groups, folding off). The clearest single difference is
+    tests/test_conditional.py: 63 and 90 s mixed, 33 s in one worker."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
     for item in items:
         if item.get_closest_marker("xdist_group") is None:
