@@ -131,14 +131,6 @@ class ProgramCache:
         self._lock.wait_for(lambda: self._running == 0)
         jax.clear_caches()
 
-    def use(self, key: Hashable) -> bool:
-        """Marks `key` as used; returns True if the caches were cleared for it."""
-        with self._lock:
-            cleared = self._touch(key)
-            if cleared:
-                self._clear()
-            return cleared
-
     @contextlib.contextmanager
     def running(self, keys: Iterable[Hashable]):
         """Marks `keys` as used (clearing the caches first if one is new beyond
