@@ -23,14 +23,14 @@ demo: $(VENV)/.core
 
 test: $(VENV)/.test
 	$(BIN)/ruff check kinetic_jax tests experiments notebooks
-	$(BIN)/python -m pytest -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -n 2 --dist loadgroup --no-loadscope-reorder
 
 # Inner loop: everything but the notebooks and the browser test, with the JAX
 # compilation cache kept across runs in .pytest_cache (make test starts cold).
 test-fast: $(VENV)/.test
 	$(BIN)/ruff check kinetic_jax tests experiments notebooks
 	KINETIC_JAX_TEST_CACHE_DIR=$(CURDIR)/.pytest_cache/jax-compilation \
-		$(BIN)/python -m pytest -n 2 --dist loadgroup -m "not slow and not browser"
+		$(BIN)/python -m pytest -n 2 --dist loadgroup --no-loadscope-reorder -m "not slow and not browser"
 
 lint: $(VENV)/.test
 	$(BIN)/ruff check kinetic_jax tests experiments notebooks
