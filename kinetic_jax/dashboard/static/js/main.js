@@ -71,44 +71,52 @@ async function compute() {
   S.running = true; S.pending = false;
   const gen = ++S.gen;
   setBusy(true);
-  const t0 = performance.now();
-  const r = await api("POST", `/api/margin?sensitivities=false&bins=${BINS}`, book);
-  const elapsed = performance.now() - t0;
-  S.sentRows = rows; S.sentPositions = positions; S.sentStress = stress;
-  if (r.ok) {
-    S.serverError = null; S.unreachable = false;
-    hideBanner();
-    S.result = r.data;
-    S.resultGen = gen;
-    S.resultStress = stress;
-    S.lastBook = book;
-    markApplied();
-    // The histogram comes with the report: one simulation, one request.
-    S.hist = r.data.histogram; S.histGen = gen;
-    renderTree();
-    await renderResult(elapsed).catch((e) => showBanner(`Charts unavailable: ${e.message}`));
-    await renderPerps();
-    saveState(book);
-    requestFollowUps(book, gen);
-  } else if (r.superseded) {
-    S.pending = true;
-  } else if (r.busy) {
-    reportFailure(r, "compute");
-    setTimeout(() => scheduleCompute(0), 1000 * r.retryAfter);
-  } else if (r.unreachable) {
-    reportFailure(r, "compute the margin");
-    document.body.classList.add("stale");
-  } else {
-    S.serverError = r.error;
-    reportFailure(r, "compute");
-    document.body.classList.add("stale");
-    $("footer").textContent = "Showing the last valid result: the current book was rejected (see the message above).";
+  // Whatever happens below (a chart or panel that throws included), the page
+  // leaves the running state: a rejected promise here would otherwise keep it
+  // "Computing…" for good and ignore every later change.
+  try {
+    const t0 = performance.now();
+    const r = await api("POST", `/api/margin?sensitivities=false&bins=${BINS}`, book);
+    const elapsed = performance.now() - t0;
+    S.sentRows = rows; S.sentPositions = positions; S.sentStress = stress;
+    if (r.ok) {
+      S.serverError = null; S.unreachable = false;
+      hideBanner();
+      S.result = r.data;
+      S.resultGen = gen;
+      S.resultStress = stress;
+      S.lastBook = book;
+      markApplied();
+      // The histogram comes with the report: one simulation, one request.
+      S.hist = r.data.histogram; S.histGen = gen;
+      renderTree();
+      await renderResult(elapsed).catch((e) => showBanner(`Charts unavailable: ${e.message}`));
+      await renderPerps();
+      saveState(book);
+      requestFollowUps(book, gen);
+    } else if (r.superseded) {
+      S.pending = true;
+    } else if (r.busy) {
+      reportFailure(r, "compute");
+      setTimeout(compute, 1000 * r.retryAfter);  // the asked-for compute, auto-recompute or not
+    } else if (r.unreachable) {
+      reportFailure(r, "compute the margin");
+      document.body.classList.add("stale");
+    } else {
+      S.serverError = r.error;
+      reportFailure(r, "compute");
+      document.body.classList.add("stale");
+      $("footer").textContent = "Showing the last valid result: the current book was rejected (see the message above).";
+    }
+  } catch (e) {
+    showBanner(`Display error: ${e.message}`);
+  } finally {
+    S.running = false;
+    setBusy(false);
+    renderPositions();
+    renderStress();
+    renderControlErrors();
   }
-  S.running = false;
-  setBusy(false);
-  renderPositions();
-  renderStress();
-  renderControlErrors();
   if (S.pending) compute();
 }
 
