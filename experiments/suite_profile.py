@@ -37,12 +37,18 @@ EVENTS = {
 }
 
 _seconds: dict[str, collections.Counter] = {}
+_programs: dict[str, collections.Counter] = {}  # per jitted function's name, whole session
 _current: list[str | None] = [None]
 
 
-def _listener(event: str, duration: float, **_) -> None:
+def _listener(event: str, duration: float, fun_name: str | None = None, **_) -> None:
     if _current[0] is not None:
         _seconds.setdefault(_current[0], collections.Counter())[event] += duration
+    if fun_name is not None and event in EVENTS.values():
+        counts = _programs.setdefault(fun_name, collections.Counter())
+        counts[event] += duration
+        if event == EVENTS["backend"]:
+            counts["programs"] += 1
 
 
 # ---------------------------------------------------------------------------
@@ -73,6 +79,7 @@ def pytest_sessionfinish(session):  # noqa: ARG001 - pytest's signature
     directory.mkdir(parents=True, exist_ok=True)
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
     (directory / f"{worker}.json").write_text(json.dumps(_seconds))
+    (directory / f"{worker}.programs").write_text(json.dumps(_programs))
 
 
 # ---------------------------------------------------------------------------
@@ -105,6 +112,17 @@ def report(directory: Path, top: int) -> str:
     out += ["", f"the {top} longest tests", header + "test"]
     for name, counts in sorted(tests.items(), key=lambda x: -x[1]["wall"])[:top]:
         out.append(line(name, _row(counts)))
+    programs: dict[str, collections.Counter] = {}
+    for path in sorted(directory.glob("*.programs")):
+        for name, counts in json.loads(path.read_text()).items():
+            programs.setdefault(name, collections.Counter()).update(counts)
+    if programs:
+        cost = lambda c: sum(c[e] for e in EVENTS.values())  # noqa: E731
+        out += ["", f"the {top} costliest jitted functions (compiles, then seconds)",
+                f"{'compiles':>8} {'backend':>8} {'trace':>7} {'lower':>7}  function"]
+        for name, c in sorted(programs.items(), key=lambda x: -cost(x[1]))[:top]:
+            out.append(f"{c['programs']:8d} {c[EVENTS['backend']]:8.1f} "
+                       f"{c[EVENTS['trace']]:7.1f} {c[EVENTS['lower']]:7.1f}  {name}")
     return "\n".join(out)
 
 

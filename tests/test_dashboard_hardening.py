@@ -252,6 +252,13 @@ def test_program_cache_is_a_bounded_lru(monkeypatch):
     assert cleared == [1] and cache.snapshot() == {"programs": 1, "capacity": 2,
                                                    "evictions": 1}
     assert not use("c") and not use("a") and cleared == [1]
+    # A request naming two programs, one of them new beyond the capacity: the
+    # caches are cleared once and then hold both of the request's programs.
+    with cache.running(["d", "a", "d"]) as was_cleared:
+        assert was_cleared
+    assert cleared == [1, 1] and cache.snapshot() == {"programs": 2, "capacity": 2,
+                                                      "evictions": 2}
+    assert not use("a") and not use("d") and cleared == [1, 1]
     with pytest.raises(ValueError):
         service.ProgramCache(0)
     book = kj.parse_book(small_book())
@@ -304,6 +311,10 @@ def test_program_cache_clears_only_when_no_program_runs(monkeypatch):
         with cache.running(["b"]) as cleared:  # a second program: over capacity
             order.append(("b runs", cleared))
 
+    def third():
+        with cache.running(["a"]) as cleared:  # held, but a clear is pending
+            order.append(("a again", cleared))
+
     one = threading.Thread(target=first)
     one.start()
     assert inside.wait(30)
@@ -311,11 +322,19 @@ def test_program_cache_clears_only_when_no_program_runs(monkeypatch):
     two.start()
     two.join(0.5)
     assert two.is_alive() and order == []  # waiting for "a" to finish
+    # A request for the held program does not start while the clear waits (or
+    # the clear could wait for ever behind a stream of such requests).
+    three = threading.Thread(target=third)
+    three.start()
+    three.join(0.5)
+    assert three.is_alive() and order == []
     release.set()
-    one.join(30)
-    two.join(30)
-    assert order == ["a done", "clear", ("b runs", True)]
-    assert cache.snapshot() == {"programs": 1, "capacity": 1, "evictions": 1}
+    for t in (one, two, three):
+        t.join(30)
+    # "a" is new again after the clear: the cache holds one program, so the
+    # third request clears once more.
+    assert order == ["a done", "clear", ("b runs", True), "clear", ("a again", True)]
+    assert cache.snapshot() == {"programs": 1, "capacity": 1, "evictions": 2}
 
 
 def test_cross_origin_requests_are_refused(client, state_path):

@@ -109,39 +109,38 @@ class ProgramCache:
         self._keys: collections.OrderedDict[Hashable, None] = collections.OrderedDict()
         self._lock = threading.Condition()
         self._running = 0  # threads inside `running`
-
-    def _touch(self, key: Hashable) -> bool:
-        """LRU bookkeeping (lock held): True if `key` is one program too many (the
-        other keys are then forgotten: the caches are about to be cleared)."""
-        if key in self._keys:
-            self._keys.move_to_end(key)
-            return False
-        self._keys[key] = None
-        if len(self._keys) <= self.capacity:
-            return False
-        self._keys.clear()
-        self._keys[key] = None
-        self.evictions += 1
-        return True
-
-    def _clear(self) -> None:
-        """Clears JAX's caches once no program runs (lock held)."""
-        import jax
-
-        self._lock.wait_for(lambda: self._running == 0)
-        jax.clear_caches()
+        self._clearing = False  # a thread waits to clear: no program starts meanwhile
 
     @contextlib.contextmanager
     def running(self, keys: Iterable[Hashable]):
-        """Marks `keys` as used (clearing the caches first if one is new beyond
-        the capacity) and counts the caller as running a program until the
-        block ends; yields whether the caches were cleared."""
+        """Marks `keys` (the programs of one request) as used and counts the
+        caller as running a program until the block ends; yields whether JAX's
+        caches were cleared first.
+
+        The caches are cleared when the request's new programs would take the
+        count beyond the capacity. The clear waits until no other thread runs a
+        program, and no program starts while a clear is pending. Afterwards the
+        cache holds exactly the request's programs, however many it names."""
+        keys = list(dict.fromkeys(keys))
         with self._lock:
-            cleared = False
-            for key in keys:
-                cleared |= self._touch(key)
+            self._lock.wait_for(lambda: not self._clearing)
+            fresh = sum(k not in self._keys for k in keys)
+            cleared = len(self._keys) + fresh > self.capacity
             if cleared:
-                self._clear()
+                self._clearing = True
+                try:
+                    self._lock.wait_for(lambda: self._running == 0)
+                    import jax
+
+                    jax.clear_caches()
+                finally:
+                    self._clearing = False
+                    self._lock.notify_all()
+                self._keys.clear()
+                self.evictions += 1
+            for k in keys:
+                self._keys[k] = None
+                self._keys.move_to_end(k)
             self._running += 1
         try:
             yield cleared
