@@ -19,7 +19,9 @@ through parlays' legs form *components*; each component's joint outcomes are
 enumerated over the intervals between its events' cuts (an atom holds on a
 whole interval or on none of it), and the components' laws of k are convolved.
 A cluster whose held positions all lie in the block gets its own exact law too:
-its ES is exact (standard error 0).
+its ES is exact (standard error 0). It comes from the same enumeration (each
+component is enumerated once, and a component's intervals are at least as fine
+as any of its slots need), so the clusters' laws cost only their convolutions.
 
 In JAX the law is data (a [`BlockLaw`][]): it is the law of the book's
 quantities and prices, computed once per call on the host, so derivatives
@@ -29,6 +31,7 @@ through it see the block as fixed (use [`sensitivities`][] for those).
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import equinox as eqx
 import jax
@@ -128,14 +131,21 @@ def _convolve(law: np.ndarray, component: np.ndarray) -> np.ndarray:
     return out
 
 
-def _law_of(slots: np.ndarray, q, price, lo, hi, event, legs) -> tuple | None:
-    """``(origin, spacing, probs)`` of S = sum over `slots` of q (p - YES), values
-    increasing, or None (non-lattice quantities, a component or lattice too big)."""
-    n = q.size
-    idx = np.flatnonzero(slots)
-    g = _lattice(q[idx])
-    if g is None or g == 0:
-        return None
+class _Component(NamedTuple):
+    """One component of the block: its slots, the probability of each joint
+    interval of its events (`prob`), and per slot whether it is YES there."""
+
+    slots: tuple[int, ...]
+    prob: np.ndarray
+    yes: dict[int, np.ndarray]
+
+
+def _components(idx: np.ndarray, lo, hi, event, legs) -> list[_Component] | None:
+    """The components of the slots `idx` (joined through parlays' legs), each
+    enumerated over the intervals between its events' cuts (an atom holds on a
+    whole interval or on none of it); None if one has more than `MAX_STATES`
+    joint intervals."""
+    n = legs.shape[0]
     atoms = {int(i): [int(leg) for leg in legs[i] if leg < n] for i in idx}
     parent: dict[int, int] = {}
 
@@ -148,11 +158,15 @@ def _law_of(slots: np.ndarray, q, price, lo, hi, event, legs) -> tuple | None:
         first = root(int(event[slot_atoms[0]]))
         for leg in slot_atoms[1:]:
             parent[root(int(event[leg]))] = first
-    steps = {int(i): int(round(q[i] / g)) for i in idx}  # q = g * steps
-    law, k_min = np.ones(1), 0
-    for comp in sorted({root(e) for e in list(parent)}):
-        events = sorted(e for e in parent if root(e) == comp)
-        slots_c = [i for i in atoms if root(int(event[atoms[i][0]])) == comp]
+    slots_of: dict[int, list[int]] = {}
+    for i, slot_atoms in atoms.items():
+        slots_of.setdefault(root(int(event[slot_atoms[0]])), []).append(i)
+    events_of: dict[int, list[int]] = {}
+    for e in sorted(parent):
+        events_of.setdefault(root(e), []).append(e)
+    out = []
+    for comp in sorted(slots_of):
+        slots_c, events = slots_of[comp], events_of[comp]
         legs_used = sorted({leg for i in slots_c for leg in atoms[i]})
         where = {e: j for j, e in enumerate(events)}
         edges = []
@@ -173,11 +187,30 @@ def _law_of(slots: np.ndarray, q, price, lo, hi, event, legs) -> tuple | None:
             j = where[int(event[leg])]
             a, b = edges[j][:-1][grid[j]], edges[j][1:][grid[j]]
             holds[leg] = (lo[leg] <= a) & (b <= hi[leg])
-        k = np.zeros(grid.shape[1], np.int64)
-        for i in slots_c:
-            yes = np.all([holds[leg] for leg in atoms[i]], axis=0)
-            k += steps[i] * yes
-        law = _convolve(law, np.bincount(k - k.min(), weights=prob))
+        yes = {i: np.logical_and.reduce([holds[leg] for leg in atoms[i]]) for i in slots_c}
+        out.append(_Component(tuple(slots_c), prob, yes))
+    return out
+
+
+def _law_of(components: list[_Component], slots: np.ndarray, q, price) -> tuple | None:
+    """``(origin, spacing, probs)`` of S = sum over `slots` of q (p - YES), values
+    increasing, or None (non-lattice quantities, a lattice too big). `slots` is
+    any set of the `components`' slots: a component's enumeration is exact for
+    any of its slots (its intervals are at least as fine as theirs)."""
+    idx = np.flatnonzero(slots)
+    g = _lattice(q[idx])
+    if g is None or g == 0:
+        return None
+    steps = np.round(q / g).astype(np.int64)  # q = g * steps on `slots`
+    law, k_min = np.ones(1), 0
+    for comp in components:
+        mine = [i for i in comp.slots if slots[i]]
+        if not mine:
+            continue
+        k = np.zeros(comp.prob.size, np.int64)
+        for i in mine:
+            k += steps[i] * comp.yes[i]
+        law = _convolve(law, np.bincount(k - k.min(), weights=comp.prob))
         k_min += int(k.min())
         if law.size > MAX_LATTICE:
             return None
@@ -204,7 +237,8 @@ def block_law(arrays: BookArrays) -> tuple[BlockLaw | None, int]:
     price = np.asarray(arrays.price, np.float64)
     lo, hi = (np.asarray(x, np.float64) for x in _cuts(arrays))
     event, legs = np.asarray(arrays.event), np.asarray(arrays.legs)
-    whole = _law_of(block, q, price, lo, hi, event, legs)
+    components = _components(np.flatnonzero(block), lo, hi, event, legs)
+    whole = None if components is None else _law_of(components, block, q, price)
     if whole is None:
         return None, 0
     cluster = np.asarray(arrays.cluster)
@@ -214,7 +248,7 @@ def block_law(arrays: BookArrays) -> tuple[BlockLaw | None, int]:
     for c in range(k):
         mine = held & (cluster == c)
         if mine.any() and not np.any(mine & ~block):
-            laws[c] = _law_of(mine, q, price, lo, hi, event, legs)
+            laws[c] = _law_of(components, mine, q, price)
     laws = {c: law for c, law in laws.items() if law is not None}
     cluster_probs = np.zeros((k, MAX_LATTICE))
     cluster_probs[:, 0] = 1.0  # clusters without a law: a point mass at 0 (never read)
@@ -229,11 +263,13 @@ def block_law(arrays: BookArrays) -> tuple[BlockLaw | None, int]:
     frozen = np.zeros(n_events)
     used = legs[block]
     frozen[np.unique(event[used[used < q.size]])] = 1.0
-    f = lambda x: jnp.asarray(x, dtype)  # noqa: E731
-    law = BlockLaw(rest=f(~block), frozen=f(frozen), origin=f(origin), spacing=f(spacing),
-                   probs=f(padded), cluster_exact=jnp.asarray([c in laws for c in range(k)]),
-                   cluster_origin=f(cluster_origin), cluster_spacing=f(cluster_spacing),
-                   cluster_probs=f(cluster_probs))
+    values = dict(rest=~block, frozen=frozen, origin=origin, spacing=spacing, probs=padded,
+                  cluster_origin=cluster_origin, cluster_spacing=cluster_spacing,
+                  cluster_probs=cluster_probs)
+    # One transfer for every leaf (one call per leaf cost a few ms a law).
+    law = BlockLaw(**jax.device_put({
+        **{name: np.asarray(x, dtype) for name, x in values.items()},
+        "cluster_exact": np.array([c in laws for c in range(k)])}))
     return law, int(block.sum())
 
 
