@@ -343,6 +343,44 @@ def test_what_if_sessions_recompute_the_law_per_trade():
         session.what_if({"G3": 0.0}).base, rel=1e-6)
 
 
+def test_what_if_laws_are_memoised_on_what_they_depend_on():
+    """A session keeps the exact-block laws it computed, keyed by the block, its
+    quantities and the clusters held outside it: a trade outside the block
+    reuses the session's law, a repeated trade its earlier one, and contracts
+    new to the book (other prices in the same padding slot) never share one.
+    Each figure is checked against the full call on the traded book."""
+    book = _pair_and_games(scenarios=4096, sampler="exact_block")
+    session = kj.margin_session(book)
+
+    def full_after(trades, contracts=()):
+        qty = book.net_quantities()
+        traded = dataclasses.replace(book, contracts=book.contracts + tuple(contracts))
+        return kj.portfolio_margin(traded.with_positions(
+            {**{c.id: 0.0 for c in contracts}, **qty,
+             **{k: qty.get(k, 0.0) + v for k, v in trades.items()}}))
+
+    def exact(report):  # the block's clusters, margined by their exact law
+        out = {c.name: (c.es, c.standard_error) for c in report.clusters
+               if c.name in ("Sports", "Election", "Parlays")}
+        assert len(out) == 3 and all(se == 0.0 for _, se in out.values())
+        return {name: es for name, (es, _) in out.items()}
+
+    game = session.what_if({"G3": 500.0})
+    assert exact(game) == pytest.approx(exact(full_after({"G3": 500.0})), rel=1e-6)
+    pair = session.what_if({"X": 100.0})  # outside the block: the session's law
+    assert exact(pair) == pytest.approx(exact(session.report), rel=1e-6)
+    assert exact(pair) == pytest.approx(exact(full_after({"X": 100.0})), rel=1e-6)
+    again = session.what_if({"G3": 500.0})  # the same block as `game`: its law
+    assert again.margin == game.margin and again.base == game.base
+    assert exact(again) == exact(game)
+    for new in (binary("NEW-A", 0.2), binary("NEW-B", 0.7)):
+        report = session.what_if({new: 300.0})
+        ref = full_after({new.id: 300.0}, [new])
+        assert report.exact_positions == ref.exact_positions == 10
+        assert exact(report) == pytest.approx(exact(ref), rel=1e-6)
+    assert exact(session.what_if({"G3": 500.0})) == exact(game)
+
+
 def test_sweep_points_are_margin_calls_with_their_own_law():
     # A quantity axis moves the block's law per point; a third of a contract puts
     # the block on no lattice, so that point is the importance sampler's (as a
