@@ -42,8 +42,9 @@ refitting it per what-if, so its figures equal a full call only for the
 untraded book; they agree with a full call on the traded book to within their
 standard errors. With ``sampler = "exact_block"`` (the default where
 ``[model] sampler`` is unset) the same holds, and each what-if computes the
-traded book's independent block and its exact law on the host (10-25 ms; a
-trade may move positions into or out of the block), the rest's loss R from the
+traded book's independent block and its exact law on the host (about 12 ms
+for a 100-position book, memoised per session on the block and its
+quantities; a trade may move positions into or out of the block), the rest's loss R from the
 outcome matrix (updated on the slots whose q x rest changed), and the base as the ES of R + S
 ([`sampler_law`][]; the law's fixed width keeps the compiled program).
 """
@@ -343,7 +344,7 @@ class MarginSession:
             zero = jnp.zeros(arrays.loading.shape[0] + 1, f)
             stats = RowStatistics(zero, zero, zero)
         law, exact, update, rest_q = None, 0, None, None
-        if s.sampler == "exact_block":  # the traded book's law (host, 10-25 ms)
+        if s.sampler == "exact_block":  # the traded book's law (host, memoised)
             law, exact = self._law(arrays, quantity)
             rest_q = np.asarray(quantity, np.float64) * np.asarray(law.rest, np.float64)
             base = None if refresh else self._rest
