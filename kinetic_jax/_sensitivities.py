@@ -232,6 +232,25 @@ def _jacobian(arrays, params, key, scenarios, top, temperature, estimator):
     return result, jac
 
 
+def _quantity_jacobian(arrays, params, key, scenarios, top, temperature):
+    """The hard figures and their Jacobian in the quantities alone (what the
+    conditional estimator takes from the hard margin): the reverse pass then
+    carries no cotangent through the simulation, the correlation's Cholesky
+    factor or the cuts, which makes a smaller program than [`_jacobian`][]."""
+    variables = MarginVars.of(arrays)
+
+    def figures(q):
+        v = eqx.tree_at(lambda m: m.quantity, variables, q)
+        res = differentiable_margin(v, arrays, params, key, scenarios, top, temperature,
+                                    "hard")
+        return _figures(res), res
+
+    out, vjp, result = jax.vjp(figures, variables.quantity, has_aux=True)
+    rows = jnp.eye(out.shape[0], dtype=out.dtype)
+    (jac,) = lax.map(vjp, rows)
+    return result, jac
+
+
 def _conditional_jacobian(arrays, params, key, scenarios, top, sampler="plain"):
     """The conditional estimator (kinetic_jax._conditional): jumps for prices,
     rho and loadings; the tail mean for quantities and marks. Returns the hard
@@ -306,10 +325,10 @@ def sensitivity_arrays(
         # Quantities from the hard margin (exact on the scenarios, the MC-error
         # add-on's standard error included); the rest from the conditional
         # estimator, with batch standard errors for every entry.
-        result, hard = _jacobian(arrays, params, key, scenarios, top, temperature, "hard")
+        result, hard = _quantity_jacobian(arrays, params, key, scenarios, top, temperature)
         jumps = JumpRun(scenarios, top, JUMP_SAMPLER) if jumps is None else jumps
         _, jac, err = _conditional_jacobian(arrays, params, key, *jumps)
-        jac = eqx.tree_at(lambda j: j.quantity, jac, hard.quantity)
+        jac = eqx.tree_at(lambda j: j.quantity, jac, hard)
         return SensitivityResult(result, jac, err)
     result, hard = _jacobian(arrays, params, key, scenarios, top, temperature, "hard")
     _, smooth = _jacobian(arrays, params, key, scenarios, top, temperature, "smooth")
