@@ -44,9 +44,10 @@ standard errors. With ``sampler = "exact_block"`` (the default where
 ``[model] sampler`` is unset) the same holds, and each what-if computes the
 traded book's independent block and its exact law on the host (about 12 ms
 for a 100-position book, memoised per session on the block and its
-quantities; a trade may move positions into or out of the block), the rest's loss R from the
-outcome matrix (updated on the slots whose q x rest changed), and the base as the ES of R + S
-([`sampler_law`][]; the law's fixed width keeps the compiled program).
+quantities; a trade may move positions into or out of the block), the rest's
+loss R from the outcome matrix (updated on the slots whose q x rest changed),
+and the base as the ES of R + S ([`sampler_law`][]; the law's fixed width keeps
+the compiled program).
 """
 
 from __future__ import annotations
@@ -370,7 +371,7 @@ class MarginSession:
         the clusters holding positions outside it (a cluster is exact when all
         its positions lie in the block). A what-if that trades outside the block
         reuses the session's law (about 12 ms of host time on a 100-position
-        book); the `LAWS` most recent are kept. Arrays extended by contracts new
+        book); the `LAWS` most recently used are kept. Arrays extended by contracts new
         to the book (other prices in the padding slots) are not memoised."""
         traded = eqx.tree_at(lambda a: a.quantity, arrays,
                              jnp.asarray(quantity, arrays.price.dtype))
@@ -380,11 +381,13 @@ class MarginSession:
         outside = (quantity != 0) & ~block
         key = (block.tobytes(), quantity[block].tobytes(),
                np.unique(self._cluster[outside]).tobytes())
-        if key not in self._laws:
-            if len(self._laws) >= LAWS:
-                self._laws.pop(next(iter(self._laws)))
-            self._laws[key] = sampler_law(traded)
-        return self._laws[key]
+        law = self._laws.pop(key, None)
+        if law is None:
+            law = sampler_law(traded)
+        self._laws[key] = law  # the most recently used last
+        while len(self._laws) > LAWS:
+            self._laws.pop(next(iter(self._laws)))
+        return law
 
     # ---- trades --------------------------------------------------------------------
     def _parse(self, trades) -> tuple[dict[str, float], list[Contract]]:
