@@ -218,34 +218,23 @@ class SensitivityResult(eqx.Module):
     standard_error: MarginVars | None = None
 
 
-def _jacobian(arrays, params, key, scenarios, top, temperature, estimator):
+def _jacobian(arrays, params, key, scenarios, top, temperature, estimator,
+              quantity_only: bool = False):
+    """The figures and their Jacobian in every [`MarginVars`][] leaf, or in the
+    quantities alone (`quantity_only`: what the conditional estimator takes
+    from the hard margin; the reverse pass then carries no cotangent through
+    the simulation, the correlation's Cholesky factor or the cuts, a smaller
+    program)."""
     variables = MarginVars.of(arrays)
 
-    def figures(v):
+    def figures(x):
+        v = eqx.tree_at(lambda m: m.quantity, variables, x) if quantity_only else x
         res = differentiable_margin(v, arrays, params, key, scenarios, top, temperature,
                                     estimator)
         return _figures(res), res
 
-    out, vjp, result = jax.vjp(figures, variables, has_aux=True)
-    rows = jnp.eye(out.shape[0], dtype=out.dtype)
-    (jac,) = lax.map(vjp, rows)
-    return result, jac
-
-
-def _quantity_jacobian(arrays, params, key, scenarios, top, temperature):
-    """The hard figures and their Jacobian in the quantities alone (what the
-    conditional estimator takes from the hard margin): the reverse pass then
-    carries no cotangent through the simulation, the correlation's Cholesky
-    factor or the cuts, which makes a smaller program than [`_jacobian`][]."""
-    variables = MarginVars.of(arrays)
-
-    def figures(q):
-        v = eqx.tree_at(lambda m: m.quantity, variables, q)
-        res = differentiable_margin(v, arrays, params, key, scenarios, top, temperature,
-                                    "hard")
-        return _figures(res), res
-
-    out, vjp, result = jax.vjp(figures, variables.quantity, has_aux=True)
+    out, vjp, result = jax.vjp(figures, variables.quantity if quantity_only else variables,
+                               has_aux=True)
     rows = jnp.eye(out.shape[0], dtype=out.dtype)
     (jac,) = lax.map(vjp, rows)
     return result, jac
@@ -325,7 +314,8 @@ def sensitivity_arrays(
         # Quantities from the hard margin (exact on the scenarios, the MC-error
         # add-on's standard error included); the rest from the conditional
         # estimator, with batch standard errors for every entry.
-        result, hard = _quantity_jacobian(arrays, params, key, scenarios, top, temperature)
+        result, hard = _jacobian(arrays, params, key, scenarios, top, temperature, "hard",
+                                 quantity_only=True)
         jumps = JumpRun(scenarios, top, JUMP_SAMPLER) if jumps is None else jumps
         _, jac, err = _conditional_jacobian(arrays, params, key, *jumps)
         jac = eqx.tree_at(lambda j: j.quantity, jac, hard)
