@@ -201,7 +201,8 @@ def _law_of(components: list[_Component], slots: np.ndarray, q, price) -> tuple 
     g = _lattice(q[idx])
     if g is None or g == 0:
         return None
-    steps = np.round(q / g).astype(np.int64)  # q = g * steps on `slots`
+    steps = np.zeros(q.size, np.int64)
+    steps[idx] = np.round(q[idx] / g)  # q = g * steps on `slots`
     law, k_min = np.ones(1), 0
     for comp in components:
         mine = [i for i in comp.slots if slots[i]]

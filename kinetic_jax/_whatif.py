@@ -371,8 +371,9 @@ class MarginSession:
         the clusters holding positions outside it (a cluster is exact when all
         its positions lie in the block). A what-if that trades outside the block
         reuses the session's law (about 12 ms of host time on a 100-position
-        book); the `LAWS` most recently used are kept. Arrays extended by contracts new
-        to the book (other prices in the padding slots) are not memoised."""
+        book); the `LAWS` most recently used are kept. Arrays extended by
+        contracts new to the book (other prices in the padding slots) are not
+        memoised."""
         traded = eqx.tree_at(lambda a: a.quantity, arrays,
                              jnp.asarray(quantity, arrays.price.dtype))
         if arrays is not self._arrays:

@@ -343,14 +343,21 @@ def test_what_if_sessions_recompute_the_law_per_trade():
         session.what_if({"G3": 0.0}).base, rel=1e-6)
 
 
-def test_what_if_laws_are_memoised_on_what_they_depend_on():
+def test_what_if_laws_are_memoised_on_what_they_depend_on(monkeypatch):
     """A session keeps the exact-block laws it computed, keyed by the block, its
     quantities and the clusters held outside it: a trade outside the block
     reuses the session's law, a repeated trade its earlier one, and contracts
     new to the book (other prices in the same padding slot) never share one.
-    Each figure is checked against the full call on the traded book."""
+    Each figure is checked against the full call on the traded book, and the
+    laws computed are counted."""
+    import kinetic_jax._whatif as whatif
+
+    computed = []
+    monkeypatch.setattr(whatif, "sampler_law",
+                        lambda a: computed.append(1) or kj.sampler_law(a))
     book = _pair_and_games(scenarios=4096, sampler="exact_block")
     session = kj.margin_session(book)
+    opened = len(computed)
 
     def full_after(trades, contracts=()):
         qty = book.net_quantities()
@@ -366,15 +373,19 @@ def test_what_if_laws_are_memoised_on_what_they_depend_on():
         return {name: es for name, (es, _) in out.items()}
 
     game = session.what_if({"G3": 500.0})
+    assert len(computed) == opened + 1  # a new block quantity: a new law
     assert exact(game) == pytest.approx(exact(full_after({"G3": 500.0})), rel=1e-6)
     pair = session.what_if({"X": 100.0})  # outside the block: the session's law
+    assert len(computed) == opened + 1
     assert exact(pair) == pytest.approx(exact(session.report), rel=1e-6)
     assert exact(pair) == pytest.approx(exact(full_after({"X": 100.0})), rel=1e-6)
     again = session.what_if({"G3": 500.0})  # the same block as `game`: its law
+    assert len(computed) == opened + 1
     assert again.margin == game.margin and again.base == game.base
     assert exact(again) == exact(game)
-    for new in (binary("NEW-A", 0.2), binary("NEW-B", 0.7)):
+    for count, new in enumerate((binary("NEW-A", 0.2), binary("NEW-B", 0.7)), start=2):
         report = session.what_if({new: 300.0})
+        assert len(computed) == opened + count  # new contracts: never memoised
         ref = full_after({new.id: 300.0}, [new])
         assert report.exact_positions == ref.exact_positions == 10
         assert exact(report) == pytest.approx(exact(ref), rel=1e-6)
