@@ -340,23 +340,37 @@ def pairs_excess(
     mass = weights / jnp.sum(weights)
     r = jnp.where(live, rest, 0.0)
 
-    def tail(x):  # P(S > x), E[S; S > x]; a rounding slip at a tie moves no ES
+    def above(x):  # per draw, the index into p_above / m_above of S's first value > x
         j = jnp.clip(jnp.floor((x - law.origin) / law.spacing), -1, size - 1)
-        j = j.astype(jnp.int32) + 1
-        return p_above[j], m_above[j]
+        return j.astype(jnp.int32) + 1
 
+    # The bisection is on data alone (the ES's derivative at its own VaR does not
+    # move the VaR: the envelope theorem), so its bounds carry no tangent.
+    r_fixed, mass_fixed = lax.stop_gradient((r, mass))
     highest = jnp.max(jnp.where(law.probs > 0, values, -jnp.inf))
-    lo = jnp.min(jnp.where(live, r, jnp.inf)) + law.origin - 1
-    hi = jnp.max(jnp.where(live, r, -jnp.inf)) + highest + 1
+    lo = jnp.min(jnp.where(live, r_fixed, jnp.inf)) + law.origin - 1
+    hi = jnp.max(jnp.where(live, r_fixed, -jnp.inf)) + highest + 1
 
-    def step(_, bounds):
-        lo, hi = bounds
+    def moving(state):
+        step, lo, hi, _ = state
         mid = 0.5 * (lo + hi)
-        high = jnp.sum(mass * tail(mid - r)[0]) > budget
-        return jnp.where(high, mid, lo), jnp.where(high, hi, mid)
+        return (step < STEPS) & (lo < mid) & (mid < hi)
 
-    _, var = lax.fori_loop(0, STEPS, step, (lo, hi))
-    p, m = tail(var - r)
+    def bisect(state):
+        step, lo, hi, j_hi = state
+        mid = 0.5 * (lo + hi)
+        j = above(mid - r_fixed)
+        high = jnp.sum(mass_fixed * p_above[j]) > budget
+        keep = lambda old, new: jnp.where(high, old, new)  # noqa: E731
+        return step + 1, keep(mid, lo), keep(hi, mid), keep(j_hi, j)
+
+    # The upper bound v and the very indices that put P(R + S > v) within the
+    # budget: the excess below is evaluated on those, never on a second rounding
+    # of (v - R - origin) / spacing, which could count an atom at v as above it
+    # and move the ES by (its mass / budget - 1) times the rounding.
+    start = (jnp.int32(0), lo, hi, above(hi - r_fixed))
+    _, _, var, j = lax.while_loop(moving, bisect, start)
+    p, m = p_above[j], m_above[j]
     return var, jnp.where(live, m + p * (r - var), 0.0), mass
 
 
@@ -371,9 +385,11 @@ def pairs_tail_statistics(
 
     Each draw holds the self-normalised mass w / sum(w) (so a book that is all
     block, R = 0, gets its exact ES with standard error 0). The VaR v solves
-    P(R + S > v) = 1 - alpha: `STEPS` bisection steps, each one index
-    computation and gather per draw (the first lattice point above x is
-    floor((x - origin) / spacing) + 1, no search). Then, with h(r) =
+    P(R + S > v) = 1 - alpha by bisection (at most `STEPS` steps, fewer once the
+    midpoint rounds to a bound), each step one index computation and gather per
+    draw (the first lattice point above x is floor((x - origin) / spacing) + 1,
+    no search); v is the upper bound, and the excess is evaluated on the very
+    indices that put that bound's tail within the budget. Then, with h(r) =
     E_S[(r + S - v)^+] = E[S; S > v - r] + P(S > v - r) (r - v),
 
         ES = v + sum_n mass_n h(R_n) / (1 - alpha),
