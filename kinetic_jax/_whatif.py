@@ -178,8 +178,9 @@ def _what_if(state: SessionState, stats: RowStatistics, arrays: BookArrays,
     per = delta[:, None] * (arrays.price[index][:, None] - cols)
     rows = row_membership(arrays, arrays.cluster[index])  # (T, K + 1): the rows t moves
     touched = (jnp.any((rows > 0) & (delta != 0)[:, None], axis=0)) | refresh
-    if law is not None:  # the book's row: R + S, unless the law is empty
-        touched = touched.at[k].set(touched[k] & jnp.all(law.rest > 0))
+    if law is not None:  # the book's row: R + S, unless the law is empty; a cluster
+        # inside the block takes its exact figures, so its sampled row is not needed
+        touched = touched & jnp.concatenate([~law.cluster_exact, jnp.all(law.rest > 0)[None]])
 
     def row(r):
         def fresh():
