@@ -13,11 +13,12 @@ simulated S: conditional Monte Carlo over S, the variance left being R's alone
 (docs/methodology.md, "The exact-block sampler").
 
 S's law ([`block_law`][], on the host, float64): with quantities that are whole
-multiples of g (integers, or after scaling by 10, 100 or 1,000), S = S0 - g k,
-k an integer, so S lives on a lattice of spacing g. The block's slots joined
-through parlays' legs form *components*; each component's joint outcomes are
-enumerated over the intervals between its events' cuts (an atom holds on a
-whole interval or on none of it), and the components' laws of k are convolved.
+multiples of g (integers, or after scaling by 10, 100 or 1,000, to the precision
+of the engine's dtype), S = S0 - g k, k an integer, so S lives on a lattice of
+spacing g. The block's slots joined through parlays' legs form *components*; each
+component's joint outcomes are enumerated over the intervals between its events'
+cuts (an atom holds on a whole interval or on none of it), and the components'
+laws of k are convolved.
 A cluster whose held positions all lie in the block gets its own exact law too:
 its ES is exact (standard error 0). It comes from the same enumeration (each
 component is enumerated once, and a component's intervals are at least as fine
@@ -107,12 +108,14 @@ def independent_slots(arrays: BookArrays) -> np.ndarray:
         block &= ~shared
 
 
-def _lattice(q: np.ndarray) -> float | None:
-    """The largest g with every quantity a whole multiple of it (None: none of
-    `SCALES` makes them integers)."""
+def _lattice(q: np.ndarray, tolerance: float) -> float | None:
+    """The largest g with every quantity a whole multiple of it, to `tolerance`
+    relative (None: none of `SCALES` makes them integers). The quantities are
+    the engine's, rounded to its dtype: in float32, 72.1 is 72.0999985, and
+    10 x that is an integer only to float32's precision."""
     for scale in SCALES:
         scaled = q * scale
-        if np.all(np.abs(scaled - np.round(scaled)) <= 1e-9 * np.maximum(1.0, np.abs(scaled))):
+        if np.all(np.abs(scaled - np.round(scaled)) <= tolerance * np.maximum(1.0, np.abs(scaled))):
             return math.gcd(*(int(abs(round(x))) for x in scaled)) / scale
     return None
 
@@ -192,13 +195,16 @@ def _components(idx: np.ndarray, lo, hi, event, legs) -> list[_Component] | None
     return out
 
 
-def _law_of(components: list[_Component], slots: np.ndarray, q, price) -> tuple | None:
+def _law_of(components: list[_Component], slots: np.ndarray, q, price, tolerance: float
+            ) -> tuple | None:
     """``(origin, spacing, probs)`` of S = sum over `slots` of q (p - YES), values
-    increasing, or None (non-lattice quantities, a lattice too big). `slots` is
-    any set of the `components`' slots: a component's enumeration is exact for
-    any of its slots (its intervals are at least as fine as theirs)."""
+    increasing, or None (non-lattice quantities to `tolerance`, a lattice too
+    big). `slots` is any set of the `components`' slots: a component's
+    enumeration is exact for any of its slots (its intervals are at least as
+    fine as theirs). S is that of the quantities on the lattice, g x steps: the
+    engine's to its dtype's rounding."""
     idx = np.flatnonzero(slots)
-    g = _lattice(q[idx])
+    g = _lattice(q[idx], tolerance)
     if g is None or g == 0:
         return None
     steps = np.zeros(q.size, np.int64)
@@ -215,7 +221,7 @@ def _law_of(components: list[_Component], slots: np.ndarray, q, price) -> tuple 
         k_min += int(k.min())
         if law.size > MAX_LATTICE:
             return None
-    s0 = float(np.sum(q[idx] * price[idx]))
+    s0 = float(np.sum(g * steps[idx] * price[idx]))
     # S = s0 - g k: increasing values are decreasing k.
     top = k_min + law.size - 1
     return s0 - g * top, g, law[::-1]
@@ -238,8 +244,10 @@ def block_law(arrays: BookArrays) -> tuple[BlockLaw | None, int]:
     price = np.asarray(arrays.price, np.float64)
     lo, hi = (np.asarray(x, np.float64) for x in _cuts(arrays))
     event, legs = np.asarray(arrays.event), np.asarray(arrays.legs)
+    # Quantities read to the precision they are held in (float32: 2^-23 relative).
+    tolerance = max(float(np.finfo(dtype).eps), 1e-9)
     components = _components(np.flatnonzero(block), lo, hi, event, legs)
-    whole = None if components is None else _law_of(components, block, q, price)
+    whole = None if components is None else _law_of(components, block, q, price, tolerance)
     if whole is None:
         return None, 0
     cluster = np.asarray(arrays.cluster)
@@ -249,7 +257,7 @@ def block_law(arrays: BookArrays) -> tuple[BlockLaw | None, int]:
     for c in range(k):
         mine = held & (cluster == c)
         if mine.any() and not np.any(mine & ~block):
-            laws[c] = _law_of(components, mine, q, price)
+            laws[c] = _law_of(components, mine, q, price, tolerance)
     laws = {c: law for c, law in laws.items() if law is not None}
     cluster_probs = np.zeros((k, MAX_LATTICE))
     cluster_probs[:, 0] = 1.0  # clusters without a law: a point mass at 0 (never read)
@@ -400,7 +408,11 @@ def pairs_tail_statistics(
     var, h, mass = pairs_excess(rest, weights, law, confidence)
     live = weights > 0
     count = jnp.sum(live, dtype=h.dtype)
-    hbar = jnp.sum(mass * h)
+    # sum_n mass_n h_n about the first live draw's h: draws whose h are all equal
+    # (R = 0: a book all block) give that h exactly, whatever the weights' rounding,
+    # so the ES is the same for every seed and its standard error exactly 0.
+    anchor = h[jnp.argmax(live)]
+    hbar = anchor + jnp.sum(mass * (h - anchor))
     es = var + hbar / budget
     mean_w = jnp.sum(weights) / count
     d = jnp.where(live, weights * (h - hbar), 0.0)  # sums to 0 by hbar's definition

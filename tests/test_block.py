@@ -205,7 +205,7 @@ def test_a_book_all_in_the_block_is_margined_exactly():
     assert report.exact_positions == 9 and report.sampler == "exact_block"
     # R = 0: every draw's h is the same, so the estimate is the exact ES, s.e. 0.
     assert report.base == pytest.approx(exact_es(book), rel=1e-5)
-    assert report.base_standard_error == pytest.approx(0.0, abs=1e-6 * report.base)
+    assert report.base_standard_error == 0.0
     for c in report.clusters:
         assert c.es == pytest.approx(exact_es(book, cluster=c.name), rel=1e-5, abs=1e-3)
         assert c.standard_error == 0.0
@@ -340,13 +340,32 @@ def test_float64_runs_the_same_estimator(x64):
     assert exact.base == pytest.approx(exact_es(all_block), rel=1e-12)
 
 
-def test_quantities_on_a_decimal_lattice_keep_the_exact_law():
-    book = _block_book(scale=0.1, scenarios=4096)  # 40.0, -30.0, ...: spacing 5
-    arrays, _, _ = kj.margin_inputs(book)
-    law, positions = block_law(arrays)
-    assert positions == 9 and float(law.spacing) == pytest.approx(5.0)
-    report = kj.portfolio_margin(book, sampler="exact_block")
-    assert report.base == pytest.approx(exact_es(book), rel=1e-5)
+@pytest.mark.parametrize("double", [False, True])
+def test_quantities_on_a_decimal_lattice_keep_the_exact_law(double):
+    """Tenths, not dyadic: in float32, 72.1 is 72.0999985 and 10 x that is an
+    integer only to float32's precision, which is what the lattice test reads it
+    to (it read float64's, and every tenths book in float32 lost its law)."""
+    contracts = [binary("G0", 0.17), binary("G1", 0.81), binary("G3", 0.97),
+                 binary("G4", 0.97), binary("G5", 0.84), outcome("E0", "PRES", "o0", 0.38),
+                 outcome("E1", "PRES", "o1", 0.35), outcome("E2", "PRES", "o2", 0.21),
+                 parlay("P0", ["E0", "G1"], 0.51)]
+    qty = {"G0": -72.1, "G1": -45.9, "G3": 65.0, "G4": -22.8, "G5": -48.5, "E1": 13.4,
+           "E2": 7.0, "P0": -37.1}
+    book = make_book(contracts, qty, scenarios=4096)
+    dtype = jnp.float64 if double else jnp.float32
+    with jax.enable_x64(double):
+        arrays, _, _ = kj.margin_inputs(book, dtype=dtype)
+        law, positions = block_law(arrays)
+        report = kj.portfolio_margin(book, sampler="exact_block", dtype=dtype)
+    assert positions == 8 and float(law.spacing) == pytest.approx(0.1)
+    assert report.exact_positions == 8 and report.base_standard_error == 0.0
+    assert report.base == pytest.approx(exact_es(book), rel=1e-6)
+    for c in report.clusters:
+        assert c.standard_error == 0.0
+        assert c.es == pytest.approx(exact_es(book, cluster=c.name), rel=1e-6, abs=1e-4)
+    # Quantities on no lattice of SCALES keep the sampled estimate.
+    odd = make_book(contracts, {**qty, "G0": -72.1234}, scenarios=4096)
+    assert block_law(kj.margin_inputs(odd)[0]) == (None, 0)
 
 
 def test_what_if_sessions_recompute_the_law_per_trade():
