@@ -153,8 +153,12 @@ def weighted_tail_statistics(
     short = kept < budget * (1 - 1e-6)
     take = jnp.clip(budget - before, 0.0, mass)
     es = jnp.sum(take * jnp.where(take > 0, tail, 0.0), axis=-1) / budget
-    # VaR: the first draw at which the cumulated mass reaches 1 - alpha.
-    m = jnp.argmax(before + mass > budget, axis=-1)
+    # VaR: the first draw at which the cumulated mass reaches 1 - alpha; where
+    # rounding leaves every cumulated mass at or below it (1 - alpha rounding to
+    # 1 at a confidence near 0), the last draw that holds any mass.
+    crossed = before + mass > budget
+    last = tail.shape[-1] - 1 - jnp.argmax(jnp.flip(mass > 0, -1), axis=-1)
+    m = jnp.where(jnp.any(crossed, axis=-1), jnp.argmax(crossed, axis=-1), last)
     var = jnp.take_along_axis(tail, m[..., None], axis=-1)
     excess = jnp.where(mass > 0, jnp.maximum(tail - var, 0.0), 0.0)
     n = scenarios

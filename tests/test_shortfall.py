@@ -18,6 +18,7 @@ from helpers import reference_es
 from scipy import stats
 
 import kinetic_jax as kj
+from kinetic_jax._block import lattice_statistics
 
 
 def _es(losses, alpha, top=None, dtype=jnp.float32):
@@ -192,3 +193,29 @@ def test_a_tail_bucket_too_small_for_the_confidence_gives_nan_under_jit():
     good, se, var = batched(x, jnp.asarray([0.95, 0.9], jnp.float32), 64)
     assert float(good[0]) == pytest.approx(exact, rel=1e-5)
     assert np.isnan(float(good[1])) and np.isnan(float(se[1])) and np.isnan(float(var[1]))
+
+
+def test_var_at_a_confidence_whose_tail_is_the_whole_law():
+    """At confidence 1e-9, 1 - alpha rounds to 1 in float32 and no cumulated mass
+    exceeds it: the VaR is then the lowest loss that holds mass (the whole law is
+    the tail), not the top of the zero-padded lattice. The ES is the mean loss."""
+    origin, spacing = jnp.float32(-700.0), jnp.float32(100.0)
+    probs = np.zeros(64)
+    probs[[0, 3, 10]] = [0.5, 0.25, 0.25]  # losses -700, -400, 300
+    es, var = lattice_statistics(origin[None], spacing[None], jnp.asarray(probs[None],
+                                                                         jnp.float32),
+                                 jnp.float32(1e-9))
+    assert float(var[0]) == -700.0
+    assert float(es[0]) == pytest.approx(0.5 * -700 + 0.25 * -400 + 0.25 * 300, rel=1e-6)
+    # Through a book: long 1,000 of outcomes A (0.4) and B (0.3) of one election
+    # loses -300 if either wins, 700 if neither; the VaR at 1e-9 is -300.
+    book = kj.loads_book(
+        '[model]\nscenarios = 4096\nconfidence = 1e-9\n'
+        '[[contracts]]\nid = "A"\ncluster = "Election"\nevent = "PRES"\ntype = "outcome"\n'
+        'outcome = "A"\nprice = 0.4\n'
+        '[[contracts]]\nid = "B"\ncluster = "Election"\nevent = "PRES"\ntype = "outcome"\n'
+        'outcome = "B"\nprice = 0.3\n'
+        '[[positions]]\ncontract = "A"\nquantity = 1000\n'
+        '[[positions]]\ncontract = "B"\nquantity = 1000\n')
+    election = next(c for c in kj.portfolio_margin(book).clusters if c.name == "Election")
+    assert election.var == pytest.approx(-300.0)
