@@ -13,12 +13,13 @@ import math
 from collections import defaultdict
 from collections.abc import Mapping
 
-from ._checks import check_number
+from ._checks import check_number, plain, plain_fields
 from ._dates import DAYS_PER_YEAR, check_horizon_days, date_text, iso_date, time_to
 from ._errors import BookError
 from ._hierarchy import Hierarchy, default_hierarchy
 from ._underlyings import (
     LINEAR,
+    MAX_PNL_MULTIPLE,
     MAX_PNL_POINTS,
     Underlying,
     expiry_years,
@@ -44,6 +45,7 @@ DEFAULT_SAMPLERS = {"margin": "exact_block", "what_if": "exact_block", "sweep": 
 MAX_AMOUNT = 1e15
 # Smallest open interest: |q| / open_interest stays finite in float32.
 MIN_OPEN_INTEREST = 1e-6
+MAX_STRESS_FACTOR = 100.0  # standard deviations (probabilities are 0 or 1 long before)
 
 
 def resolved_sampler(settings: Settings, tool: str = "margin") -> str:
@@ -106,14 +108,17 @@ class Settings:
     pnl_points: int | None = None
 
     def __post_init__(self):
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, plain(getattr(self, f.name)))
         if self.pnl_range is not None:
             r = self.pnl_range
             if not isinstance(r, (list, tuple)) or len(r) != 2:
                 raise BookError("model.pnl_range", f"{r!r} is not [lo, hi]")
             lo = check_number("model.pnl_range[0]", r[0])
             hi = check_number("model.pnl_range[1]", r[1])
-            if not 0 < lo < hi:
-                raise BookError("model.pnl_range", f"{list(r)!r}: need 0 < lo < hi")
+            if not 0 < lo < hi <= MAX_PNL_MULTIPLE:
+                raise BookError("model.pnl_range", f"{list(r)!r}: need 0 < lo < hi <= "
+                                                   f"{MAX_PNL_MULTIPLE:g} (multiples of spot)")
             object.__setattr__(self, "pnl_range", (lo, hi))
         if self.pnl_points is not None:
             n = self.pnl_points
@@ -244,6 +249,9 @@ class Stress:
                 object.__setattr__(self, key, tuple(
                     tuple(pair) if isinstance(pair, (list, tuple)) else pair for pair in value
                 ))
+            object.__setattr__(self, key, tuple(
+                (pair[0], plain(pair[1])) if isinstance(pair, tuple) and len(pair) == 2
+                else pair for pair in getattr(self, key)))
 
 
 def _contract_field(i: int, c: Contract, key: str) -> str:
@@ -283,10 +291,10 @@ class Book:
     underlyings: tuple[Underlying, ...] = ()
 
     def __post_init__(self):
-        object.__setattr__(self, "contracts", tuple(self.contracts))
-        object.__setattr__(self, "positions", tuple(self.positions))
-        object.__setattr__(self, "stress", tuple(self.stress))
-        object.__setattr__(self, "underlyings", tuple(self.underlyings))
+        for key in ("contracts", "positions", "stress", "underlyings"):
+            object.__setattr__(self, key, tuple(
+                plain_fields(x) if dataclasses.is_dataclass(x) else x
+                for x in getattr(self, key)))
         validate_underlyings(self)
         _validate(self)
         _validate_dates(self)
@@ -641,7 +649,7 @@ def _validate_stress(book: Book) -> None:
             field = f"{where}.factors.{name}"
             if name not in names:
                 raise BookError(field, f"unknown hierarchy node or cluster {name!r}")
-            check_number(field, value)
+            check_number(field, value, low=-MAX_STRESS_FACTOR, high=MAX_STRESS_FACTOR)
             for k in clusters_below(h, name):
                 if k in covered:
                     other = covered[k]

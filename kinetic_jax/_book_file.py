@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ._book import Book, Contract, Position, Settings, Stress
+from ._checks import is_number, plain
 from ._dates import iso_date
 from ._errors import BookError
 from ._hierarchy import Cluster, Hierarchy, Node, default_hierarchy
@@ -84,8 +85,9 @@ def _num(field: str, value: Any) -> float:
     if isinstance(value, _LongInteger):
         raise BookError(field, f"an integer of {len(value.lstrip('+-')):,} digits is out of "
                                f"range (at most {MAX_INT_DIGITS} digits)")
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_number(value):
         raise BookError(field, f"{value!r} is not a number")
+    value = plain(value)
     if isinstance(value, int) and abs(value) >= 2**1023:
         raise BookError(field, f"an integer of {len(str(abs(value))):,} digits is out of "
                                f"range (at most {MAX_INT_DIGITS} digits)")

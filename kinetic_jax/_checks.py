@@ -2,13 +2,33 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import numbers
+
+import numpy as np
 
 from ._errors import BookError
 
 
 def is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A real number: Python's int and float, and numpy's integer and floating
+    scalars (``numbers.Real``); not a bool (Python's or numpy's)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def plain(value: object) -> object:
+    """A numpy scalar as Python's (``np.int64(5)`` -> ``5``, as a book built from
+    a DataFrame holds), anything else as it is."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def plain_fields(obj):
+    """The dataclass `obj` with each numpy-scalar field as Python's ([`plain`][]):
+    a copy if any changes, so the user's object is never altered."""
+    changes = {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+               if isinstance(getattr(obj, f.name), np.generic)}
+    return dataclasses.replace(obj, **changes) if changes else obj
 
 
 def check_number(field: str, value: object, *, low=None, high=None, low_open=False,

@@ -15,6 +15,7 @@ from ._errors import BookError
 
 DAYS_PER_YEAR = 365.0
 MAX_HORIZON_DAYS = 365.0
+MAX_YEARS = 100.0  # resolves_in, expiry_in
 _ISO = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
@@ -59,7 +60,7 @@ def time_to(field: str, date: object, years: object, as_of: datetime.date | None
         raise BookError(f"{field}.{key}", f"{date_text(date)!r} given together with "
                                           f"{key}_in = {years!r}: give one of them")
     if years is not None:
-        return check_number(f"{field}.{key}_in", years, low=0, low_open=True)
+        return check_number(f"{field}.{key}_in", years, low=0, low_open=True, high=MAX_YEARS)
     if date is None:
         return None
     day = iso_date(f"{field}.{key}", date)

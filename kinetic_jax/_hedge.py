@@ -41,7 +41,8 @@ from jax import lax
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from ._arrays import BookArrays, bucket
-from ._book import Book
+from ._book import MAX_AMOUNT, Book
+from ._checks import is_number
 from ._errors import BookError, EngineError
 from ._margin import MarginParams, MarginResult, cluster_losses, margin_from_losses
 from ._portfolio import margin_inputs, portfolio_margin
@@ -199,8 +200,7 @@ class HedgeResult:
 
 
 def _finite(name: str, value) -> float:
-    if (isinstance(value, bool) or not isinstance(value, (int, float))
-            or not math.isfinite(value)):
+    if not is_number(value) or not math.isfinite(value):
         raise BookError(name, f"{value!r} is not a finite number")
     return float(value)
 
@@ -258,8 +258,9 @@ def optimise_hedge(
     if max_quantity is None:
         max_quantity = _default_bound(book, instruments, qty)
     max_quantity, cost = _finite("max_quantity", max_quantity), _finite("cost", cost)
-    if max_quantity <= 0:
-        raise BookError("max_quantity", f"{max_quantity!r} must be positive")
+    if not 0 < max_quantity <= MAX_AMOUNT:
+        raise BookError("max_quantity", f"{max_quantity!r} is outside (0, {MAX_AMOUNT:g}] "
+                                        f"(positions' own limit)")
     if cost < 0:
         raise BookError("cost", f"{cost!r} must be non-negative")
     if lot is not None:
@@ -274,10 +275,10 @@ def optimise_hedge(
     problem, top = build_hedge_problem(book, instruments, max_quantity, cost, dtype=dtype)
     best_x, trace = solve_hedge(problem, top, steps, objective)
     x_cont = np.asarray(best_x, np.float64)
-    if not np.all(np.isfinite(x_cont)):
+    trace = np.asarray(trace, np.float64)
+    if not (np.all(np.isfinite(x_cont)) and np.all(np.isfinite(trace))):
         raise EngineError("the optimiser diverged; please report this book")
     _, at_cont = _objective_jit(best_x, problem, top, objective)
-    trace = np.asarray(trace, np.float64)
     # Converged: the best objective improved by less than 1e-4 (relative) over
     # the second half of the schedule.
     half = np.minimum.accumulate(trace)

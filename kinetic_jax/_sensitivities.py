@@ -46,6 +46,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from ._allocation import allocate
 from ._arrays import BookArrays, row_membership
 from ._book import MAX_SCENARIOS, SAMPLERS, Book
+from ._checks import is_number
 from ._conditional import (
     aggregate_chunk as agg_chunk,
     aggregates,
@@ -451,9 +452,7 @@ def sensitivities(
       prices, rho and loadings (default JUMP_FACTOR = 8 x `scenarios`,
       importance-sampled: see [`jump_run`][]); ignored by the other estimators.
     """
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
-        math.isfinite(temperature) and 0 < temperature <= 1
-    ):
+    if not is_number(temperature) or not (math.isfinite(temperature) and 0 < temperature <= 1):
         raise BookError("temperature", f"{temperature!r} is outside (0, 1]")
     book = book.with_overrides(scenarios=scenarios, seed=seed)
     estimator = default_estimator(book) if estimator is None else estimator

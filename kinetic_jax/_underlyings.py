@@ -34,6 +34,12 @@ from ._errors import BookError
 
 LINEAR = ("perp", "future")
 MAX_VOL = 5.0
+# Lower bounds well inside float32's normal range: below them deltas and lots
+# (1 / (spot vol sqrt t), delta / lot_size) leave even float64's.
+MIN_SPOT = 1e-8
+MIN_VOL = 1e-4
+MIN_LOT = 1e-8
+MAX_PNL_MULTIPLE = 1e3  # model.pnl_range's hi, in multiples of spot
 MAX_PNL_POINTS = 10001
 DEFAULT_PNL_RANGE = (0.5, 1.5)
 DEFAULT_PNL_POINTS = 101
@@ -75,9 +81,9 @@ def validate_underlyings(book) -> None:
         where = f"underlyings[{j}] (id {u.id!r})"
         if u.cluster not in clusters:
             raise BookError(f"{where}.cluster", f"unknown cluster {u.cluster!r}")
-        check_number(f"{where}.spot", u.spot, low=0, low_open=True, high=1e12)
-        check_number(f"{where}.vol", u.vol, low=0, low_open=True, high=MAX_VOL)
-        check_number(f"{where}.lot_size", u.lot_size, low=0, low_open=True, high=1e12)
+        check_number(f"{where}.spot", u.spot, low=MIN_SPOT, high=1e12)
+        check_number(f"{where}.vol", u.vol, low=MIN_VOL, high=MAX_VOL)
+        check_number(f"{where}.lot_size", u.lot_size, low=MIN_LOT, high=1e12)
 
 
 PLAIN_KEYS = ("event", "threshold", "resolves", "resolves_in", "outcome", "probability")

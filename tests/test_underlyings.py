@@ -626,6 +626,13 @@ ERRORS = [
      "underlyings[0] (id 'X').lot_size", ("0.0",)),
     ("lot-size-negative", lambda: make((), underlyings=(U("X", "BTC", 1.0, 0.2, -1.0),)),
      "underlyings[0] (id 'X').lot_size", ("-1.0",)),
+    # positive, but so small that deltas and lots leave float64 (they overflowed)
+    ("spot-tiny", lambda: make((), underlyings=(U("X", "BTC", 1e-310, 0.2),)),
+     "underlyings[0] (id 'X').spot", ("1e-310", "[1e-08, 1e+12]")),
+    ("vol-tiny", lambda: make((), underlyings=(U("X", "BTC", 1.0, 1e-310),)),
+     "underlyings[0] (id 'X').vol", ("1e-310", "[0.0001, 5]")),
+    ("lot-size-tiny", lambda: make((), underlyings=(U("X", "BTC", 1.0, 0.2, 1e-310),)),
+     "underlyings[0] (id 'X').lot_size", ("1e-310", "[1e-08, 1e+12]")),
     # keys of the wrong kind
     ("underlying-on-binary",
      lambda: make((Contract("G", "Sports", "binary", 0.5, underlying="BTC"),)),
@@ -702,6 +709,8 @@ ERRORS = [
     ("pnl-range-reversed", lambda: Settings(pnl_range=(1.5, 0.5)), "model.pnl_range",
      ("1.5", "0.5")),
     ("pnl-range-equal", lambda: Settings(pnl_range=(1.0, 1.0)), "model.pnl_range", ("1.0",)),
+    ("pnl-range-huge", lambda: Settings(pnl_range=(0.5, 1e308)), "model.pnl_range",
+     ("1e+308", "hi <= 1000")),
     ("pnl-points-1", lambda: Settings(pnl_points=1), "model.pnl_points", ("1",)),
     ("pnl-points-10002", lambda: Settings(pnl_points=10002), "model.pnl_points", ("10002",)),
 ]
@@ -718,7 +727,8 @@ def test_valid_edges_are_accepted():
     """The limits themselves are valid: vol 5, pnl_points 2 and 10001, and a ladder
     on one (underlying, expiry) that nests."""
     make((), underlyings=(U("X", "BTC", 1.0, 5.0, 0.5),))
-    Settings(pnl_range=(0.01, 100.0), pnl_points=2)
+    make((), underlyings=(U("X", "BTC", 1e-8, 1e-4, 1e-8),))
+    Settings(pnl_range=(0.01, 1000.0), pnl_points=2)
     Settings(pnl_points=10001)
     make((UP, Contract("UP2", None, "above", 0.3, underlying="BTC", strike=110_000.0,
                        expiry_in=0.25), dataclasses.replace(UP, id="UP3", expiry_in=0.5,

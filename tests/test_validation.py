@@ -12,8 +12,10 @@ import copy
 import json
 import math
 
+import numpy as np
 import pytest
 
+import kinetic_jax as kj
 import kinetic_jax._portfolio as portfolio_module
 from kinetic_jax import Book, BookError, parse_book
 from kinetic_jax._cli import main
@@ -357,6 +359,11 @@ case("hierarchy-not-array", "hierarchy", "expected an array of tables", hierarch
 case("node-name-empty", "hierarchy[0].node", "'' is not a non-empty string", hierarchy=True)(
     _set(("hierarchy", 0, "node"), ""))
 
+case("stress-factor-huge", "stress[0] (name 'crash').factors.BTC", "1e+308",
+     "[-100, 100]")(_add(stress={"name": "crash", "factors": {"BTC": 1e308}}))
+case("resolves-in-huge", _c(5, "NBA-LAL") + ".resolves_in", "1e+300", "(0, 100]")(
+    _set(("contracts", 5, "resolves_in"), 1e300))
+
 # ---- events: one family, one cluster --------------------------------------------------
 
 
@@ -512,3 +519,22 @@ def test_book_constructor_validates_too():
     with pytest.raises(BookError) as info:
         book.with_settings(confidence=1.0)
     assert info.value.field == "model.confidence"
+
+
+def test_numpy_scalars_are_numbers():
+    """A book built from a DataFrame holds numpy scalars (np.int64 quantities,
+    np.float32 prices): they are numbers, held as Python's (so the book writes as
+    JSON), and a numpy bool is not one."""
+    data = _book()
+    data["model"]["scenarios"] = np.int64(4096)
+    data["contracts"][0]["price"] = np.float32(0.5)
+    data["positions"][0]["quantity"] = np.int64(1000)
+    book = parse_book(data)
+    assert type(book.settings.scenarios) is int and type(book.contracts[0].price) is float
+    assert type(book.positions[0].quantity) is int
+    assert json.loads(json.dumps(kj.book_to_dict(book)))["positions"][0]["quantity"] == 1000
+    again = book.with_positions({"BTC-100K": np.int64(7), "PRES-A": np.float32(-2.5)})
+    assert [type(p.quantity) for p in again.positions] == [int, float]
+    data["positions"][0]["quantity"] = np.bool_(True)
+    with pytest.raises(BookError, match=r"positions\[0\] .*quantity: np.True_ is not a number"):
+        parse_book(data)
