@@ -302,7 +302,7 @@ def test_config_serves_the_new_types_and_settings(client):
     assert cfg["linear_types"] == ["perp", "future"]
     assert set(cfg["contract_types"]) >= {"perp", "future", "above", "below"}
     assert cfg["keys_on_underlying"]["above"] == ["underlying", "strike", "expiry"]
-    assert cfg["underlying_bounds"]["vol"] == {"min": 0, "max": 5, "min_open": True,
+    assert cfg["underlying_bounds"]["vol"] == {"min": 1e-4, "max": 5, "min_open": False,
                                                "max_open": False}
     points = cfg["settings"]["pnl_points"]
     assert (points["table"], points["type"], points["min"], points["max"]) == (

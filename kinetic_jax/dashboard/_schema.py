@@ -37,16 +37,17 @@ SETTING_BOUNDS: dict[str, tuple] = {
 # Settings that are not scalars: their JSON schema, written out (checked against
 # kinetic_jax.Settings in tests/test_dashboard_perps.py).
 SETTING_SCHEMAS: dict[str, dict] = {
-    # [lo, hi] multiples of spot, 0 < lo < hi (the order is checked by the engine).
+    # [lo, hi] multiples of spot, 0 < lo < hi <= 1000 (the order is checked by the
+    # engine).
     "pnl_range": {"type": ["array", "null"], "minItems": 2, "maxItems": 2,
-                  "items": {"type": "number", "exclusiveMinimum": 0}},
+                  "items": {"type": "number", "exclusiveMinimum": 0, "maximum": 1000}},
 }
 # The [[underlyings]] tables (SPEC-horizon §6.3; kinetic_jax._underlyings
 # validate_underlyings): key -> (low, high, low_open, high_open).
 UNDERLYING_BOUNDS: dict[str, tuple] = {
-    "spot": (0, 1e12, True, False),
-    "vol": (0, 5, True, False),
-    "lot_size": (0, 1e12, True, False),
+    "spot": (1e-8, 1e12, False, False),
+    "vol": (1e-4, 5, False, False),
+    "lot_size": (1e-8, 1e12, False, False),
 }
 # A binary's strike on an underlying, a future's price F0 (kinetic_jax._underlyings
 # validate_contract): (low, high, low_open, high_open).
@@ -193,7 +194,7 @@ def contract_schema() -> dict:
             "resolves": {"type": "string", "format": "date",
                          "description": "the event's resolution date, after model.as_of "
                                         "(one date per event; not on a parlay)"},
-            "resolves_in": {"type": "number", "exclusiveMinimum": 0,
+            "resolves_in": {"type": "number", "exclusiveMinimum": 0, "maximum": 100,
                             "description": "or the time to resolution in years"},
             "underlying": {"type": "string", "description": "an underlyings[].id: a binary "
                                                             "(above/below), perp or future on "
