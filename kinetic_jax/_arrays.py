@@ -19,6 +19,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 from ._book import Book
+from ._errors import BookError
 from ._hierarchy import correlation_of
 from ._stress import stress_matrix
 from ._worst_case import OutcomeTable, build_outcome_table
@@ -131,6 +132,21 @@ class BookLayout:
         return len(self.contract_ids)
 
 
+def float_dtype(dtype) -> np.dtype:
+    """`dtype` (default float32) checked: float32, or float64 with
+    ``jax_enable_x64`` on (without it JAX would silently compute in float32)."""
+    try:
+        resolved = jnp.dtype(dtype or jnp.float32)
+    except TypeError:
+        raise BookError("dtype", f"{dtype!r} is not a dtype (float32 or float64)") from None
+    if resolved not in (jnp.float32, jnp.float64):
+        raise BookError("dtype", f"{resolved.name} is not float32 or float64")
+    if resolved == jnp.float64 and not jax.config.jax_enable_x64:
+        raise BookError("dtype", "float64 needs 64-bit JAX: jax.config.update("
+                                 "'jax_enable_x64', True), or run inside jax.enable_x64()")
+    return resolved
+
+
 def book_arrays(book: Book, dtype=None) -> tuple[BookArrays, BookLayout]:
     """Lays `book` out as padded arrays.
 
@@ -142,7 +158,7 @@ def book_arrays(book: Book, dtype=None) -> tuple[BookArrays, BookLayout]:
 
     **Returns:** ``(arrays, layout)``.
     """
-    dtype = jnp.dtype(dtype or jnp.float32)
+    dtype = float_dtype(dtype)
     n = len(book.contracts)
     cpad = bucket(n + 1)
     events = book.events()

@@ -538,3 +538,15 @@ def test_numpy_scalars_are_numbers():
     data["positions"][0]["quantity"] = np.bool_(True)
     with pytest.raises(BookError, match=r"positions\[0\] .*quantity: np.True_ is not a number"):
         parse_book(data)
+
+
+@pytest.mark.parametrize("dtype, message", [
+    ("int8", "dtype: int8 is not float32 or float64"),  # was an OverflowError
+    ("float16", "dtype: float16 is not float32 or float64"),
+    ("banana", "dtype: 'banana' is not a dtype"),
+    # without 64-bit JAX the engine silently computed in float32
+    ("float64", "dtype: float64 needs 64-bit JAX"),
+])
+def test_dtype_is_float32_or_float64_with_x64(dtype, message):
+    with pytest.raises(BookError, match=message):
+        kj.portfolio_margin(parse_book(_book()), dtype=dtype)
