@@ -283,6 +283,8 @@ def read_book_file(path: str | os.PathLike, *, max_bytes: int | None = None
 
 def loads_book(raw: bytes | str, *, json_format: bool = False, name: str = "book") -> Book:
     """Parses a book from TOML (or JSON with ``json_format=True``) text."""
+    if not isinstance(raw, (bytes, str)):
+        raise BookError("book", f"{name} is a {type(raw).__name__}, not text (str or bytes)")
     try:
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
     except UnicodeDecodeError as e:

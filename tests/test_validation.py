@@ -550,3 +550,9 @@ def test_numpy_scalars_are_numbers():
 def test_dtype_is_float32_or_float64_with_x64(dtype, message):
     with pytest.raises(BookError, match=message):
         kj.portfolio_margin(parse_book(_book()), dtype=dtype)
+
+
+@pytest.mark.parametrize("raw", [None, 42, {"model": {}}])
+def test_book_text_that_is_not_text(raw):
+    with pytest.raises(BookError, match=rf"book: book is a {type(raw).__name__}, not text"):
+        kj.loads_book(raw)
