@@ -110,6 +110,7 @@ from ._stress import (
 from ._sweep import (
     Axis as Axis,
     SweepResult as SweepResult,
+    parse_axes as parse_axes,
     parse_axis as parse_axis,
     plot_sweep as plot_sweep,
     sweep as sweep,

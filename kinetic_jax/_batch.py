@@ -115,8 +115,17 @@ class BatchResult:
                                  for k in (*FIELDS, "error")])
 
 
-def read_accounts(path: str) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
-    """Reads an ``account,contract,quantity`` CSV.
+def read_accounts(path: str, contracts: Iterable[str] | None = None
+                  ) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
+    """Reads an ``account,contract,quantity`` CSV (UTF-8, with or without the byte
+    order mark a spreadsheet writes).
+
+    **Arguments:**
+
+    - `path`: the CSV file.
+    - `contracts`: the contract ids of the book the accounts are margined on; when
+      given, a row naming another contract is a bad row (its error names the file
+      line).
 
     **Returns:** ``(accounts, errors)``: each account's rows netted per contract
     (contract id -> quantity, in file order), and for each account with a bad row
@@ -124,7 +133,7 @@ def read_accounts(path: str) -> tuple[dict[str, dict[str, float]], dict[str, str
     whole is unusable (unreadable, empty, wrong header).
     """
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:
             lines = list(csv.reader(f))
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise BookError(str(path), f"cannot read the accounts file: {e}") from None
@@ -137,10 +146,14 @@ def read_accounts(path: str) -> tuple[dict[str, dict[str, float]], dict[str, str
         if not line or all(not x.strip() for x in line):
             continue
         rows.append((f"{path} line {number}", line))
-    return _net(rows)
+    return _net(rows, None if contracts is None else set(contracts))
 
 
-def _net(rows: Iterable[tuple[str, list]]) -> tuple[dict, dict]:
+def _net(rows: Iterable[tuple[str, list]], contracts: set[str] | None = None
+         ) -> tuple[dict, dict]:
+    """Nets ``(where, [account, contract, quantity])`` rows per account and
+    contract; a bad row (or, with `contracts`, a contract not among them) gives its
+    account an error naming `where`."""
     accounts: dict[str, dict[str, float]] = {}
     errors: dict[str, str] = {}
     for where, line in rows:
@@ -155,6 +168,10 @@ def _net(rows: Iterable[tuple[str, list]]) -> tuple[dict, dict]:
         accounts.setdefault(account, {})
         if not account:
             errors.setdefault(account, f"{where}: account: empty account name")
+            continue
+        if contracts is not None and str(contract) not in contracts:
+            errors.setdefault(account, f"{where}: contract: unknown contract "
+                                       f"{str(contract)!r}")
             continue
         if isinstance(quantity, str):
             try:

@@ -200,6 +200,9 @@ def _margin(args) -> int:
 def _sensitivities(args) -> int:
     from . import DEFAULT_TEMPERATURE, sensitivities
 
+    if args.top < 0:
+        raise BookError("--top", f"{args.top} is negative (rows of the ranked table: 0 or "
+                                 f"more)")
     book = _load(args)
     t = DEFAULT_TEMPERATURE if args.temperature is None else args.temperature
     try:
@@ -270,9 +273,16 @@ def _hedge(args) -> int:
     from . import optimise_hedge
 
     book = _load(args)
-    result = optimise_hedge(book, args.instrument, max_quantity=args.max_quantity,
-                            cost=args.cost, objective=args.objective, steps=args.steps,
-                            lot=args.lot)
+    try:
+        result = optimise_hedge(book, args.instrument, max_quantity=args.max_quantity,
+                                cost=args.cost, objective=args.objective, steps=args.steps,
+                                lot=args.lot)
+    except BookError as e:  # name the flag given, not the keyword argument
+        flags = {"steps": "--steps", "lot": "--lot", "cost": "--cost",
+                 "max_quantity": "--max-quantity"}
+        if e.field in flags:
+            raise BookError(flags[e.field], e.detail) from None
+        raise
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return 0

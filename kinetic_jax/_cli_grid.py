@@ -47,6 +47,61 @@ def add_parsers(sub, distributed_options) -> None:
     distributed_options(b)
 
 
+def check_output(flag: str, path: str) -> None:
+    """Raises [`BookError`][] naming `flag` and `path` when no file can be written
+    there (a missing or read-only directory, a directory in its place): checked
+    before anything is computed, not after."""
+    import os
+
+    from . import BookError
+
+    if not path:
+        raise BookError(flag, "the file name is empty")
+    if os.path.isdir(path):
+        raise BookError(flag, f"{path!r} is a directory")
+    directory = os.path.dirname(path) or os.curdir
+    if not os.path.exists(directory):
+        raise BookError(flag, f"{path!r}: its directory {directory!r} does not exist")
+    if not os.path.isdir(directory):
+        raise BookError(flag, f"{path!r}: {directory!r} is not a directory")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise BookError(flag, f"{path!r}: its directory {directory!r} is not writable")
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise BookError(flag, f"{path!r} exists and is not writable")
+
+
+def _check_plot(path: str) -> None:
+    """The --plot file: writable, matplotlib installed, an image format it writes."""
+    import os
+
+    from . import BookError
+
+    check_output("--plot", path)
+    try:
+        from matplotlib.backend_bases import FigureCanvasBase
+    except ImportError as e:
+        raise BookError("--plot", f"needs matplotlib (pip install 'kinetic-jax[plot]'): "
+                                  f"{e}") from None
+    ext = os.path.splitext(path)[1][1:].lower()
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if ext and ext not in formats:
+        raise BookError("--plot", f"{path!r}: {ext!r} is not an image format matplotlib "
+                                  f"writes ({', '.join(sorted(formats))})")
+
+
+def _with_overrides(book, args):
+    """`book` with --scenarios and --seed, a bad value reported on its flag."""
+    from . import BookError
+
+    try:
+        return book.with_overrides(scenarios=args.scenarios, seed=args.seed)
+    except BookError as e:
+        flag = e.field.split(".")[-1]
+        if flag in ("scenarios", "seed") and getattr(args, flag) is not None:
+            raise BookError(f"--{flag}", e.detail) from None
+        raise
+
+
 def _progress(args) -> bool:
     return not args.json and sys.stdout.isatty() and sys.stderr.isatty()
 
@@ -58,16 +113,20 @@ def _writer() -> bool:
 
 
 def sweep_command(args) -> int:
-    from . import BookError, load_book, parse_axis, plot_sweep, sweep
+    from . import BookError, load_book, parse_axes, plot_sweep, sweep
 
-    axes = [parse_axis(spec) for spec in args.vary]
-    if args.out and not args.out.endswith((".csv", ".npz")):
+    axes = parse_axes(args.vary)  # the grid's size checked before any axis is built
+    if args.out is not None and not args.out.endswith((".csv", ".npz")):
         raise BookError("--out", f"{args.out!r}: the file name must end in .csv or .npz")
-    if args.plot and len(axes) > 2:
+    if args.plot is not None and len(axes) > 2:
         raise BookError("--plot", f"a plot needs one or two axes, got {len(axes)}")
-    book = load_book(args.book)
-    result = sweep(book, axes, scenarios=args.scenarios, seed=args.seed,
-                   sensitivities=args.sensitivities, progress=_progress(args))
+    if (args.out is not None or args.plot is not None) and _writer():
+        if args.out is not None:
+            check_output("--out", args.out)
+        if args.plot is not None:
+            _check_plot(args.plot)
+    book = _with_overrides(load_book(args.book), args)
+    result = sweep(book, axes, sensitivities=args.sensitivities, progress=_progress(args))
     if _writer():
         if args.out:
             result.save(args.out)
@@ -113,10 +172,11 @@ def sweep_command(args) -> int:
 def batch_command(args) -> int:
     from . import load_book, margin_accounts, read_accounts
 
-    book = load_book(args.book)
-    accounts, errors = read_accounts(args.accounts)
-    result = margin_accounts(book, accounts, scenarios=args.scenarios, seed=args.seed,
-                             errors=errors, progress=_progress(args))
+    if args.out is not None and _writer():
+        check_output("--out", args.out)
+    book = _with_overrides(load_book(args.book), args)
+    accounts, errors = read_accounts(args.accounts, book.contract_ids)
+    result = margin_accounts(book, accounts, errors=errors, progress=_progress(args))
     if args.out and _writer():
         result.save(args.out)
     failed = result.failed

@@ -114,12 +114,34 @@ class Axis:
                 raise BookError(field, f"{what} {v!r} is not a finite number")
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise BookError(field, f"COUNT {count!r} is not a positive integer")
+        check_grid_size((count,))  # before a value is made
         # 15 significant digits: 0.25, not linspace's 0.24999999999999997.
         return cls(name, tuple(float(f"{x:.15g}") for x in np.linspace(start, stop, count)))
 
 
+def check_grid_size(counts: Sequence[int]) -> None:
+    """Raises [`BookError`][] when a grid of axes of these lengths has more than
+    `MAX_GRID_POINTS` points (checked before any axis is built)."""
+    size = math.prod(counts)
+    if size > MAX_GRID_POINTS:
+        raise BookError("--vary", f"the grid has {size:,} points, over the limit of "
+                                  f"{MAX_GRID_POINTS:,}")
+
+
 def parse_axis(spec: str) -> Axis:
     """``NAME=START:STOP:COUNT`` (the CLI's ``--vary``) as an [`Axis`][]."""
+    return Axis.linspace(*_split_spec(spec))
+
+
+def parse_axes(specs: Sequence[str]) -> tuple[Axis, ...]:
+    """Several ``--vary`` specs as [`Axis`][]es; the size of their product grid is
+    checked against `MAX_GRID_POINTS` before any axis is built."""
+    parts = [_split_spec(spec) for spec in specs]
+    check_grid_size([count for *_, count in parts])
+    return tuple(Axis.linspace(*p) for p in parts)
+
+
+def _split_spec(spec: str) -> tuple[str, float, float, int]:
     name, eq, rest = spec.rpartition("=")
     parts = rest.split(":")
     if not eq or not name or len(parts) != 3:
@@ -132,7 +154,9 @@ def parse_axis(spec: str) -> Axis:
         count = int(parts[2])
     except ValueError:
         raise BookError(f"--vary {name}", f"COUNT {parts[2]!r} is not an integer") from None
-    return Axis.linspace(name, start, stop, count)
+    if count < 1:
+        raise BookError(f"--vary {name}", f"COUNT {count!r} is not a positive integer")
+    return name, start, stop, count
 
 
 def _as_axes(axes) -> tuple[Axis, ...]:
@@ -140,6 +164,9 @@ def _as_axes(axes) -> tuple[Axis, ...]:
         axes = list(axes.items())
     if isinstance(axes, (str, Axis)):
         axes = [axes]
+    axes = list(axes)
+    if all(isinstance(a, str) for a in axes):
+        axes = list(parse_axes(axes))  # the grid's size checked before any axis is built
     out = []
     for a in axes:
         if isinstance(a, Axis):
@@ -743,10 +770,7 @@ class _Grid:
         self.axes = axes
         self.targets = tuple(_resolve(book, a) for a in axes)
         self.shape = tuple(len(a.values) for a in axes)
-        size = math.prod(self.shape)
-        if size > MAX_GRID_POINTS:
-            raise BookError("--vary", f"the grid has {size:,} points, over the limit of "
-                                      f"{MAX_GRID_POINTS:,}")
+        check_grid_size(self.shape)
         # A horizon axis margins at a horizon: the arrays are laid out at its
         # shortest horizon at which the book is valid (the most legs live, for the
         # parlays' structure); points at shorter ones are invalid, reported per point.

@@ -128,8 +128,9 @@ def test_cli_batch(book, tmp_path):
                                    "floor": None, "full_collateral": None,
                                    "worst_case_loss": None, "binding": None,
                                    "capital_released": None, "standard_error": None,
-                                   "error": "contract: unknown contract 'NOPE'"}
-    assert "account 'bob': contract: unknown contract 'NOPE'" in err
+                                   "error": f"{path} line 3: contract: unknown "
+                                            f"contract 'NOPE'"}
+    assert f"account 'bob': {path} line 3: contract: unknown contract 'NOPE'" in err
 
     path.write_text("who,what\n")
     rc, out, err = run("batch", str(REFERENCE), str(path))
