@@ -249,9 +249,10 @@ class Stress:
                 object.__setattr__(self, key, tuple(
                     tuple(pair) if isinstance(pair, (list, tuple)) else pair for pair in value
                 ))
-            object.__setattr__(self, key, tuple(
-                (pair[0], plain(pair[1])) if isinstance(pair, tuple) and len(pair) == 2
-                else pair for pair in getattr(self, key)))
+            if isinstance(getattr(self, key), tuple):  # numpy values as Python's
+                object.__setattr__(self, key, tuple(
+                    (pair[0], plain(pair[1])) if isinstance(pair, tuple) and len(pair) == 2
+                    else pair for pair in getattr(self, key)))
 
 
 def _contract_field(i: int, c: Contract, key: str) -> str:
