@@ -345,7 +345,9 @@ class _PathNames:
         us = book.underlyings
         upad = bucket(len(us), 1) if us else 0
         order = [key for u in us for _, key in self.points[u.id]]
-        gpad = bucket(len(order), 1) if order else 0
+        # At least one group with underlyings, real or padding (a book whose
+        # underlyings have no dated contract still gathers from the groups).
+        gpad = bucket(len(order), 1) if us else 0
         g_index = {key: g for g, key in enumerate(order)}
         u_index = {u.id: k for k, u in enumerate(us)}
         out = {

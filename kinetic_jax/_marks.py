@@ -133,8 +133,11 @@ def path_values(latents, arrays):
     xi = latents[:, arrays.group_event]  # (N, G)
     incr = safe_sqrt(jnp.maximum(t - arrays.group_prev, 0.0)) * xi
     w = jnp.matmul(incr, arrays.group_chain.T, precision=lax.Precision.HIGHEST)  # W(T_g)
-    # W(h) = W(T_m) + sqrt(h - T_m) xi_h, T_m the last expiry at or before h.
-    last = ((t <= h) & (arrays.group_next > h)).astype(w.dtype)
+    # W(h) = W(T_m) + sqrt(h - T_m) xi_h, T_m the last expiry at or before h. A
+    # padding group (time 1, no chain of its own) is no expiry: at h = 1 year it
+    # would count as one.
+    real = jnp.diagonal(arrays.group_chain) > 0
+    last = (real & (t <= h) & (arrays.group_next > h)).astype(w.dtype)
     n_u = arrays.spot.shape[0]
     seg = lambda v: jax.ops.segment_sum(v.T, arrays.group_under, num_segments=n_u).T  # noqa: E731
     w_m = seg(w * last)

@@ -774,3 +774,38 @@ def test_optimise_hedge_with_the_perp_against_a_grid():
     assert grid[0] < best < grid[-1]  # an interior minimum
     assert abs((1.5 + x) - best) <= step + 1e-9, (1.5 + x, best)
     assert result.margin_after <= min(margins) * (1 + 1e-3)
+
+
+@pytest.mark.parametrize("q", [1000.0, -1000.0])
+def test_a_perp_alone_on_its_underlying_has_the_lognormal_shortfall(q):
+    """No dated contract on the underlying, so no point on its Brownian bridge:
+    the layout had no group to gather from and the margin call crashed. Over
+    h = 10 days the perp's loss is q S0 (1 - exp(s Z - s^2 / 2)), s = sigma sqrt(h):
+    long, ES = q S0 (1 - Phi(-z - s) / (1 - alpha)); short, ES = |q| S0
+    (Phi(s - z) / (1 - alpha) - 1), z = Phi^-1(alpha)."""
+    book = make((PERP,), (Position("PERP", q),),
+                settings=Settings(horizon_days=10, scenarios=16384))
+    r = kj.portfolio_margin(book)
+    s, a = 0.6 * math.sqrt(10 / 365), 0.99
+    z = stats.norm.ppf(a)
+    exact = (q * 1e5 * (1 - stats.norm.cdf(-z - s) / (1 - a)) if q > 0
+             else -q * 1e5 * (stats.norm.cdf(s - z) / (1 - a) - 1))
+    assert abs(r.base - exact) < 4 * r.base_standard_error
+    assert r.base_standard_error < 0.01 * exact
+
+
+def test_a_future_settling_on_the_bridge_at_a_one_year_horizon():
+    """Three futures on one underlying give three bridge points, padded to four
+    groups. At h = 365 days = 1 year the padding group (time 1) counted as the
+    last expiry before h and W(h) lost its last increment: the future expiring
+    at T = 0.5 then had Var B(T) = 0.4375 instead of T. Its loss is q S0 (1 -
+    exp(s Z - s^2 / 2)) with s = sigma sqrt(T)."""
+    futures = [Contract(f"F{t}", None, "future", 1e5, underlying="BTC", expiry_in=t)
+               for t in (0.25, 0.5, 0.75)]
+    book = make(futures, (Position("F0.5", 1000.0),),
+                settings=Settings(horizon_days=365, scenarios=16384))
+    r = kj.portfolio_margin(book)
+    s, a = 0.6 * math.sqrt(0.5), 0.99
+    exact = 1000 * 1e5 * (1 - stats.norm.cdf(-stats.norm.ppf(a) - s) / (1 - a))
+    assert abs(r.base - exact) < 4 * r.base_standard_error
+    assert r.base_standard_error < 0.01 * exact
