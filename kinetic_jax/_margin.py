@@ -115,15 +115,21 @@ def book_gross(arrays: BookArrays) -> Float[Array, " C"]:
 
 
 def linear_worst_case(arrays: BookArrays) -> Float[Array, ""]:
-    """The linear instruments' part of the cap: with e_u = sum q F0 / S0 per
-    underlying, sum e_u S0 when every e_u >= 0 (prices cannot go below 0), and
-    +inf — no cap — when the book is net short any underlying."""
+    """The linear instruments' part of the cap. Positions on one underlying that
+    settle at one time (its spot at the horizon h, or on its Brownian bridge at
+    an expiry T <= h) net: with e = sum q F0 / S0 over each such group, the cap
+    is sum e S0 when every e >= 0 (prices cannot go below 0), and +inf — no cap
+    — when any group is net short. Netting per underlying alone (SPEC-horizon
+    §6.6) would cap a perp against a future expiring before h at 0, though
+    S_T - S_h is unbounded."""
     if not arrays.spot.shape[0]:
         return jnp.zeros((), arrays.price.dtype)
-    n_u = arrays.spot.shape[0]
-    e = jax.ops.segment_sum(jnp.where(arrays.linear, arrays.quantity * arrays.ratio, 0.0),
-                            arrays.under, num_segments=n_u)
-    return jnp.where(jnp.any(e < 0), jnp.inf, jnp.sum(jnp.maximum(e, 0.0) * arrays.spot))
+    n_u, n_g = arrays.spot.shape[0], arrays.group_time.shape[0]
+    bridged = arrays.on_path & (arrays.maturity <= arrays.horizon)  # as in path_values
+    settles = jnp.where(bridged, arrays.slot_group, n_g + arrays.under)
+    units = jnp.where(arrays.linear, arrays.quantity * arrays.ratio, 0.0)
+    e = jax.ops.segment_sum(units, settles, num_segments=n_g + n_u)
+    return jnp.where(jnp.any(e < 0), jnp.inf, jnp.sum(units * arrays.spot[arrays.under]))
 
 
 def cluster_losses(

@@ -809,3 +809,24 @@ def test_a_future_settling_on_the_bridge_at_a_one_year_horizon():
     exact = 1000 * 1e5 * (1 - stats.norm.cdf(-stats.norm.ppf(a) - s) / (1 - a))
     assert abs(r.base - exact) < 4 * r.base_standard_error
     assert r.base_standard_error < 0.01 * exact
+
+
+def test_the_cap_nets_linear_positions_only_where_they_settle_together():
+    """Long a perp (valued at S_h) and short a future at F0 = S0: expiring after
+    the 10-day horizon it is valued at S_h too, the two cancel and the cap is 0;
+    expiring in 2 days it settles at S_T on the bridge, the loss S_T - S_h is
+    unbounded and there is no cap (netting per underlying alone capped it at 0,
+    with an ES of about $21,500 beyond it). Both long: the cap is 2 S0."""
+    settings = Settings(horizon_days=10, scenarios=4096)
+
+    def cap(expiry_in, q_future):
+        future = Contract("F", None, "future", 1e5, underlying="BTC", expiry_in=expiry_in)
+        book = make((PERP, future), (Position("PERP", 1.0), Position("F", q_future)),
+                    settings=settings)
+        return kj.portfolio_margin(book)
+
+    assert cap(0.5, -1.0).worst_case_loss == 0.0  # both at S_h: no loss at all
+    calendar = cap(2 / 365, -1.0)
+    assert calendar.worst_case_loss is None and not calendar.capped
+    assert calendar.base > 20_000 and calendar.binding == "base"
+    assert cap(2 / 365, 1.0).worst_case_loss == pytest.approx(2e5)
