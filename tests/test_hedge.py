@@ -12,7 +12,7 @@ import json
 
 import numpy as np
 import pytest
-from helpers import above, binary, make_book
+from helpers import above, binary, make_book, outcome
 
 import kinetic_jax as kj
 from kinetic_jax._cli import main as cli
@@ -127,8 +127,9 @@ def _traded_book(book, result):
 
 def test_integer_hedge_is_remargined_exactly():
     """Default lot 1: every trade is a whole number of contracts within the bound;
-    the reported margin after is the traded book's portfolio_margin with the same
-    seed, and the optimiser's own figure at that trade agrees to float32 rounding."""
+    the reported margin after is the traded book's plain portfolio_margin with the
+    same seed (hedges run on plain draws), and the optimiser's own figure at that
+    trade agrees to float32 rounding."""
     book = make_book([above("A", "BTC-E", 1.0, 0.61), above("B", "BTC-E", 2.0, 0.33),
                       above("E", "ETH-E", 1.0, 0.47, cluster="ETH"), binary("G", 0.45)],
                      {"A": 1000.0, "E": -700.0, "G": 300.0}, scenarios=8192)
@@ -137,10 +138,10 @@ def test_integer_hedge_is_remargined_exactly():
     assert h.lot == 1.0
     for cid, v in h.quantities.items():
         assert v == round(v) and abs(v) <= 750.0
-    traded = kj.portfolio_margin(_traded_book(book, h))
+    traded = kj.portfolio_margin(_traded_book(book, h), sampler="plain")
     assert h.margin_after == traded.margin
     assert h.search_margin == pytest.approx(traded.margin, rel=2e-6, abs=1e-3)
-    assert h.margin_before == kj.portfolio_margin(book).margin
+    assert h.margin_before == kj.portfolio_margin(book, sampler="plain").margin
     assert h.capital_freed == pytest.approx(h.margin_before - h.margin_after)
     # The continuous optimum is reported beside it; rounding plus the search
     # costs at most a little (|dM/dq| <= 1 per contract, half a lot per instrument).
@@ -173,7 +174,7 @@ def test_rounding_is_improved_by_the_local_search():
     for k, v in rounded.items():
         plain[k] += v
     m_rounded = kj.portfolio_margin(book.with_positions(
-        {k: v for k, v in plain.items() if v != 0})).margin
+        {k: v for k, v in plain.items() if v != 0}), sampler="plain").margin
     assert h.margin_after <= m_rounded + 1e-3
 
 
@@ -220,3 +221,22 @@ def test_cli_hedge_lot(capsys, tmp_path):
     assert "-1,000" in text and "continuous optimum" in text
     assert cli(["hedge", str(book), "--instrument", "G", "--lot", "0"]) == 2
     assert "lot: 0.0 must be positive" in capsys.readouterr().err
+
+
+def test_a_hedge_reports_the_margins_it_searched():
+    """A book with games (an exact block under the default margin call) whose base
+    binds: the search runs on plain draws, and so must the margins it reports.
+    They were margined with the default's exact law, 868.40 after against the
+    search's 852.69, and the trade was not the best by the reported margin."""
+    contracts = [above("B", "BTC-DEC", 100_000, 0.55), above("E", "ETH-DEC", 5000, 0.6,
+                                                              cluster="ETH"),
+                 binary("G0", 0.52), binary("G1", 0.7), outcome("PA", "PRES", "A", 0.5),
+                 outcome("PB", "PRES", "B", 0.45)]
+    book = make_book(contracts, {"B": 1000, "G0": 300, "G1": -400, "PA": 200}, scenarios=4096,
+                     seed=5, confidence=0.9, mc_error=False, liquidity=False)
+    h = kj.optimise_hedge(book, ["E"], max_quantity=1000.0)
+    assert h.binding_after == "base"
+    assert h.search_margin == pytest.approx(h.margin_after, rel=2e-6)
+    grid = {q: kj.portfolio_margin(book.with_positions({**book.net_quantities(), "E": q}),
+                                   sampler="plain").margin for q in range(-500, 1, 100)}
+    assert h.margin_after <= min(grid.values()) + 1e-3
