@@ -224,7 +224,7 @@ def test_default_sampler_what_ifs_agree_with_full_calls():
                 assert abs(a.es - b.es) < 4 * (a.standard_error + b.standard_error), a.name
 
 
-def test_importance_sampler_keeps_the_original_proposal():
+def test_importance_sampler_keeps_the_original_proposal_until_apply():
     book = small_book(sampler="importance")
     session = kj.margin_session(book)
     # Untraded: the full call with the same proposal, exactly.
@@ -237,6 +237,16 @@ def test_importance_sampler_keeps_the_original_proposal():
     f = kj.portfolio_margin(traded_book(book, trades))
     assert r.worst_case_loss == pytest.approx(f.worst_case_loss, rel=1e-6)
     assert abs(r.base - f.base) < 4 * (r.base_standard_error + f.base_standard_error)
+    # Committing refits the proposal: the session's report, and the one apply
+    # returns, are the full call's on the committed book, here every position
+    # flipped (the opening proposal would sample the wrong tail).
+    flip = {cid: -2.0 * q for cid, q in book.net_quantities().items() if q}
+    applied = session.apply(flip)
+    f = kj.portfolio_margin(traded_book(book, flip))
+    assert_same(session.report, f)
+    assert_same(applied, f)
+    assert applied.margin_before == pytest.approx(kj.portfolio_margin(book).margin, rel=1e-6)
+    assert applied.incremental == applied.margin - applied.margin_before
 
 
 @pytest.mark.parametrize("trades, message", [
