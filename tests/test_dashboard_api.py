@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import types
 from pathlib import Path
 
 import numpy as np
@@ -480,6 +481,38 @@ def test_corrupt_state_is_set_aside(state_path):
         assert c.get("/api/state").json()["source"]["path"] == "reference"
     aside = [p for p in state_path.parent.iterdir() if ".corrupt-" in p.name]
     assert len(aside) == 1 and "contracts" in aside[0].read_text()
+
+
+@pytest.mark.parametrize("field", ['"source": "reference"', '"source": ["a"]',
+                                   '"source": {"path": 3}', '"saved_at": {"t": 1}'])
+def test_state_with_a_malformed_field_is_set_aside(state_path, field):
+    state_path.parent.mkdir(parents=True)
+    state = {"version": 1, "book": small_book()}
+    text = json.dumps(state)[:-1] + ", " + field + "}"
+    state_path.write_text(text)
+    with local_client(create_app(None, state_path)) as c:
+        assert c.get("/api/state").json()["source"]["path"] == "reference"
+    aside = [p for p in state_path.parent.iterdir() if ".corrupt-" in p.name]
+    assert len(aside) == 1 and aside[0].read_text() == text
+
+
+def test_files_set_aside_in_one_second_are_all_kept(state_path, monkeypatch):
+    real = state_module._dt
+
+    class Frozen(real.datetime):  # every file is set aside in one second
+        @classmethod
+        def now(cls, tz=None):
+            return real.datetime(2026, 12, 3, 16, 4, 40, tzinfo=tz)
+
+    monkeypatch.setattr(state_module, "_dt", types.SimpleNamespace(datetime=Frozen, UTC=real.UTC))
+    state_path.parent.mkdir(parents=True)
+    texts = ['{"version": 2}', "{not json", '{"version": 1}']
+    for text in texts:
+        state_path.write_text(text)
+        assert state_module.StateStore(state_path).load() is None
+    aside = sorted(p.name for p in state_path.parent.iterdir() if ".corrupt-" in p.name)
+    assert len(aside) == 3 and aside[1] == aside[0] + "-2" and aside[2] == aside[0] + "-3"
+    assert sorted(state_path.parent.joinpath(a).read_text() for a in aside) == sorted(texts)
 
 
 # ---------------------------------------------------------------------------

@@ -164,12 +164,17 @@ class StateStore:
             if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
                 raise ValueError(f"not a version-{STATE_VERSION} dashboard state")
             src = data.get("source") or {}
-            source = Source(str(src.get("path", "")), str(src.get("sha256", "")))
+            if not isinstance(src, dict) or not all(
+                    isinstance(src.get(k, ""), str) for k in ("path", "sha256")):
+                raise ValueError(f"source {src!r:.80} is not {{path, sha256}} strings")
+            saved_at = data.get("saved_at")
+            if not (saved_at is None or isinstance(saved_at, str) and len(saved_at) <= 64):
+                raise ValueError(f"saved_at {saved_at!r:.80} is not a time")
             return State(
                 book=parse_book(data["book"]),
                 ui=clean_ui(data.get("ui")),
-                source=source,
-                saved_at=data.get("saved_at"),
+                source=Source(src.get("path", ""), src.get("sha256", "")),
+                saved_at=saved_at,
             )
         except (ValueError, KeyError, TypeError, UnicodeDecodeError, OSError,
                 RecursionError) as e:  # e.g. nested too deeply to decode
@@ -177,8 +182,15 @@ class StateStore:
             return None
 
     def _set_aside(self, error: Exception) -> None:
+        """Renames the unusable file to ``<name>.corrupt-<time>`` (``-2``, ``-3``,
+        ... after it when a file set aside in the same second has that name:
+        nothing set aside is overwritten)."""
         stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%S")
         aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        k = 1
+        while aside.exists() or aside.is_symlink():
+            k += 1
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{k}")
         try:
             os.replace(self.path, aside)
             logger.warning("dashboard state %s is unusable (%s); moved to %s",
