@@ -96,6 +96,19 @@ def test_what_if_with_a_new_contract(client):
      "new_contracts[0]", ["new_contracts", 0, "cluster"]),
     ({"book": "BADPRICE", "trades": []}, 422, "book.contracts[0]",
      ["book", "contracts", 0, "price"]),
+    # Trades that pass one by one but not together: the trade that crosses the
+    # limit, or (a rule on the traded book) the trades, with the book's field in
+    # the message; an event rule broken by a new contract names the event.
+    ({"book": "BOOK", "trades": [{"contract": "NBA-LAL", "quantity": 9e14},
+                                 {"contract": "NBA-LAL", "quantity": 9e14}]}, 422,
+     "trades[1].quantity", ["trades", 1, "quantity"]),
+    ({"book": "BOOK", "trades": [{"contract": "PRES-2028-A", "quantity": -9e14},
+                                 {"contract": "PRES-2028-B", "quantity": -9e14}]}, 422,
+     "trades (positions[", ["trades"]),
+    ({"book": "BOOK", "trades": [], "new_contracts": [
+        {"id": "PRES-2028-X", "cluster": "Election", "type": "outcome", "event": "PRES-2028",
+         "outcome": "X", "price": 0.5}]}, 422,
+     "new_contracts (contracts (event 'PRES-2028'))", ["new_contracts"]),
 ])
 def test_bad_what_ifs_are_field_errors(client, body, status, field, path):
     body = copy.deepcopy(body)
@@ -107,6 +120,7 @@ def test_bad_what_ifs_are_field_errors(client, body, status, field, path):
     r = client.post("/api/what-if", json=body, headers=JSON)
     assert_error(r, status, field)
     assert r.json()["error"]["path"] == path
+    assert r.json()["error"].get("event") == ("PRES-2028" if "event" in field else None)
 
 
 def test_what_if_follows_the_same_origin_rules(client):

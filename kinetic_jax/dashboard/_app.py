@@ -81,7 +81,11 @@ def field_path(field: str) -> tuple[list, str | None]:
     """The JSON path of a BookError field, and the event it names if any:
     ``"contracts[3] (id 'X').price"`` -> ``(["contracts", 3, "price"], None)``,
     ``"contracts (event 'E')"`` -> ``(["contracts"], "E")``. Parenthesised
-    remarks (ids, quoted with Python's repr) are skipped, not searched."""
+    remarks (ids, quoted with Python's repr, and nested remarks such as
+    ``"trades (positions[1] (contract 'B').quantity)"``, which point into a
+    book built from the request rather than into the request) are skipped, not
+    followed, except for the event they name; a quoted key in brackets
+    (``"trades['A']"``) is unquoted."""
     path: list = []
     event = None
     i, n = 0, len(field)
@@ -94,21 +98,35 @@ def field_path(field: str) -> tuple[list, str | None]:
             if j < 0:
                 break
             token = field[i + 1:j]
-            path.append(int(token) if token.isdigit() else token)
+            if token.isdigit():
+                path.append(int(token))
+            else:
+                with contextlib.suppress(ValueError, SyntaxError):
+                    value = ast.literal_eval(token)
+                    token = value if isinstance(value, str) else token
+                path.append(token)
             i = j + 1
         elif field.startswith(" (", i):
-            j = i + 2
-            while j < n and field[j] != ")":
+            j, depth = i + 2, 1
+            while j < n:
                 if field[j] in "'\"":
                     quote, j = field[j], j + 1
                     while j < n and field[j] != quote:
                         j += 2 if field[j] == "\\" else 1
+                elif field[j] == "(":
+                    depth += 1
+                elif field[j] == ")":
+                    depth -= 1
+                    if depth == 0:
+                        break
                 j += 1
             inner = field[i + 2:j]
             if inner.startswith("event "):
                 with contextlib.suppress(ValueError, SyntaxError):
                     value = ast.literal_eval(inner[len("event "):])
                     event = value if isinstance(value, str) else None
+            elif event is None:
+                event = field_path(inner)[1]
             i = j + 1
         else:
             j = i

@@ -93,6 +93,7 @@ def _trades(trades, book: Book, new: list[kj.Contract], limits: service.Limits) 
         raise BookError("trades", f"{len(trades):,} trades, over the limit of "
                                   f"{limits.max_positions:,}")
     known = set(book.contract_ids)
+    held = book.net_quantities()
     fresh = {c.id: c for c in new}
     out: dict = {c: 0.0 for c in new}  # new contracts join the book, traded or not
     for i, t in enumerate(trades):
@@ -115,6 +116,11 @@ def _trades(trades, book: Book, new: list[kj.Contract], limits: service.Limits) 
                                                      f"[-{MAX_AMOUNT:g}, {MAX_AMOUNT:g}]")
         key = fresh.get(cid, cid)
         out[key] = out.get(key, 0.0) + float(q)
+        after = held.get(cid, 0.0) + out[key]
+        if abs(after) > MAX_AMOUNT:
+            raise BookError(f"trades[{i}].quantity",
+                            f"the position in {cid!r} after the trades, {after:g}, is "
+                            f"outside [-{MAX_AMOUNT:g}, {MAX_AMOUNT:g}]")
     return out
 
 
