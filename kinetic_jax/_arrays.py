@@ -40,6 +40,18 @@ def row_membership(arrays: BookArrays, cluster=None) -> Float[Array, "C K+1"]:
     return jnp.concatenate([onehot, jnp.ones((*cluster.shape, 1), dtype)], axis=-1)
 
 
+def without_padding(arrays: BookArrays) -> BookArrays:
+    """`arrays` with quantity 0 in the padding slots, whatever was passed there.
+    A padding slot is an always-YES contract (kind `PAD`), so a quantity put
+    there by a transformation (a gradient step on ``arrays.quantity``) would be
+    a position earning p - 1 a unit; through this, every figure's derivative
+    with respect to a padding slot's quantity (and price) is exactly 0. The
+    differentiable entry points call it; it changes no value (the slots hold 0)."""
+    q = arrays.quantity
+    return eqx.tree_at(lambda a: a.quantity, arrays,
+                       jnp.where(arrays.kind == PAD, jnp.zeros_like(q), q))
+
+
 def event_hash(name: str) -> tuple[int, int]:
     """Two 32-bit words of BLAKE2b of the event's name: its draws are keyed by
     them, so an event's scenarios depend on neither its position in the book nor

@@ -22,7 +22,7 @@ from jax import lax
 from jax.sharding import Mesh
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from ._arrays import BookArrays, row_membership
+from ._arrays import BookArrays, row_membership, without_padding
 from ._block import BlockLaw, block_statistics, check_law, freeze, held_fixed
 from ._hierarchy import correlation_matrix
 from ._sampler import check_sampler, fit_proposal, simulate
@@ -313,7 +313,7 @@ def margin_arrays(
     for several devices; [`portfolio_margin`][] computes them on one device and
     is bit-identical). The result is replicated on the mesh.
     """
-    arrays = held_fixed(arrays, law)
+    arrays = held_fixed(without_padding(arrays), law)
     if mesh is not None and mesh.size > 1:
         return _sharded_margin(arrays, params, key, scenarios, top, sampler, chunk, mesh, law)
     losses, weights, _ = simulate(arrays, params.confidence, key, scenarios, sampler, chunk, law)

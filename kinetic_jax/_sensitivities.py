@@ -44,7 +44,7 @@ from jax import lax
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._allocation import allocate
-from ._arrays import BookArrays, row_membership
+from ._arrays import BookArrays, row_membership, without_padding
 from ._book import MAX_SCENARIOS, SAMPLERS, Book
 from ._checks import is_number
 from ._conditional import (
@@ -143,12 +143,14 @@ class MarginVars(eqx.Module):
                    arrays.spot, arrays.vol)
 
     def into(self, arrays: BookArrays) -> BookArrays:
-        return eqx.tree_at(
+        """`arrays` holding these values (padding slots' quantities held at 0:
+        their derivatives are exactly 0, see [`without_padding`][])."""
+        return without_padding(eqx.tree_at(
             lambda a: (a.quantity, a.price, a.rho, a.loading, a.horizon, a.spot, a.vol),
             arrays,
             (self.quantity, self.price, self.rho, self.loading, self.horizon, self.spot,
              self.vol),
-        )
+        ))
 
 
 def differentiable_margin(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -227,3 +228,32 @@ def test_cli_sensitivities_json_and_table(capsys):
     assert f"margin ${margin:,.2f} (binding: " in text and "plain sampling" in text
     assert cli(["sensitivities", REFERENCE, "--temperature", "-1"]) == 2
     assert "temperature: -1.0 is outside (0, 1]" in capsys.readouterr().err
+
+
+def test_padding_slots_have_zero_derivatives_and_no_effect():
+    """A padding slot is an always-YES contract: a quantity there would earn
+    p - 1 a unit. Every entry point holds it at 0, so its derivatives are exactly
+    0 and a quantity passed there changes no figure."""
+    book = _pair_book(scenarios=N)
+    arrays, layout, params = kj.margin_inputs(book)
+    n = layout.n_contracts
+    assert arrays.quantity.shape[0] > n
+    key, top, t = jax.random.key(2), kj.tail_size(N, 0.99), jnp.float32(0.05)
+    stuffed = arrays.quantity.at[n:].set(1e4)
+
+    def base(q):
+        return kj.margin_arrays(eqx.tree_at(lambda x: x.quantity, arrays, q), params, key,
+                                N, top).base
+
+    assert float(base(stuffed)) == float(base(arrays.quantity))
+    assert np.all(np.asarray(jax.grad(base)(stuffed))[n:] == 0)
+    v = MarginVars.of(arrays)
+    v = MarginVars(stuffed, v.price, v.rho, v.loading, v.horizon, v.spot, v.vol)
+    g = jax.grad(lambda v: differentiable_margin(v, arrays, params, key, N, top, t,
+                                                 "hard").margin)(v)
+    assert np.all(np.asarray(g.quantity)[n:] == 0) and np.all(np.asarray(g.price)[n:] == 0)
+    s = kj.sensitivity_jit(eqx.tree_at(lambda x: x.quantity, arrays, stuffed), params, key,
+                           N, top, t, "conditional", kj.JumpRun(N, top, "importance"))
+    assert np.all(np.asarray(s.jacobian.quantity)[:, n:] == 0)
+    assert np.all(np.asarray(s.jacobian.price)[:, n:] == 0)
+    assert float(s.result.margin) == float(kj.margin_arrays(arrays, params, key, N, top).margin)
