@@ -15,8 +15,10 @@ update, projection onto the box — is jitted whole and looped with ``lax.scan``
 The base ES is convex in x (ES is coherent), so is the floor (a maximum of sums
 of ES) and the worst case (a sum of maxima of affine functions); the objective
 is piecewise linear, so Adam runs on a step size decaying geometrically from
-Q/10 to Q/10^5 and the best iterate is kept. Its minimum of the base ES is
-certified against the exact linear programme in ``kinetic_jax.lp``.
+Q/10 to Q/10^5 and the best iterate is kept; the schedule then restarts from
+the best point until a restart no longer improves it, which takes the
+optimiser along valleys that run across the coordinates. Its minimum of the
+base ES is certified against the exact linear programme in ``kinetic_jax.lp``.
 
 Trades are whole lots by default: the continuous optimum is rounded to the lot
 and a local search moves one lot up or down on the largest trades (and tries no
@@ -112,23 +114,30 @@ def base_es_of(x, problem: HedgeProblem, top: int):
 
 
 @eqx.filter_jit
-def solve_hedge(problem: HedgeProblem, top: int, steps: int, objective: str):
-    """The continuous optimiser behind [`optimise_hedge`][]: `steps` Adam steps on
+def solve_hedge(problem: HedgeProblem, top: int, steps: int, objective: str,
+                x0: Float[Array, " n"] | None = None, length: Int[Array, ""] | None = None):
+    """The continuous optimiser behind [`optimise_hedge`][]: Adam steps on
     `objective` (``"margin"`` or ``"base"``) projected onto the box, the whole step
-    jitted inside ``lax.scan``; returns ``(best_x, trace)`` (the best iterate and
-    the objective at every step). `top` and `steps` are static."""
+    jitted inside ``lax.scan``, from `x0` (default: no trade); returns
+    ``(best_x, trace)`` (the best iterate and the objective at every step). `top`
+    and `steps` (the scan's length) are static; `length` (default `steps`, at
+    most `steps`) is the schedule's, an array, so schedules of any length up to
+    `steps` share one compiled program: the steps from `length` on are skipped
+    (``lax.cond``) and their trace entries hold the best objective."""
     bound = problem.bound
     dtype = problem.active.dtype
+    length = jnp.asarray(steps if length is None else length, jnp.int32)
 
-    def learning_rate(count):  # geometric decay from Q/10 to Q/10^5 over the steps
-        frac = count.astype(dtype) / jnp.asarray(steps, dtype)
+    def learning_rate(count):  # geometric decay from Q/10 to Q/10^5 over the schedule
+        frac = count.astype(dtype) / length.astype(dtype)
         return bound * jnp.asarray(0.1, dtype) * jnp.asarray(1e-4, dtype) ** frac
 
     optimiser = optax.adam(learning_rate=learning_rate)
-    x0 = jnp.zeros_like(problem.active)
+    x0 = (jnp.zeros_like(problem.active) if x0 is None
+          else jnp.clip(x0, -bound, bound) * problem.active)
     grad = jax.value_and_grad(hedge_objective, has_aux=True)
 
-    def step(carry, _):
+    def run(carry):
         x, state, best_x, best_f = carry
         (f, _), g = grad(x, problem, top, objective)
         better = f < best_f
@@ -138,11 +147,14 @@ def solve_hedge(problem: HedgeProblem, top: int, steps: int, objective: str):
         x = jnp.clip(optax.apply_updates(x, updates), -bound, bound) * problem.active
         return (x, state, best_x, best_f), f
 
+    def step(carry, i):
+        return lax.cond(i < length, run, lambda c: (c, c[3]), carry)
+
     init = (x0, optimiser.init(x0), x0, jnp.asarray(jnp.inf, x0.dtype))
     # optax's bias correction mixes Python floats with int32 counts, which the
     # strict promotion mode (used in our tests) rejects; its promotions are safe.
     with jax.numpy_dtype_promotion("standard"):
-        (x, _, best_x, best_f), trace = lax.scan(step, init, None, length=steps)
+        (x, _, best_x, best_f), trace = lax.scan(step, init, jnp.arange(steps))
     f_last, _ = hedge_objective(x, problem, top, objective)
     best_x = jnp.where(f_last < best_f, x, best_x)
     return best_x, trace
@@ -164,6 +176,9 @@ class HedgeResult:
       optimiser's continuous optimum and its margin and base ES on its
       scenarios, before rounding to lots.
     - `search_moves`: accepted one-lot moves of the local search after rounding.
+    - `iterations`: optimiser steps run (the schedule and its warm restarts);
+      `converged`: the last restart improved the objective by at most 1e-5
+      (relative); `trace`: the objective at every step.
     - `trading_cost`: `cost` times the traded contracts; `capital_freed`:
       margin before minus margin after.
     """
@@ -229,7 +244,9 @@ def optimise_hedge(
       or 1000 for an empty book).
     - `cost`: linear trading cost, dollars per contract traded (>= 0).
     - `objective`: ``"margin"`` or ``"base"``.
-    - `steps`: optimiser iterations (one jitted ``lax.scan``).
+    - `steps`: optimiser iterations of one schedule (one jitted ``lax.scan``);
+      warm restarts from the best point follow (the first a quarter as long)
+      until one improves the objective by at most 1e-5 (relative), at most 10.
     - `lot`: trade size unit (default 1: whole contracts); None keeps the
       continuous optimum. The continuous optimum is rounded to lots, then a
       local search moves one lot up or down on the largest trades while that
@@ -276,17 +293,9 @@ def optimise_hedge(
     book = book.with_overrides(scenarios=scenarios, seed=seed).with_settings(sampler="plain")
     n = len(instruments)
     problem, top = build_hedge_problem(book, instruments, max_quantity, cost, dtype=dtype)
-    best_x, trace = solve_hedge(problem, top, steps, objective)
+    best_x, trace, converged = _restarted(problem, top, steps, objective)
     x_cont = np.asarray(best_x, np.float64)
-    trace = np.asarray(trace, np.float64)
-    if not (np.all(np.isfinite(x_cont)) and np.all(np.isfinite(trace))):
-        raise EngineError("the optimiser diverged; please report this book")
     _, at_cont = _objective_jit(best_x, problem, top, objective)
-    # Converged: the best objective improved by less than 1e-4 (relative) over
-    # the second half of the schedule.
-    half = np.minimum.accumulate(trace)
-    converged = bool(steps >= 20 and half[steps // 2 - 1] - half[-1]
-                     <= 1e-4 * max(abs(half[-1]), 1.0))
     if lot is None:
         x, moves = x_cont, 0
     else:
@@ -310,7 +319,7 @@ def optimise_hedge(
         base_after=after.base,
         trading_cost=cost * float(np.abs(x[:n]).sum()),
         capital_freed=before.margin - after.margin,
-        iterations=steps,
+        iterations=len(trace),
         converged=converged,
         max_quantity=max_quantity,
         cost=cost,
@@ -323,6 +332,52 @@ def optimise_hedge(
         continuous_base=float(at_cont.base),
         trace=tuple(float(v) for v in trace),
     )
+
+
+RESTARTS = 10  # warm restarts of the schedule at most (see _restarted)
+RESTART_TOLERANCE = 1e-5  # relative improvement of a restart under which it has converged
+
+
+def _restarted(problem: HedgeProblem, top: int, steps: int, objective: str
+               ) -> tuple[Array, np.ndarray, bool]:
+    """``(best_x, trace, converged)``: the schedule of `steps` steps from no
+    trade, then warm restarts from the best point so far (the first a quarter
+    as long, the others whole), until a restart improves the objective by at
+    most `RESTART_TOLERANCE` (relative; `converged`) or `RESTARTS` of them have
+    run. Every run is one compiled program (``solve_hedge``'s `length`).
+
+    One schedule can stall in a valley of the piecewise-linear objective that
+    runs across the coordinates: Adam's steps are per coordinate, and along
+    (+1, -1) on a contract and a parlay with it as a leg (priced above the
+    leg: a sure gain), each coordinate alone raises the objective. On 24 random
+    three-instrument problems one schedule of 1,000 steps stopped 0.44 % above
+    the exact LP optimum once; with the restarts every one is within 4.9e-7,
+    and 23 of 24 stop after the first, short restart (a quarter more steps).
+    Restarts a quarter as long throughout travelled too little along a long
+    valley (38 % of the way after 8)."""
+    x0 = jnp.zeros_like(problem.active)  # one compiled program for every run
+    best_x, trace = solve_hedge(problem, top, steps, objective, x0)
+    traces = [np.asarray(trace, np.float64)]
+    best = float(np.min(traces[0]))
+    converged = False
+    for r in range(RESTARTS):
+        length = max(steps // 4, 1) if r == 0 else steps
+        x, trace = solve_hedge(problem, top, steps, objective, best_x,
+                               jnp.asarray(length, jnp.int32))
+        traces.append(np.asarray(trace, np.float64)[:length])
+        f = float(np.min(traces[-1]))
+        if not np.isfinite(f):
+            break
+        gain = best - f
+        if f < best:
+            best_x, best = x, f
+        if gain <= RESTART_TOLERANCE * max(abs(best), 1.0):
+            converged = True
+            break
+    trace = np.concatenate(traces)
+    if not (np.all(np.isfinite(np.asarray(best_x))) and np.all(np.isfinite(trace))):
+        raise EngineError("the optimiser diverged; please report this book")
+    return best_x, trace, converged
 
 
 SEARCHED = 8  # instruments (the largest trades) the local search moves

@@ -12,7 +12,7 @@ import json
 
 import numpy as np
 import pytest
-from helpers import above, binary, make_book, outcome
+from helpers import above, binary, make_book, outcome, parlay
 
 import kinetic_jax as kj
 from kinetic_jax._cli import main as cli
@@ -47,6 +47,30 @@ def test_lp_with_trading_cost_matches_optax():
                               objective="base", lot=None)
     assert hedge.base_after + hedge.trading_cost <= lp.es * (1 + 1e-3)
     assert hedge.base_after + hedge.trading_cost >= lp.es * (1 - 1e-5)
+
+
+@pytest.mark.parametrize("price, bound, cost, lp_es", [(0.39, 300.0, 0.05, 588.0),
+                                                      (0.30, 1000.0, 0.0, 550.0)])
+def test_the_optimiser_follows_a_valley_across_the_coordinates(price, bound, cost, lp_es):
+    """Long a game, short a parlay with it as a leg priced above it: a sure gain
+    of (price - 0.25) a unit, so the optimum is the box's corner (+Q, -Q); each
+    coordinate alone adds risk. One schedule stalls part of the way (169.6 and
+    625.8 of the bound); the warm restarts reach the LP optimum (exact here:
+    lp_es = the long A's ES less the gain, less the cost)."""
+    book = make_book([above("A", "BTC-E", 1.0, 0.6), binary("G", 0.25), binary("G1", 0.5),
+                      parlay("P", ["G", "G1"], price)], {"A": 1000.0}, scenarios=8192,
+                     sampler="plain")
+    lp = certify_hedge(book, ["G", "P"], max_quantity=bound, cost=cost)
+    assert lp.es == pytest.approx(lp_es, rel=1e-6)
+    problem, top = kj.build_hedge_problem(book, ["G", "P"], bound, cost)
+    _, trace = kj.solve_hedge(problem, top, 1000, "base")
+    assert float(np.min(np.asarray(trace))) > lp_es * 1.005  # one schedule stalls
+    hedge = kj.optimise_hedge(book, ["G", "P"], max_quantity=bound, cost=cost,
+                              objective="base", lot=None)
+    x = np.array([hedge.continuous_quantities[c] for c in ("G", "P")])
+    assert hedge.continuous_base + cost * np.abs(x).sum() == pytest.approx(lp_es, rel=1e-5)
+    np.testing.assert_allclose(x, [bound, -bound], rtol=1e-4)
+    assert hedge.converged and hedge.iterations == len(hedge.trace) >= 2000
 
 
 def test_closing_the_position_is_found():
