@@ -100,7 +100,8 @@ MAX_GRID_POINTS = 1 << 20
 @dataclasses.dataclass(frozen=True)
 class Axis:
     """One axis of a sweep: `name` (``rho.<node>``, ``loading.<cluster>``,
-    ``confidence``, ``quantity.<contract>`` or ``price.<contract>``) and its values."""
+    ``confidence``, ``horizon_days``, ``quantity.<contract>``, ``price.<contract>``,
+    ``spot.<underlying>`` or ``vol.<underlying>``) and its values."""
 
     name: str
     values: tuple[float, ...]

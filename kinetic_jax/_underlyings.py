@@ -50,7 +50,7 @@ _N = NormalDist()
 class Underlying:
     """An asset that binaries and linear instruments are written on (the
     ``[[underlyings]]`` tables): `spot` S0 > 0, annualised lognormal `vol` in
-    (0, 5], its `cluster` (whose loaded latent is its return over the horizon) and
+    [0.0001, 5], its `cluster` (whose loaded latent is its return over the horizon) and
     the `lot_size` hedges are counted in (default 1)."""
 
     id: str
