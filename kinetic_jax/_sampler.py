@@ -273,9 +273,11 @@ def fit_proposal(
         return rows(noise, index, log_w)[0], noise
 
     losses, noise = stream(arrays, pkey, pilot, chunk, None, fn, per_scenario=False)
-    # The pilot is whole blocks and no chunk is longer: no padding draws.
-    losses = lax.stop_gradient(chunk_rows(losses))  # (K + 1 [+ 1], P)
-    noise = lax.stop_gradient(jax.tree.map(lambda x: x.reshape(pilot, x.shape[-1]), noise))
+    # The pilot is whole blocks, but a chunk need not divide it (3 blocks in
+    # chunks of 2): the draws past it pad the last chunk, in scenario order.
+    losses = lax.stop_gradient(chunk_rows(losses)[:, :pilot])  # (K + 1 [+ 1], P)
+    noise = lax.stop_gradient(
+        jax.tree.map(lambda x: x.reshape(-1, x.shape[-1])[:pilot], noise))
     k = arrays.loading.shape[0]
     ones = jnp.ones(pilot, losses.dtype)
     _, _, var, _ = sortfree_tail_statistics(losses[:k + 1], ones, confidence, pilot)

@@ -142,7 +142,8 @@ def test_a_tail_too_short_for_the_weights_poisons_the_row():
 @pytest.mark.parametrize("sampler", SAMPLERS)
 def test_losses_are_bit_identical_for_every_chunk_size(sampler):
     """Plain sampling: every figure bit-identical for any chunk size. Importance
-    sampling: losses bit-identical, weights to one float32 ulp. (Every chunking runs
+    sampling: losses bit-identical, weights to one float32 ulp; its pilot too where
+    the chunk does not divide it (it crashed there). (Every chunking runs
     in one jitted program: one compile instead of six; each chunk size still streams
     its own chunks.)"""
     book = _mixed_book(scenarios=8192)
@@ -157,9 +158,14 @@ def test_losses_are_bit_identical_for_every_chunk_size(sampler):
         runs = [scenario_losses(arrays, key, 8192, c, proposal) for c in (1024, 4096, None)]
         results = [kj.margin_arrays(arrays, params, key, 8192, top, sampler, c)
                    for c in (1024, 2048)]
-        return runs, results
+        # 3,000 draws: a pilot of 3 blocks, which chunks of 2 do not divide.
+        odd = [kj.margin_arrays(arrays, params, key, 3000, kj.tail_size(3000, 0.99), sampler, c)
+               for c in (1024, 2048)]
+        return runs, results, odd
 
-    runs, results = every_chunking(key)
+    runs, results, odd = every_chunking(key)
+    np.testing.assert_allclose(odd[0].margin, odd[1].margin, rtol=1e-6)
+    np.testing.assert_allclose(odd[0].cluster_es, odd[1].cluster_es, rtol=1e-6)
     for losses, weights in runs[1:]:
         np.testing.assert_array_equal(losses, runs[0][0])
         if sampler == "plain":
