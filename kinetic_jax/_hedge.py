@@ -413,8 +413,9 @@ def whole_lots(
             cand[1 + 2 * r, j] += lot
             cand[2 + 2 * r, j] -= lot
         cand[-1] = 0.0
-        values = np.asarray(_objectives_jit(jnp.asarray(cand, dtype), problem, top, objective),
-                            np.float64)
+        # A copy: in float64 np.asarray would be a read-only view of the device array.
+        values = np.array(_objectives_jit(jnp.asarray(cand, dtype), problem, top, objective),
+                          np.float64)
         values[np.any(np.abs(cand) > limit * (1 + 1e-12), axis=1)] = np.inf
         best = int(np.argmin(values))
         if not values[best] < values[0] - 1e-7 * max(1.0, abs(values[0])) or moves >= MAX_MOVES:

@@ -227,6 +227,18 @@ def test_changing_bounds_cost_or_lot_does_not_recompile():
     assert all(abs(v) <= 420.0 and v % 3.0 == 0 for v in h.quantities.values())
 
 
+def test_a_float64_hedge_in_whole_lots(x64):
+    # The local search's objective values came back as a read-only float64 view.
+    book = make_book([above("A", "BTC-E", 1.0, 0.6), above("B", "ETH-E", 1.0, 0.5,
+                                                           cluster="ETH")],
+                     {"A": 1000.0, "B": -300.0}, scenarios=8192)
+    h32 = kj.optimise_hedge(book, ["A", "B"], max_quantity=300.0, steps=200)
+    h64 = kj.optimise_hedge(book, ["A", "B"], max_quantity=300.0, steps=200, dtype="float64")
+    assert all(v == round(v) and abs(v) <= 300.0 for v in h64.quantities.values())
+    assert h64.margin_after == pytest.approx(h32.margin_after, rel=1e-3)
+    assert h64.margin_after <= h64.margin_before
+
+
 def test_cli_hedge_lot(capsys, tmp_path):
     book = tmp_path / "b.toml"
     book.write_text(
