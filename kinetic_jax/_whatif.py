@@ -282,6 +282,18 @@ class WhatIfReport(MarginReport):
 
 
 # ---- the session -----------------------------------------------------------------------
+def _changes(after: MarginReport, before: MarginReport, trades) -> WhatIfReport:
+    """`after` as a [`WhatIfReport`][]: with the change from `before` and the trades."""
+    return WhatIfReport(
+        **{f.name: getattr(after, f.name) for f in dataclasses.fields(MarginReport)},
+        incremental=after.margin - before.margin,
+        margin_before=before.margin,
+        binding_before=before.binding,
+        clusters_before=before.clusters,
+        trades=trades,
+    )
+
+
 class MarginSession:
     """A book simulated once, for pre-trade what-ifs (see module doc).
 
@@ -474,14 +486,7 @@ class MarginSession:
             return report
         before = self.report
         self._open(book)
-        return WhatIfReport(
-            **{f.name: getattr(self.report, f.name) for f in dataclasses.fields(MarginReport)},
-            incremental=self.report.margin - before.margin,
-            margin_before=before.margin,
-            binding_before=before.binding,
-            clusters_before=before.clusters,
-            trades=report.trades,
-        )
+        return _changes(self.report, before, report.trades)
 
     def _evaluate(self, trades):
         net, new = self._parse(trades)
@@ -505,14 +510,7 @@ class MarginSession:
         stats = None if new else self._stats
         report, _, _ = self._margin(traded, arrays, layout, state, stats, quantity, index,
                                     delta)
-        what = WhatIfReport(
-            **{f.name: getattr(report, f.name) for f in dataclasses.fields(MarginReport)},
-            incremental=report.margin - self.report.margin,
-            margin_before=self.report.margin,
-            binding_before=self.report.binding,
-            clusters_before=self.report.clusters,
-            trades=tuple(net.items()),
-        )
+        what = _changes(report, self.report, tuple(net.items()))
         return what, traded, arrays, layout, state, quantity
 
     # ---- contracts new to the book -----------------------------------------------------
