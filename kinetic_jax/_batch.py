@@ -39,7 +39,7 @@ from jaxtyping import Array, Float
 
 from ._arrays import BookArrays, book_arrays
 from ._book import MAX_AMOUNT, Book, check_number
-from ._errors import BookError
+from ._errors import BookError, EngineError
 from ._margin import BINDING, MarginParams, margin_from_statistics
 from ._progress import Progress, want_progress
 from ._sharding import AXIS, scenario_mesh
@@ -70,7 +70,7 @@ class AccountMargin:
     base: float | None = None
     floor: float | None = None
     full_collateral: float | None = None
-    worst_case_loss: float | None = None
+    worst_case_loss: float | None = None  # None: no cap (net short an underlying)
     binding: str | None = None
     capital_released: float | None = None
     standard_error: float | None = None
@@ -188,7 +188,12 @@ def _net(rows: Iterable[tuple[str, list]], contracts: set[str] | None = None
     return accounts, errors
 
 
-def _check_account(book_ids: dict[str, int], positions: Mapping[str, float]) -> str | None:
+def _check_account(book: Book, book_ids: dict[str, int], positions: Mapping[str, float]
+                   ) -> str | None:
+    """Why the account's positions would not validate as a book's, or None: the
+    position rules of [`Book`][] (known contracts, quantities in range, their
+    sum, a linear position only with a horizon), without revalidating the
+    book's contracts for every account."""
     total = 0.0
     for cid, q in positions.items():
         if cid not in book_ids:
@@ -197,6 +202,10 @@ def _check_account(book_ids: dict[str, int], positions: Mapping[str, float]) -> 
             q = check_number(f"quantity (contract {cid!r})", q, low=-MAX_AMOUNT, high=MAX_AMOUNT)
         except BookError as e:
             return str(e)
+        c = book.contracts[book_ids[cid]]
+        if c.is_linear and q != 0 and book.settings.horizon_days is None:
+            return (f"contract {cid!r}: a {c.type} position needs a liquidation horizon "
+                    f"(model.horizon_days or --horizon): its loss to resolution is undefined")
         total += abs(q)
     if total > MAX_AMOUNT:
         return (f"quantity: the account's positions add up to {total:.4g} contracts (sum of "
@@ -323,7 +332,7 @@ def margin_accounts(
     names = list(accounts)
     for name in names:
         if name not in errors:
-            reason = _check_account(ids, accounts[name])
+            reason = _check_account(book, ids, accounts[name])
             if reason is not None:
                 errors[name] = reason
     good = [a for a in names if a not in errors]
@@ -423,10 +432,14 @@ def _margin_good(book, arrays, layout, params, q, good, n, results, s, progress,
                 name = good[start + j]
                 results[name] = AccountMargin(
                     name, margin=f["margin"], base=f["base"], floor=f["floor"],
-                    full_collateral=f["full_collateral"], worst_case_loss=f["worst_case_loss"],
+                    full_collateral=f["full_collateral"],
+                    # No cap (net short an underlying): None, as MarginReport and JSON null.
+                    worst_case_loss=(None if f["worst_case_loss"] == math.inf
+                                     else f["worst_case_loss"]),
                     binding=BINDING[int(f["binding"])], capital_released=f["capital_released"],
                     standard_error=f["standard_error"])
-                if not all(math.isfinite(f[x]) for x in ("margin", "base", "floor")):
-                    raise BookError("", "the engine produced a non-finite figure for account "
-                                        f"{name!r}; please report this book")
+                if not (all(math.isfinite(f[x]) for x in ("margin", "base", "floor"))
+                        and not math.isnan(f["worst_case_loss"])):
+                    raise EngineError("the engine produced a non-finite figure for account "
+                                      f"{name!r}; please report this book")
             bar.update(m)

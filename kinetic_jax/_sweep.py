@@ -226,6 +226,12 @@ def _resolve(book: Book, axis: Axis) -> _Target:
         return _Target(kind, target, ids.index(target))
     if target not in book.contract_ids:
         raise BookError(field, f"unknown contract {target!r}")
+    contract = book.contract(target)
+    if kind == "price" and contract.is_linear:
+        # A binary's price is the p of its loss q (p - YES); a future's is its
+        # forward F0, which enters through the basis F0 / S0 and the cap instead.
+        raise BookError(field, f"{target!r} is a {contract.type}: its price is not an axis "
+                               f"(vary spot.{contract.underlying} instead)")
     return _Target(kind, target, book.contract_ids.index(target))
 
 

@@ -157,3 +157,32 @@ def test_partial_blocks_rows_input_and_stress_addon(book):
         assert a.margin == pytest.approx(report.margin, rel=RTOL)
         assert a.standard_error == pytest.approx(report.standard_error, rel=1e-5)
         assert a.binding == report.binding
+
+
+def test_accounts_with_perps_and_futures():
+    """A horizon book: an account net short an underlying has no cap (None, JSON
+    null, as in the margin report; it was inf, written as Infinity); figures
+    equal the direct call's. Without a horizon a perp position fails its
+    account, as the margin call refuses it (it was margined over the book's
+    latest date)."""
+    perps = kj.load_book(REFERENCE.parent / "perps_and_strip.toml")
+    accounts = {"short-perp": {"BTC-PERP": -1.0},
+                "strip": {"BTC>110K-Aug26": -2000.0, "SPX-FUT-Sep26": 2.0}}
+    result = kj.margin_accounts(perps, accounts, scenarios=N)
+    assert not result.failed
+    for a in result.accounts:
+        report = kj.portfolio_margin(perps.with_positions(accounts[a.account]), scenarios=N,
+                                     sampler="plain")
+        assert a.worst_case_loss == report.worst_case_loss  # None: no cap
+        assert a.margin == pytest.approx(report.margin, rel=RTOL)
+    assert result.accounts[0].worst_case_loss is None
+    assert result.accounts[1].worst_case_loss is not None
+    json.dumps(result.to_dict(), allow_nan=False)  # no Infinity
+
+    resolution = perps.with_positions({}).with_settings(horizon_days=None)
+    result = kj.margin_accounts(resolution, {"perp": {"BTC-PERP": 1.0, "BTC>110K-Aug26": 5.0},
+                                             "binary": {"BTC>110K-Aug26": 5.0}}, scenarios=N)
+    assert [a.account for a in result.failed] == ["perp"]
+    assert "'BTC-PERP': a perp position needs a liquidation horizon" in result.failed[0].error
+    with pytest.raises(BookError, match="needs a liquidation horizon"):
+        kj.portfolio_margin(resolution.with_positions({"BTC-PERP": 1.0}))

@@ -145,6 +145,13 @@ def test_unknown_axis_names_are_input_errors(book):
             parse_axis(spec)
     with pytest.raises(BookError, match="the same axis is given twice"):
         kj.sweep(book, ["rho.risk=0:0.3:2", "rho.risk=0:0.3:2"], scenarios=N)
+    # A future's price is its forward F0 (basis and cap), not a binary's p: its
+    # points were margined as a loss of q F0 (the cap) before it was refused.
+    perps = kj.load_book(Path(__file__).resolve().parents[1] / "examples" / "perps_and_strip.toml")
+    for cid, kind in (("SPX-FUT-Sep26", "future"), ("BTC-PERP", "perp")):
+        with pytest.raises(BookError, match=rf"--vary price.{cid}: '{cid}' is a {kind}: its "
+                                            r"price is not an axis \(vary spot"):
+            kj.sweep(perps, [f"price.{cid}=6000:6100:2"], scenarios=N)
 
 
 def test_axis_values_are_linspace_with_both_ends():
