@@ -7,7 +7,8 @@ The sweep: `kj.sweep` over rho.risk (rho_cross, 0 .. 0.35: equity and macro sit
 under it at 0.35) x rho.crypto (rho_within, 0.35 .. 0.95), COUNT values each, every
 point valid, at SCENARIOS scenarios (seed 0, plain sampler, float32). Its first call is timed
 (compile included) and then a second call (compiled programs reused). The
-baseline: `kj.portfolio_margin` on the book with each point's hierarchy, timed
+baseline: `kj.portfolio_margin(..., sampler="plain")` (the sweep's sampler: the
+default, exact_block, is other work) on the book with each point's hierarchy, timed
 on LOOP_SAMPLE points spread evenly over the valid ones (after one warm-up call)
 and extrapolated to every valid point (the per-call time is flat in the point:
 the same shapes, the same work). Both run in the same process, so the ratio is
@@ -50,7 +51,9 @@ def main() -> None:
     def margin_at(i: int, j: int) -> float:
         h = book.hierarchy.replace(rho={"risk": result.axes[0].values[i],
                                         "crypto": result.axes[1].values[j]})
-        return kj.portfolio_margin(book.with_hierarchy(h), scenarios=args.scenarios).margin
+        # sampler="plain": the sweep samples plain; the default (exact_block) is other work
+        return kj.portfolio_margin(book.with_hierarchy(h), scenarios=args.scenarios,
+                                   sampler="plain").margin
 
     margin_at(*valid[0])  # compile
     sample = valid[np.linspace(0, len(valid) - 1, min(args.loop_sample, len(valid))).astype(int)]
