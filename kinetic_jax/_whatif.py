@@ -478,25 +478,31 @@ class MarginSession:
         returned is the committed book's, which agrees with ``what_if(trades)``
         within their standard errors; `incremental` is its margin less the
         margin before."""
-        report, book, arrays, layout, state, quantity = self._evaluate(trades)
         if self.sampler == "plain":
+            report, book, arrays, layout, state, quantity = self._evaluate(trades)
             arrays = eqx.tree_at(lambda a: a.quantity, arrays,
                                  jnp.asarray(quantity, arrays.price.dtype))
             self._set(book, arrays, layout, _recompute_losses(state, arrays))
             return report
+        # Only the traded book is needed: no what-if, no extended simulation.
+        net, new = self._parse(trades)
+        book = self._extended_book(new) if new else self.book
         before = self.report
-        self._open(book)
-        return _changes(self.report, before, report.trades)
+        self._open(self._traded_checked(book, net))
+        return _changes(self.report, before, tuple(net.items()))
+
+    def _traded_checked(self, book: Book, net: dict[str, float]) -> Book:
+        try:
+            return self._traded(book, net)
+        except BookError as e:
+            raise BookError(f"trades ({e.field})", e.detail) from None
 
     def _evaluate(self, trades):
         net, new = self._parse(trades)
         book, arrays, layout, state = self.book, self._arrays, self._layout, self._state
         if new:
             book, arrays, layout, state = self._extend(new)
-        try:
-            traded = self._traded(book, net)
-        except BookError as e:
-            raise BookError(f"trades ({e.field})", e.detail) from None
+        traded = self._traded_checked(book, net)
         slot = {cid: i for i, cid in enumerate(layout.contract_ids)}
         held = book.net_quantities()
         index = np.array([slot[cid] for cid in net], np.int64)
@@ -514,9 +520,8 @@ class MarginSession:
         return what, traded, arrays, layout, state, quantity
 
     # ---- contracts new to the book -----------------------------------------------------
-    def _extend(self, new: list[Contract]):
-        """The session's book with `new` contracts appended (not held), its arrays
-        and its simulation state (see module doc)."""
+    def _extended_book(self, new: list[Contract]) -> Book:
+        """The session's book with `new` contracts appended (not held)."""
         # A new contract on an event of the book, undated, resolves with the event.
         dated = {c.event_key: (c.resolves, c.resolves_in) for c in self.book.contracts
                  if c.type != "parlay" and (c.resolves or c.resolves_in is not None)}
@@ -525,9 +530,14 @@ class MarginSession:
                if c.type != "parlay" and c.resolves is None and c.resolves_in is None
                and c.event_key in dated else c for c in new]
         try:
-            book = dataclasses.replace(self.book, contracts=self.book.contracts + tuple(new))
+            return dataclasses.replace(self.book, contracts=self.book.contracts + tuple(new))
         except BookError as e:
             raise BookError(f"trades ({e.field})", e.detail) from None
+
+    def _extend(self, new: list[Contract]):
+        """The session's book with `new` contracts appended (not held), its arrays
+        and its simulation state (see module doc)."""
+        book = self._extended_book(new)
         s = book.settings
         arrays, layout = book_arrays(book, self._dtype)
         if arrays.dynamic:
