@@ -87,7 +87,7 @@ for name, argv in commands.items():
         rc = main(argv)
     out["commands"][name] = [rc, json.loads(text.getvalue())]
 n = int(sys.argv[3])
-out["margin_2"] = kj.portfolio_margin(book, scenarios=n, devices=2).to_dict()
+out["margin_2"] = kj.portfolio_margin(book, scenarios=n, sampler="plain", devices=2).to_dict()
 out["importance"] = [kj.portfolio_margin(book, scenarios=n, sampler="importance",
                                          devices=d).to_dict() for d in (1, 2)]
 out["exact_block"] = [kj.portfolio_margin(book, scenarios=n, sampler="exact_block",
@@ -123,7 +123,8 @@ def _accounts_file(directory: Path) -> Path:
 def many_devices(tmp_path_factory) -> dict:
     """The child's JSON object (see _IN_FOUR_DEVICES), with the accounts file."""
     accounts = _accounts_file(tmp_path_factory.mktemp("scaling"))
-    commands = {"margin": ["margin", BOOK, "--json", "--scenarios", SCENARIOS],
+    commands = {"margin": ["margin", BOOK, "--json", "--scenarios", SCENARIOS, "--sampler",
+                           "plain"],
                 "sweep": _sweep_argv(), "batch": _batch_argv(accounts)}
     out = subprocess.run([sys.executable, "-c", _IN_FOUR_DEVICES, json.dumps(commands), BOOK,
                           SCENARIOS],
@@ -142,7 +143,13 @@ _one_child = pytest.mark.xdist_group("test_scaling_many_devices")
 
 @_one_child
 def test_margin_json_is_bit_identical_on_1_2_and_4_devices(many_devices):
-    single = _one_device()
+    """The plain sampler's figures, bit for bit (docs/scaling.md). Only the plain
+    sampler's: the default exact-block sampler agrees to float32 rounding
+    (`test_exact_block_sampler_on_two_devices`). At XLA's default optimisation
+    level its standard errors at 5,000 draws moved by an ulp between 1 and 2
+    devices (81.62500763 / 81.62501526); this test compared it bit for bit and
+    passed only under the suite's level-0 flags (conftest.py)."""
+    single = _one_device("plain")
     assert single["devices"] == 1
     rc, four = many_devices["commands"]["margin"]  # the command, on every local device
     assert rc == 0
@@ -241,7 +248,8 @@ def test_two_processes_give_the_single_process_figures_with_two_devices():
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "kinetic_jax._cli", "margin", BOOK, "--json",
-             "--scenarios", SCENARIOS, "--coordinator", f"127.0.0.1:{port}",
+             "--scenarios", SCENARIOS, "--sampler", "plain", "--coordinator",
+             f"127.0.0.1:{port}",
              "--num-processes", "2", "--process-id", str(i), "--init-timeout", "60",
              "--heartbeat-timeout", "10"],
             env=_env(JAX_NUM_CPU_DEVICES="1"), stdout=subprocess.PIPE,
@@ -262,7 +270,8 @@ def test_two_processes_give_the_single_process_figures_with_two_devices():
                 p.wait()
     assert outputs[0] == outputs[1]  # every process prints the same figures
     assert outputs[0]["devices"] == 2
-    assert _without_devices(outputs[0]) == _without_devices(_one_device())
+    # Bit for bit: the plain sampler (see the test above for the default's).
+    assert _without_devices(outputs[0]) == _without_devices(_one_device("plain"))
 
 
 @pytest.mark.parametrize("argv, message", [
