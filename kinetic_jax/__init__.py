@@ -23,6 +23,7 @@ from ._book import (
 )
 from ._book_file import (
     book_to_dict as book_to_dict,
+    check_unicode as check_unicode,
     load_book as load_book,
     loads_book as loads_book,
     parse_book as parse_book,

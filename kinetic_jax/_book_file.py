@@ -281,6 +281,32 @@ def read_book_file(path: str | os.PathLike, *, max_bytes: int | None = None
     return loads_book(raw, json_format=path.lower().endswith(".json"), name=path), raw
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def check_unicode(data, path: str = "") -> None:
+    """Raises BookError naming the first string (key or value) of decoded JSON
+    `data` that holds a lone surrogate: JSON's ``"\\ud800"`` escape decodes to
+    one, which is not Unicode text (it cannot be written as UTF-8: a saved state
+    or an exported book holding it could not be written or read back)."""
+    stack = [(path, data)]
+    while stack:
+        where, x = stack.pop()
+        if isinstance(x, str):
+            if _SURROGATE.search(x):
+                raise BookError(where or "book", f"{x!r:.60} holds a lone surrogate "
+                                                 "(not Unicode text)")
+        elif isinstance(x, dict):
+            for k, v in x.items():
+                key = f"{where}.{k}" if where else str(k)
+                if isinstance(k, str) and _SURROGATE.search(k):
+                    raise BookError(where or "book", f"key {k!r:.60} holds a lone surrogate "
+                                                     "(not Unicode text)")
+                stack.append((key, v))
+        elif isinstance(x, list):
+            stack.extend((f"{where}[{i}]", v) for i, v in enumerate(x))
+
+
 def loads_book(raw: bytes | str, *, json_format: bool = False, name: str = "book") -> Book:
     """Parses a book from TOML (or JSON with ``json_format=True``) text."""
     if not isinstance(raw, (bytes, str)):
@@ -303,6 +329,8 @@ def loads_book(raw: bytes | str, *, json_format: bool = False, name: str = "book
     except (ValueError, RecursionError) as e:  # e.g. an integer literal over 4,300 digits
         raise BookError("book", f"{name} is not valid {kind}: "
                                 f"{str(e).split(';')[0] or type(e).__name__}") from None
+    if json_format:
+        check_unicode(data)
     return parse_book(data)
 
 

@@ -90,15 +90,20 @@ class Hierarchy:
                     f"hierarchy[{i - offset}] (node {n.name!r}).parent",
                     f"unknown node {n.parent!r}",
                 )
-        # Every node must reach the root without a cycle.
+        # Every node must reach the root without a cycle: each node's path is
+        # walked up to a node already known to reach it (linear in the nodes; a
+        # walk per node to the root was quadratic in a chain's depth).
+        reaches: set[str] = set()
         for n in nodes:
-            seen = {n.name}
-            p = n.parent
-            while p is not None:
-                if p in seen:
+            path, on_path = [], set()
+            p = n.name
+            while p is not None and p not in reaches:
+                if p in on_path:
                     raise BookError(f"hierarchy (node {n.name!r}).parent", f"cycle through {p!r}")
-                seen.add(p)
+                path.append(p)
+                on_path.add(p)
                 p = names[p].parent
+            reaches.update(path)
         for i, n in enumerate(nodes):
             if n.parent is not None and n.rho < names[n.parent].rho:
                 raise BookError(

@@ -421,3 +421,23 @@ def test_book_is_a_frozen_value():
     assert isinstance(book, Book)
     with pytest.raises(AttributeError):
         book.positions = ()  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("text, field", [
+    ('{"contracts": [{"id": "\\ud800"}]}', "contracts[0].id"),
+    ('{"model": {"\\udfff": 1}}', "model"),
+    ('{"hierarchy": [{"node": "a\\ud83d", "parent": "root", "rho": 0.1}]}', "hierarchy[0].node"),
+])
+def test_a_lone_surrogate_in_json_names_its_field(text, field, tmp_path):
+    """JSON's \\uD800-\\uDFFF escapes outside a pair decode to a lone surrogate,
+    not Unicode text: named before the book is built (it could not be printed or
+    written back as UTF-8). A pair (an emoji) is text."""
+    with pytest.raises(BookError, match=rf"^{field.replace('[', '.').replace(']', '.')}: .*lone "
+                                        r"surrogate"):
+        loads_book(text, json_format=True)
+    path = tmp_path / "book.json"
+    path.write_text(text)
+    with pytest.raises(BookError, match="lone surrogate"):
+        load_book(path)
+    assert book_file.check_unicode({"id": "\ud83d\ude00".encode("utf-16", "surrogatepass")
+                                    .decode("utf-16")}) is None

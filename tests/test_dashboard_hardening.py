@@ -201,6 +201,45 @@ def test_probe_cases_answer_fast_with_a_4xx(client):
     assert err["event"] == "E" and "500" in err["detail"]
 
 
+def test_parlay_legs_and_stress_scenarios_are_bounded(client):
+    """Found by a probe: a parlay of 990 legs passed validation and its exact
+    worst case (a recursive search over the legs) answered 500 RecursionError;
+    20,000 stress scenarios took seconds per margin. Both are refused first."""
+    legs = kj.dashboard.Limits().max_parlay_legs + 1
+    book = ladder_book(legs, 1024)
+    for i, c in enumerate(book["contracts"]):
+        c["event"] = f"E{i}"
+    book["contracts"].append({"id": "P", "cluster": "Parlays", "type": "parlay",
+                              "legs": [c["id"] for c in book["contracts"]], "price": 0.01})
+    book["positions"].append({"contract": "P", "quantity": 10})
+    err = error_of(client.post("/api/margin", json=book), 422, "contracts (contract 'P').legs")
+    assert f"{legs:,} legs" in err["detail"]
+    book["contracts"][-1]["legs"] = book["contracts"][-1]["legs"][:legs - 1]
+    assert client.post("/api/validate", json=book).status_code == 200
+    many = kj.dashboard.Limits().max_stress + 1
+    stressed = ladder_book(3, 1024)
+    stressed["stress"] = [{"name": f"s{i}", "factors": {"BTC": -3.0}} for i in range(many)]
+    err = error_of(client.post("/api/margin", json=stressed), 422, "stress")
+    assert f"{many:,} stress scenarios" in err["detail"]
+    stressed["stress"] = stressed["stress"][:many - 1]
+    assert client.post("/api/validate", json=stressed).status_code == 200
+
+
+def test_a_deep_hierarchy_chain_validates_in_linear_time(client):
+    """Found by a probe: the cycle check walked every node to the root, so a
+    12,000-node chain took 22 s to validate (quadratic in its depth)."""
+    n = 12_000
+    book = ladder_book(3, 1024)
+    book["hierarchy"] = [{"node": "n0", "parent": "root", "rho": 0.1}] + [
+        {"node": f"n{i}", "parent": f"n{i - 1}", "rho": 0.1} for i in range(1, n)]
+    book["clusters"] = [{"name": "BTC", "parent": f"n{n - 1}", "loading": 0.5}]
+    t0 = time.perf_counter()
+    r = client.post("/api/validate", json=book)
+    assert time.perf_counter() - t0 < 2.0 and r.status_code == 200, r.text
+    book["hierarchy"][0]["parent"] = f"n{n - 1}"  # a cycle through the whole chain
+    error_of(client.post("/api/validate", json=book), 422, "hierarchy (node 'n0').parent")
+
+
 def test_limits_are_configurable(state_path, tmp_path):
     limits = Limits(max_contracts=10, max_contracts_per_event=3, max_positions=5,
                     max_parlays=0, scenarios=(1024, 4096, 131072))
@@ -366,7 +405,19 @@ def test_allowed_hosts_from_the_environment(monkeypatch):
     names = app_module.allowed_host_names("127.0.0.1")
     assert {"a.example", "b.example", "127.0.0.1", "localhost", "::1"} <= names
     assert app_module.split_host("[::1]:80") == "::1"
+    assert app_module.split_host("[::1]") == "::1"
     assert app_module.split_host("Example.COM:8765") == "example.com"
+    # A bracketed loopback literal with a name after it is not loopback.
+    for host in ("[::1].attacker.example:80", "[::1]attacker.example", "[127.0.0.1]evil",
+                 "[::1]:80x"):
+        assert app_module.split_host(host) not in names, host
+
+
+def test_a_bracketed_literal_followed_by_a_name_is_refused(client):
+    """Found by a probe: ``Host: [::1].evil`` was read as ``::1`` and served."""
+    assert client.get("/api/health", headers={"Host": "[::1]:8765"}).status_code == 200
+    for host in ("[::1].evil:8765", "[127.0.0.1]evil"):
+        assert client.get("/api/health", headers={"Host": host}).status_code == 400, host
 
 
 # ---------------------------------------------------------------------------
@@ -564,6 +615,29 @@ def test_error_bodies_carry_a_path(client):
 ])
 def test_field_paths(field, path, event):
     assert app_module.field_path(field) == (path, event)
+
+
+def test_a_lone_surrogate_is_an_input_error_and_never_saved(client, state_path):
+    """Found by a probe: JSON's "\\ud800" escape decodes to a lone surrogate,
+    which cannot be written as UTF-8: a contract id holding one answered 500,
+    and a `ui` key holding one was saved before the 500, so that every later
+    GET /api/state (and a restart) answered 500 too."""
+    body = '{"model": {"scenarios": 1024}, "contracts": [{"id": "\\ud800", "cluster": "BTC", ' \
+           '"type": "above", "event": "E", "threshold": 1, "price": 0.5}], "positions": []}'
+    for path in ("/api/validate", "/api/export", "/api/margin"):
+        err = error_of(post(client, path, body), 422, "contracts[0].id")
+        assert "lone surrogate" in err["detail"]
+    before = client.get("/api/state").json()
+    state = json.dumps({"book": before["book"], "ui": {"x": 1}})[:-1] + ', "\\ud800": 1}'
+    state = state.replace('"ui": {"x": 1}, "\\ud800": 1}', '"ui": {"\\ud800": 1}}')
+    err = error_of(client.put("/api/state", content=state, headers=JSON), 422, "ui")
+    assert "lone surrogate" in err["detail"]
+    assert client.get("/api/state").json() == before
+    # A state file holding one (written by hand) is set aside at start-up.
+    state_path.write_text('{"version": 1, "book": {"contracts": [{"id": "\\ud800"}]}}')
+    with TestClient(create_app(None, state_path), base_url=BASE) as c:
+        assert c.get("/api/state").json()["source"]["path"] == "reference"
+    assert any(".corrupt-" in p.name for p in state_path.parent.iterdir())
 
 
 def test_a_nested_state_file_is_set_aside(state_path):

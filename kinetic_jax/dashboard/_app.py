@@ -216,10 +216,16 @@ async def _refuse(send, status: int, field: str, detail: str, headers=()) -> Non
 
 
 def split_host(value: str) -> str:
-    """The name in a Host header (``[::1]:8765`` -> ``::1``), lower case."""
+    """The name in a Host header (``[::1]:8765`` -> ``::1``), lower case. A
+    bracketed literal followed by anything but ``:port`` (``[::1].evil``) is
+    returned whole, so it matches no allowed name."""
     value = value.strip().lower()
     if value.startswith("["):
-        return value[1:value.find("]")] if "]" in value else value
+        end = value.find("]")
+        rest = value[end + 1:] if end >= 0 else None
+        if rest is not None and (rest == "" or (rest[:1] == ":" and rest[1:].isdigit())):
+            return value[1:end]
+        return value
     return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
 
 
@@ -484,10 +490,12 @@ def decode_json_body(raw: bytes):
         raise BookError("book", f"request body nests {depth} levels deep, over the limit "
                                 f"of {MAX_JSON_DEPTH}")
     try:
-        return json.loads(text, parse_int=_parse_int)
+        data = json.loads(text, parse_int=_parse_int)
     except (ValueError, RecursionError) as e:
         raise BookError("book", f"request body is not valid JSON: "
                                 f"{str(e).split(';')[0] or type(e).__name__}") from None
+    kj.check_unicode(data)
+    return data
 
 
 def _parse_state_body(raw: bytes, limits: service.Limits) -> tuple[Book, dict]:

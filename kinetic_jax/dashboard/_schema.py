@@ -266,7 +266,8 @@ def book_schema(limits: service.Limits) -> dict:
                 "maxItems": limits.max_contracts,
                 "description": f"at most {limits.max_contracts:,} contracts, "
                                f"{limits.max_contracts_per_event:,} on one event, "
-                               f"{limits.max_parlays:,} parlays",
+                               f"{limits.max_parlays:,} parlays of at most "
+                               f"{limits.max_parlay_legs:,} legs",
                 "items": contract_schema(),
             },
             "underlyings": {
