@@ -96,3 +96,47 @@ def test_what_if_preview_before_apply(server, tmp_path):  # noqa: F811
         noise = 4 * (after.standard_error + grown_report.standard_error)
         assert abs(shown - expected) < noise
         assert errors == []
+
+
+def test_edits_that_are_not_one_trade_hide_the_preview(server, tmp_path):  # noqa: F811
+    """Found by a probe: the preview is of one trade on the last computed book,
+    so it is hidden when the table is anything else. A renamed contract was
+    previewed as a new one (its position counted twice), the second of two edited
+    rows was previewed alone, and re-running stamped "(applied)" on it though the
+    tiles showed another figure."""
+    _require_browser()
+    url, _ = server
+    with dashboard_page(url, tmp_path / "profile") as (page, errors):
+        page.evaluate("window.dashboard.state.ui.auto = false")
+        box = page.locator("#whatif")
+        hidden = "document.getElementById('whatif').hidden"
+        a, b = page.evaluate("window.dashboard.state.lastBook.positions.map(p => p.contract)")[:2]
+        quantity_a = page.locator(f'#positions tr[data-id="{a}"] input[data-key="quantity"]')
+        quantity_a.fill("12345")
+        _wait_preview(page, a)
+        # A second edited row: two trades, no preview (of either).
+        page.locator(f'#positions tr[data-id="{b}"] input[data-key="quantity"]').fill("777")
+        page.wait_for_function(hidden)
+        quantity_a.fill("12346")
+        page.wait_for_timeout(500)
+        assert box.is_hidden()
+        page.locator(f'#positions tr[data-id="{b}"] input[data-key="quantity"]').fill(
+            str(page.evaluate(f"window.dashboard.state.lastBook.positions.find(p => "
+                              f"p.contract === {a!r} ? false : p.contract === {b!r}).quantity")))
+        quantity_a.fill("12347")  # b back as computed: a's edit is one trade again
+        _wait_preview(page, a)
+        # A renamed contract is not a new contract.
+        rename = page.locator(f'#positions tr[data-id="{b}"] input[data-key="id"]')
+        rename.fill(b + "-RENAMED")
+        page.wait_for_function(hidden)
+        rename.fill(b)
+        quantity_a.fill("12346")
+        _wait_preview(page, a)
+        # A setting changed after the preview: re-running computes another book
+        # than the previewed one, so the preview is hidden, not "(applied)".
+        page.evaluate("window.dashboard.state.model.seed += 1")
+        page.click("#rerun")
+        _wait_idle(page, f"window.dashboard.state.lastBook.positions.some(p => "
+                         f"p.contract === {a!r} && p.quantity === 12346)")
+        page.wait_for_function(hidden)
+        assert errors == []
