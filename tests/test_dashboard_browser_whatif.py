@@ -140,3 +140,28 @@ def test_edits_that_are_not_one_trade_hide_the_preview(server, tmp_path):  # noq
                          f"p.contract === {a!r} && p.quantity === 12346)")
         page.wait_for_function(hidden)
         assert errors == []
+
+
+def test_an_invalid_setting_is_named_and_stops_recomputing(server, tmp_path):  # noqa: F811
+    """Found by a probe: a setting out of its range (liquidity threshold 5) was
+    only outlined, and the book was recomputed and saved with the previous value
+    while the field showed 5. Now the banner names it and nothing is computed
+    until it is fixed."""
+    _require_browser()
+    url, _ = server
+    with dashboard_page(url, tmp_path / "profile") as (page, errors):
+        gen = page.evaluate("window.dashboard.state.gen")
+        threshold = page.locator("#liquidity_threshold")
+        valid = threshold.input_value()
+        threshold.fill("5")
+        page.wait_for_function("!document.getElementById('banner').hidden")
+        banner = page.locator("#banner").inner_text()
+        assert 'liquidity_threshold: "5" is not a number in' in banner, banner
+        assert threshold.get_attribute("title").startswith("liquidity_threshold: ")
+        page.click("#rerun")
+        page.wait_for_timeout(300)
+        assert page.evaluate("window.dashboard.state.gen") == gen  # nothing computed
+        threshold.fill(valid)
+        _wait_idle(page, f"window.dashboard.state.gen > {gen}")
+        assert page.locator("#banner").is_hidden()
+        assert errors == []

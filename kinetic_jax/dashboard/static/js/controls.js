@@ -90,7 +90,12 @@ export function renderControls() {
     (x) => x.toLocaleString("en-US"));
   $("seed").value = S.model.seed ?? defaultOf("seed");
   $("as_of").value = S.model.as_of ?? "";
-  $("as_of").classList.remove("invalid");
+  // The inputs now show the book's values: no setting is invalid.
+  for (const name of ["seed", "as_of", ...Object.keys(S.controlErrors)]) {
+    $(name).classList.remove("invalid");
+    $(name).title = "";
+  }
+  S.controlErrors = {};
   renderHorizon();
   for (const name of ["mc_error", "liquidity"]) $(name).checked = S.addons[name] ?? defaultOf(name);
   $("stress_addon").checked = S.model.stress_addon ?? defaultOf("stress_addon");
@@ -110,7 +115,17 @@ function numberControl(name, target) {
     const ok = Number.isFinite(v) && (b.min == null || (b.min_open ? v > b.min : v >= b.min))
       && (b.max == null || (b.max_open ? v < b.max : v <= b.max)) && (b.type !== "integer" || Number.isInteger(v));
     input.classList.toggle("invalid", !ok);
-    if (!ok) return;
+    // A bad value is named (banner and tooltip) and stops recomputing until it
+    // is fixed: the figures never belong to a setting other than the one shown.
+    if (!ok) {
+      const range = `${b.min == null ? "(-∞" : (b.min_open ? "(" : "[") + b.min}, ${b.max == null ? "∞)" : b.max + (b.max_open ? ")" : "]")}`;
+      S.controlErrors[name] = `${name}: ${JSON.stringify(input.value)} is not ${b.type === "integer" ? "an integer" : "a number"} in ${range}`;
+      input.title = S.controlErrors[name];
+      hooks.schedule();
+      return;
+    }
+    delete S.controlErrors[name];
+    input.title = "";
     target()[name] = v;
     hooks.schedule();
   });
@@ -149,7 +164,14 @@ export function wireControls(on) {
     const v = e.target.value.trim();
     const ok = v === "" || ISO_DATE.test(v);
     e.target.classList.toggle("invalid", !ok);
-    if (!ok) return;
+    if (!ok) {
+      S.controlErrors.as_of = `as_of: ${JSON.stringify(v)} is not a date YYYY-MM-DD`;
+      e.target.title = S.controlErrors.as_of;
+      hooks.schedule();
+      return;
+    }
+    delete S.controlErrors.as_of;
+    e.target.title = "";
     if (v === "") delete S.model.as_of; else S.model.as_of = v;
     hooks.schedule();
   });

@@ -67,6 +67,12 @@ async function compute() {
     document.body.classList.add("stale");
     return;
   }
+  const badSettings = Object.values(S.controlErrors);
+  if (badSettings.length) {
+    showBanner(`Invalid setting — ${badSettings.join("; ")}. Fix it to recompute.`);
+    document.body.classList.add("stale");
+    return;
+  }
   const { book, rows, positions, stress } = buildBook();
   S.running = true; S.pending = false;
   const gen = ++S.gen;

@@ -10,6 +10,7 @@ export const S = {
   ui: { auto: true, logy: false, sens: "euler", filter: "All", view: "portfolio", asset: "" },
   uid: 0,
   rowErrors: {},     // uid -> {key: message} (client checks)
+  controlErrors: {}, // setting name -> message (client checks of the settings' inputs)
   serverError: null, // {field, detail, message, path, event?}
   sentRows: [],      // uid of each contract of the last sent book (for error mapping)
   sentPositions: [], // uid of each position of the last sent book
