@@ -341,6 +341,12 @@ class MarginSession:
         return self.report.margin
 
     @property
+    def nbytes(self) -> int:
+        """Bytes of the simulation the session keeps (the outcome matrix, or the
+        marks at a horizon, with the loss rows and weights): its memory cost."""
+        return sum(int(x.nbytes) for x in jax.tree.leaves(self._state))
+
+    @property
     def sampler(self) -> str:
         return self.book.settings.sampler
 

@@ -706,3 +706,33 @@ def test_fuzz_never_a_5xx(fuzz_client, body, path):
         err = r.json()["error"]
         assert err["message"] and isinstance(err["path"], list)
     assert fuzz_client.get("/api/health").json()["status"] == "ok"
+
+
+def test_what_if_sessions_are_bounded_in_bytes():
+    """Found by a probe: four what-if books at a horizon (2,000 dated binaries x
+    32,768 scenarios, 262 MB of float32 marks each) took the server from 0.27 to
+    1.9 GB; the session LRU counted books, not bytes. It now keeps at most
+    `max_bytes` (the newest always), and makes room before it simulates."""
+    from kinetic_jax.dashboard import _whatif as what_if_service
+
+    reference = Path(__file__).resolve().parents[1] / "examples" / "reference_book.toml"
+    books = [kj.load_book(reference).with_settings(scenarios=1024, seed=seed)
+             for seed in range(3)]
+    session = kj.margin_session(books[0])
+    one = session.nbytes
+    # The 0/1 outcome matrix (a byte a cell), the loss rows and the weights.
+    c, n = session._arrays.quantity.shape[0], session._state.weights.shape[0]
+    rows = session._state.losses.shape[0]
+    assert one == c * n + 4 * rows * n + 4 * n
+    estimate = 4 * len(books[0].contracts) * 1024
+    sessions = what_if_service.Sessions(capacity=4, max_bytes=estimate + one // 2)
+    for book in books:
+        sessions.get(book)
+        snap = sessions.snapshot()
+        assert snap["bytes"] <= snap["max_bytes"]
+    assert snap["sessions"] == 1 and snap["opened"] == 3  # room made for each new book
+    roomy = what_if_service.Sessions(capacity=2, max_bytes=1 << 30)
+    for book in books:
+        roomy.get(book)
+    assert roomy.snapshot()["sessions"] == 2  # the count still bounds it
+    assert roomy.get(books[2])[1] is False and roomy.get(books[0])[1] is True
