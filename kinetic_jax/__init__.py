@@ -26,6 +26,7 @@ from ._book_file import (
     check_unicode as check_unicode,
     load_book as load_book,
     loads_book as loads_book,
+    loads_json as loads_json,
     parse_book as parse_book,
     read_book_file as read_book_file,
 )

@@ -13,7 +13,7 @@ import math
 from collections import defaultdict
 from collections.abc import Mapping
 
-from ._checks import check_number, plain, plain_fields
+from ._checks import check_number, check_size, plain, plain_fields
 from ._dates import DAYS_PER_YEAR, check_horizon_days, date_text, iso_date, time_to
 from ._errors import BookError
 from ._hierarchy import Hierarchy, default_hierarchy
@@ -122,6 +122,7 @@ class Settings:
             object.__setattr__(self, "pnl_range", (lo, hi))
         if self.pnl_points is not None:
             n = self.pnl_points
+            check_size("model.pnl_points", n)
             if isinstance(n, bool) or not isinstance(n, int) or not 2 <= n <= MAX_PNL_POINTS:
                 raise BookError("model.pnl_points", f"{n!r} is not an integer in "
                                                     f"[2, {MAX_PNL_POINTS}]")
@@ -136,6 +137,7 @@ class Settings:
                      high_open=True)
         for name, value, hi in (("scenarios", self.scenarios, MAX_SCENARIOS),
                                 ("seed", self.seed, 2**32 - 1)):
+            check_size(f"model.{name}", value)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise BookError(f"model.{name}", f"{value!r} is not an integer")
             lo = 1 if name == "scenarios" else 0

@@ -16,7 +16,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from ._book import Book, Contract, Position, Settings, Stress
-from ._checks import is_number, plain
+from ._checks import (
+    MAX_INT_DIGITS,
+    LongInteger,
+    check_size,
+    is_number,
+    long_integers,
+    plain,
+)
 from ._dates import iso_date
 from ._errors import BookError
 from ._hierarchy import Cluster, Hierarchy, Node, default_hierarchy
@@ -35,9 +42,6 @@ MAX_BOOK_BYTES = 16 * 1024 * 1024
 # A book nests 4 deep ({"contracts": [{"legs": [...]}]}); deeper text is refused
 # before it reaches the decoders (which recurse once per level).
 MAX_NESTING = 32
-# Integer literals longer than this are refused by digit count, before any
-# conversion (a float64 holds at most ~309 integer digits).
-MAX_INT_DIGITS = 300
 
 
 def _table(field: str, value: Any) -> Mapping:
@@ -63,34 +67,20 @@ def _keys(field: str, table: Mapping, allowed: set[str], required: set[str] = fr
 
 
 def _string(field: str, value: Any) -> str:
-    if not isinstance(value, str) or isinstance(value, _LongInteger) or not value:
+    if not isinstance(value, str) or not value:
         raise BookError(field, f"{value!r} is not a non-empty string")
     return value
 
 
-class _LongInteger(str):
-    """An integer literal too long to convert (kept as text to name it)."""
-
-    def __repr__(self) -> str:
-        return f"<an integer of {len(self.lstrip('+-')):,} digits>"
-
-
-def _parse_int(text: str) -> int | _LongInteger:
-    if len(text.lstrip("+-")) > MAX_INT_DIGITS:
-        return _LongInteger(text)
-    return int(text)
+def _parse_int(text: str) -> int | LongInteger:
+    return LongInteger.of_text(text) if len(text.lstrip("+-")) > MAX_INT_DIGITS else int(text)
 
 
 def _num(field: str, value: Any) -> float:
-    if isinstance(value, _LongInteger):
-        raise BookError(field, f"an integer of {len(value.lstrip('+-')):,} digits is out of "
-                               f"range (at most {MAX_INT_DIGITS} digits)")
+    check_size(field, value)
     if not is_number(value):
         raise BookError(field, f"{value!r} is not a number")
     value = plain(value)
-    if isinstance(value, int) and abs(value) >= 2**1023:
-        raise BookError(field, f"an integer of {len(str(abs(value))):,} digits is out of "
-                               f"range (at most {MAX_INT_DIGITS} digits)")
     if not math.isfinite(value):
         raise BookError(field, f"{value!r} is not finite")
     return value
@@ -115,6 +105,32 @@ def nesting_depth(text: str, *, toml: bool = False) -> int:
     return deepest
 
 
+# An integer literal outside TOML's strings and comments (not a float's part).
+_TOML_TOKENS = re.compile(f"({_SKIP_TOML.pattern})"
+                          rf"|(?<![\w.:+-])([+-]?\d[\d_]{{{MAX_INT_DIGITS},}})(?![\w.:])")
+_MARK = "e-7777777777"  # the exponent of the floats that stand for long integers
+
+
+def _toml_loads(text: str) -> dict:
+    """`tomllib.loads`, with every integer literal over MAX_INT_DIGITS digits
+    decoded as a `LongInteger` (as JSON's are), so that the field holding it is
+    named; tomllib would convert it, and Python refuses over 4,300 digits."""
+    if _MARK in text:  # a text that holds the marker is left as it is
+        return tomllib.loads(text)
+    longs: list[LongInteger] = []
+
+    def mark(m: re.Match) -> str:
+        if m.group(2) is None:
+            return m.group()
+        longs.append(LongInteger.of_text(m.group(2)))
+        return f"{len(longs) - 1}.0{_MARK}"
+
+    def parse_float(s: str):
+        return longs[int(s.split(".")[0])] if s.endswith(_MARK) else float(s)
+
+    return tomllib.loads(_TOML_TOKENS.sub(mark, text), parse_float=parse_float)
+
+
 def check_nesting(text: str, *, toml: bool = False, name: str = "book") -> None:
     """Raises BookError if `text` nests deeper than MAX_NESTING."""
     depth = nesting_depth(text, toml=toml)
@@ -125,7 +141,7 @@ def check_nesting(text: str, *, toml: bool = False, name: str = "book") -> None:
 
 def parse_book(data: Mapping) -> Book:
     """Builds a validated [`Book`][] from a decoded book file (SPEC.md §3)."""
-    data = _table("book", data)
+    data = _table("book", long_integers(data))
     _keys("book", data, _TOP)
     model = _table("model", data.get("model", {}))
     _keys("model", model, _MODEL)
@@ -133,8 +149,7 @@ def parse_book(data: Mapping) -> Book:
     _keys("addons", addons, _ADDONS)
     for table, values in (("model", model), ("addons", addons)):
         for key, value in values.items():
-            if isinstance(value, _LongInteger):
-                _num(f"{table}.{key}", value)
+            check_size(f"{table}.{key}", value)
     settings = Settings(**{**model, **addons})
 
     has_h, has_c = "hierarchy" in data, "clusters" in data
@@ -307,8 +322,7 @@ def check_unicode(data, path: str = "") -> None:
             stack.extend((f"{where}[{i}]", v) for i, v in enumerate(x))
 
 
-def loads_book(raw: bytes | str, *, json_format: bool = False, name: str = "book") -> Book:
-    """Parses a book from TOML (or JSON with ``json_format=True``) text."""
+def _decode(raw: bytes | str, *, json_format: bool, name: str):
     if not isinstance(raw, (bytes, str)):
         raise BookError("book", f"{name} is a {type(raw).__name__}, not text (str or bytes)")
     try:
@@ -321,17 +335,32 @@ def loads_book(raw: bytes | str, *, json_format: bool = False, name: str = "book
         if json_format:
             data = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_int=_parse_int)
         else:
-            data = tomllib.loads(text)
+            data = _toml_loads(text)
     except BookError:
         raise
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
         raise BookError("book", f"{name} is not valid {kind}: {e}") from None
-    except (ValueError, RecursionError) as e:  # e.g. an integer literal over 4,300 digits
+    except (ValueError, RecursionError) as e:  # defence: a conversion tomllib makes fails
         raise BookError("book", f"{name} is not valid {kind}: "
                                 f"{str(e).split(';')[0] or type(e).__name__}") from None
     if json_format:
         check_unicode(data)
-    return parse_book(data)
+    return data
+
+
+def loads_json(raw: bytes | str, *, name: str = "book"):
+    """Decodes JSON text as the book reader does, refusing with a [`BookError`][]
+    what would fail later or hold the decoder: text that is not UTF-8, nesting
+    deeper than MAX_NESTING (checked before decoding), a key given twice in one
+    object, a lone surrogate (named by its path); an integer of more than
+    MAX_INT_DIGITS digits is kept as a `LongInteger`, never converted, for
+    [`parse_book`][] to name its field."""
+    return _decode(raw, json_format=True, name=name)
+
+
+def loads_book(raw: bytes | str, *, json_format: bool = False, name: str = "book") -> Book:
+    """Parses a book from TOML (or JSON with ``json_format=True``) text."""
+    return parse_book(_decode(raw, json_format=json_format, name=name))
 
 
 def book_to_dict(book: Book) -> dict:

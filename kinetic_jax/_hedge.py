@@ -44,7 +44,7 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from ._arrays import BookArrays, bucket
 from ._book import MAX_AMOUNT, Book
-from ._checks import is_number
+from ._checks import check_size, is_number
 from ._errors import BookError, EngineError
 from ._margin import MarginParams, MarginResult, cluster_losses, margin_from_losses
 from ._portfolio import margin_inputs, portfolio_margin
@@ -215,6 +215,7 @@ class HedgeResult:
 
 
 def _finite(name: str, value) -> float:
+    check_size(name, value)
     if not is_number(value) or not math.isfinite(value):
         raise BookError(name, f"{value!r} is not a finite number")
     return float(value)
@@ -269,6 +270,7 @@ def optimise_hedge(
             raise BookError(f"instrument[{j}]", f"{cid!r} is given twice")
     if objective not in OBJECTIVES:
         raise BookError("objective", f"{objective!r} is not one of {', '.join(OBJECTIVES)}")
+    check_size("steps", steps)
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 100_000:
         raise BookError("steps", f"{steps!r} is outside [1, 100000]")
     qty = book.net_quantities()

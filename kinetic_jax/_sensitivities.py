@@ -46,7 +46,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from ._allocation import allocate
 from ._arrays import BookArrays, row_membership, without_padding
 from ._book import MAX_SCENARIOS, SAMPLERS, Book
-from ._checks import is_number
+from ._checks import check_size, is_number
 from ._conditional import (
     aggregate_chunk as agg_chunk,
     aggregates,
@@ -107,7 +107,9 @@ def jump_run(settings, scenarios: int | None = None, sampler: str | None = None)
     JUMP_SAMPLER)."""
     if scenarios is None:
         scenarios = min(JUMP_FACTOR * settings.scenarios, MAX_SCENARIOS)
-    elif isinstance(scenarios, bool) or not isinstance(scenarios, int) or not (
+    else:
+        check_size("jump_scenarios", scenarios)
+    if isinstance(scenarios, bool) or not isinstance(scenarios, int) or not (
             1 <= scenarios <= MAX_SCENARIOS):
         raise BookError("jump_scenarios", f"{scenarios!r} is not an integer in "
                                           f"[1, {MAX_SCENARIOS}]")
@@ -454,6 +456,7 @@ def sensitivities(
       prices, rho and loadings (default JUMP_FACTOR = 8 x `scenarios`,
       importance-sampled: see [`jump_run`][]); ignored by the other estimators.
     """
+    check_size("temperature", temperature)
     if not is_number(temperature) or not (math.isfinite(temperature) and 0 < temperature <= 1):
         raise BookError("temperature", f"{temperature!r} is outside (0, 1]")
     book = book.with_overrides(scenarios=scenarios, seed=seed)

@@ -441,3 +441,33 @@ def test_a_lone_surrogate_in_json_names_its_field(text, field, tmp_path):
         load_book(path)
     assert book_file.check_unicode({"id": "\ud83d\ude00".encode("utf-16", "surrogatepass")
                                     .decode("utf-16")}) is None
+
+
+@pytest.mark.parametrize("digits", [301, 4301, 60_000])
+@pytest.mark.parametrize("sign", ["", "-", "+"])
+def test_toml_integer_over_the_digit_limit_names_its_field(digits, sign):
+    """A TOML integer literal over MAX_INT_DIGITS digits is named with its field,
+    as in JSON, also beyond Python's 4,300-digit conversion limit (which tomllib
+    would hit); underscores do not count; the same digits in a string, a comment
+    or a float's fraction are not integers."""
+    text = REFERENCE.read_text()
+    line = 'contract = "BTC-90K-DEC"\nquantity = 4000'
+    assert line in text
+    long = sign + "9" * digits
+    with pytest.raises(BookError, match=rf"an integer of {digits:,} digits is out of range"
+                       ) as info:
+        loads_book(text.replace(line, f'contract = "BTC-90K-DEC"\nquantity = {long}', 1))
+    assert info.value.field == "positions[0] (contract 'BTC-90K-DEC').quantity"
+    with pytest.raises(BookError, match=rf"^model.seed: an integer of {digits:,} digits"):
+        loads_book(text.replace("seed = 0", "seed = " + sign + "_".join("9" * digits), 1))
+    kept = text.replace("[model]", f"# {long}\n[model]", 1).replace(
+        'id = "BTC-90K-DEC"', f'id = "BTC-{long}"', 1).replace(
+        '"BTC-90K-DEC"', f'"BTC-{long}"')
+    book = loads_book(kept)
+    assert f"BTC-{long}" in {c.id for c in book.contracts}
+    hexadecimal = "0x" + "f" * (digits * 5 // 6)  # as many decimal digits, or one more
+    with pytest.raises(BookError, match=r"^model.seed: an integer of [0-9,]+ digits is out"):
+        loads_book(text.replace("seed = 0", f"seed = {hexadecimal}", 1))
+    with pytest.raises(BookError, match=r"^model.scenarios: 1.5 is not an integer"):
+        loads_book(text.replace("scenarios = 131072", "scenarios = 1.5" + "0" * digits, 1))
+

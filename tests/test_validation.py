@@ -556,3 +556,50 @@ def test_dtype_is_float32_or_float64_with_x64(dtype, message):
 def test_book_text_that_is_not_text(raw):
     with pytest.raises(BookError, match=rf"book: book is a {type(raw).__name__}, not text"):
         kj.loads_book(raw)
+
+
+HUGE = 16**5000  # 6,021 decimal digits: Python refuses to write it as text
+
+
+def _leaves(x, path=()):
+    if isinstance(x, dict):
+        for k, v in x.items():
+            yield from _leaves(v, (*path, k))
+    elif isinstance(x, list):
+        for i, v in enumerate(x):
+            yield from _leaves(v, (*path, i))
+    else:
+        yield path
+
+
+@pytest.mark.parametrize("value", [HUGE, -HUGE, 10**300], ids=["16^5000", "-16^5000", "10^300"])
+def test_an_integer_too_long_to_print_is_named_wherever_it_stands(value):
+    """An int of more than 300 digits in any field of a decoded book (or a
+    Settings, hedge or sensitivity argument) is refused naming that field, its
+    digit count computed without converting it to text (which Python refuses
+    over 4,300 digits: the message would otherwise raise a ValueError of its
+    own)."""
+    digits = len(str(abs(value))) if abs(value) < 10**4000 else 6021
+    for path in _leaves(_book(hierarchy=True)):
+        data = _book(hierarchy=True)
+        node = data
+        for k in path[:-1]:
+            node = node[k]
+        node[path[-1]] = value
+        with pytest.raises(BookError) as info:
+            parse_book(data)
+        assert f"{digits:,} digits" in str(info.value), (path, str(info.value)[:200])
+        assert str(path[-1]) in info.value.field or path[-1] == "contract", path
+    for kw in ("seed", "scenarios", "confidence", "pnl_points"):
+        with pytest.raises(BookError, match=rf"^model\.{kw}: an integer of {digits:,} digits "
+                                            r"is out of range"):
+            kj.Settings(**{kw: value})
+    book = parse_book(_book())
+    with pytest.raises(BookError, match=rf"^steps: an integer of {digits:,} digits"):
+        kj.optimise_hedge(book, ["NBA-LAL"], steps=value)
+    with pytest.raises(BookError, match=rf"^max_quantity: an integer of {digits:,} digits"):
+        kj.optimise_hedge(book, ["NBA-LAL"], max_quantity=value)
+    with pytest.raises(BookError, match=rf"^temperature: an integer of {digits:,} digits"):
+        kj.sensitivities(book, temperature=value)
+    with pytest.raises(BookError, match=rf"^jump_scenarios: an integer of {digits:,} digits"):
+        kj.sensitivities(book, jump_scenarios=value)

@@ -40,10 +40,8 @@ import ast
 import asyncio
 import contextlib
 import datetime as _dt
-import json
 import logging
 import os
-import re
 import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -450,52 +448,11 @@ def _parse_json_book(raw: bytes, limits: service.Limits) -> Book:
     return book
 
 
-MAX_JSON_DEPTH = 32  # a book nests 4 deep; the state body 5
-MAX_INT_DIGITS = 300
-_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
-
-
-def json_depth(text: str) -> int:
-    """The deepest bracket nesting of JSON `text` (strings left out)."""
-    depth = deepest = 0
-    for ch in re.sub(r"[^\[\]{}]", "", _JSON_STRING.sub("", text)):
-        depth = depth + 1 if ch in "[{" else max(0, depth - 1)
-        deepest = max(deepest, depth)
-    return deepest
-
-
-class LongInteger:
-    """An integer literal too long to convert: parse_book names its field."""
-
-    def __init__(self, text: str):
-        self.digits = len(text.lstrip("+-"))
-
-    def __repr__(self) -> str:
-        return f"<an integer of {self.digits:,} digits>"
-
-
-def _parse_int(text: str):
-    return LongInteger(text) if len(text.lstrip("+-")) > MAX_INT_DIGITS else int(text)
-
-
 def decode_json_body(raw: bytes):
-    """A request body as JSON: UTF-8, nesting bounded before decoding, integers of
-    more than MAX_INT_DIGITS digits kept as text (named later, never converted)."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise BookError("book", f"request body is not valid JSON: {e}") from None
-    depth = json_depth(text)
-    if depth > MAX_JSON_DEPTH:
-        raise BookError("book", f"request body nests {depth} levels deep, over the limit "
-                                f"of {MAX_JSON_DEPTH}")
-    try:
-        data = json.loads(text, parse_int=_parse_int)
-    except (ValueError, RecursionError) as e:
-        raise BookError("book", f"request body is not valid JSON: "
-                                f"{str(e).split(';')[0] or type(e).__name__}") from None
-    kj.check_unicode(data)
-    return data
+    """A request body as JSON, decoded as book files are ([`kj.loads_json`][]):
+    UTF-8, nesting bounded before decoding, no key twice, integers of more than
+    300 digits kept by their digit count (named later, never converted)."""
+    return kj.loads_json(raw, name="request body")
 
 
 def _parse_state_body(raw: bytes, limits: service.Limits) -> tuple[Book, dict]:

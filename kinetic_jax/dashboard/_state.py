@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from kinetic_jax import Book, BookError, book_to_dict, check_unicode, parse_book
+from kinetic_jax import Book, BookError, book_to_dict, loads_json, parse_book
 
 STATE_VERSION = 1
 MAX_STATE_BYTES = 32 * 1024 * 1024
@@ -160,8 +160,9 @@ class StateStore:
         try:
             if size > MAX_STATE_BYTES:
                 raise ValueError(f"{size} bytes, over the {MAX_STATE_BYTES} limit")
-            data = json.loads(self.path.read_bytes().decode("utf-8"))
-            check_unicode(data)  # a BookError (a ValueError): set aside
+            # A BookError (a ValueError) if it is not JSON as a book file takes it
+            # (nesting, duplicate keys, lone surrogates): set aside.
+            data = loads_json(self.path.read_bytes(), name=str(self.path))
             if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
                 raise ValueError(f"not a version-{STATE_VERSION} dashboard state")
             src = data.get("source") or {}
