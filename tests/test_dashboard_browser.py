@@ -408,3 +408,58 @@ def test_dashboard_end_to_end(server, tmp_path):
         _wait_idle(page, "window.dashboard.state.unreachable === false")
         assert page.locator("#banner").is_hidden()
         assert not errors, errors
+
+
+# The elements wider than the viewport that no scrolling box holds: each one
+# whose right edge is past it while every ancestor's left/right edges are within
+# it (a table inside `.table-wrap` or `#clusters` scrolls there, not the page).
+_SPILL = """(W) => {
+  const out = [];
+  const fits = (e) => { const r = e.getBoundingClientRect(); return r.right <= W + 0.5; };
+  for (const el of document.querySelectorAll('body *')) {
+    const r = el.getBoundingClientRect();
+    if (!r.width || !r.height || r.right <= W + 0.5) continue;
+    let clipped = false;
+    for (let a = el.parentElement; a && a !== document.body; a = a.parentElement) {
+      if (['auto', 'scroll', 'hidden'].includes(getComputedStyle(a).overflowX) && fits(a)) {
+        clipped = true; break;
+      }
+    }
+    if (!clipped) out.push(`${el.tagName}#${el.id}.${el.className} right ${Math.round(r.right)}`);
+  }
+  return {width: document.documentElement.scrollWidth, spill: out.slice(0, 8)};
+}"""
+
+
+def test_the_page_fits_a_phone_screen(server, tmp_path):
+    """At 390 px (a phone) the page never scrolls sideways: the header's actions
+    and the horizon buttons wrap, the tiles take two columns, wide tables scroll
+    in their own boxes, and the sensitivity selector fits its heading. At the
+    default 1600 px nothing moved: the tiles sit in one row. The waterfall's
+    labels side by side do not overlap at 1280 px (they did by 3 px); on the
+    phone they are slanted."""
+    url, _ = server
+    labels = """() => [...document.querySelectorAll('#waterfall .xtick')].map(t => {
+        const r = t.getBoundingClientRect(); return [t.textContent, r.left, r.right]; })"""
+    angle = "document.getElementById('waterfall').layout.xaxis.tickangle"
+    with dashboard_page(url, tmp_path / "profile") as (page, errors):
+        tops = page.evaluate("[...document.querySelectorAll('#tiles .tile')]"
+                             ".map(t => Math.round(t.getBoundingClientRect().top))")
+        assert len(set(tops)) == 1, tops
+        page.set_viewport_size({"width": 1280, "height": 800})  # the narrowest unslanted
+        gen = page.evaluate("window.dashboard.state.resultGen")
+        page.click("#rerun")
+        _wait_idle(page, f"window.dashboard.state.resultGen > {gen}")
+        ticks = page.evaluate(labels)
+        assert len(ticks) >= 5 and page.evaluate(angle) == 0, ticks
+        assert all(a[2] <= b[1] for a, b in zip(ticks, ticks[1:], strict=False)), ticks
+        for width in (390, 700):
+            page.set_viewport_size({"width": width, "height": 844})
+            page.wait_for_timeout(200)
+            fit = page.evaluate(_SPILL, width)
+            assert fit["width"] <= width and not fit["spill"], (width, fit)
+        assert page.locator("#horizon button").first.is_visible()
+        page.set_viewport_size({"width": 390, "height": 844})
+        page.click("#rerun")  # the charts are drawn for the width they have then
+        _wait_idle(page, f"{angle} === -50")
+        assert not errors, errors

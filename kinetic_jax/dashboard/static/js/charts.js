@@ -75,19 +75,25 @@ function renderWaterfall() {
     let name = s.step;
     if (name === "stressed loss") name = "max(base,<br>floor)";
     if (name === "cap") { if (Math.abs(s.amount) < 0.005) continue; name = "cap at<br>worst case"; }
-    labels.push(name.replace("add-on: ", "+ ").replace("mc_error", "MC<br>error"));
+    // Two lines at most, each short: "+ liquidity" and "+ stress" on one line
+    // overlapped at 1280 px.
+    labels.push(name.replace("add-on: mc_error", "+ MC<br>error").replace("add-on: ", "+<br>"));
     if (s.step === "base" || s.step === "floor" || s.step === "stressed loss") { measure.push("absolute"); y.push(s.amount); }
     else if (s.step === "margin") { measure.push("total"); y.push(0); }
     else { measure.push("relative"); y.push(s.amount); }
     text.push(money(s.step === "margin" ? s.total : s.amount));
   }
+  // Under 400 px (a phone, or a window just over 1100 px) seven labels do not
+  // fit side by side.
+  const narrow = $("waterfall").clientWidth < 400;
   return plot("waterfall", [{
     type: "waterfall", x: labels, y, measure, text, textposition: "outside", cliponaxis: false,
     connector: { line: { color: "#c5cfdc", width: 1 } },
     increasing: { marker: { color: "#d9822b" } }, decreasing: { marker: { color: "#1d8a4e" } },
     totals: { marker: { color: "#2457c5" } }, hovertemplate: "%{x}: %{text}<extra></extra>",
   }], baseLayout({ yaxis: { tickprefix: "$", separatethousands: true, gridcolor: "#eef1f5", rangemode: "tozero" },
-    xaxis: { tickfont: { size: 11 }, tickangle: 0 }, showlegend: false, margin: { l: 64, r: 10, t: 22, b: 44 } }));
+    xaxis: { tickfont: { size: 11 }, tickangle: narrow ? -50 : 0 }, showlegend: false,
+    margin: { l: 64, r: 10, t: 22, b: narrow ? 84 : 44 } }));
 }
 
 export function renderHistogram() {
