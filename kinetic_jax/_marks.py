@@ -184,28 +184,51 @@ def horizon_marks(
     temperature=None,
 ) -> Float[Array, "N C"]:
     """Every slot's mark at the horizon given the revealed event latents Z
-    (module doc); resolved atoms smoothed at `temperature` if given."""
+    (module doc); resolved atoms smoothed at `temperature` if given. One column
+    per slot: [`horizon_mark_rows`][] transposed."""
+    return horizon_mark_rows(latents.T, arrays, lo, hi, temperature).T
+
+
+def horizon_mark_rows(
+    latents: Float[Array, "E N"],
+    arrays,
+    lo: Float[Array, " C"],
+    hi: Float[Array, " C"],
+    temperature=None,
+) -> Float[Array, "C N"]:
+    """[`horizon_marks`][] with events and slots on the first axis, scenarios on
+    the last (the layout of `_simulation.outcome_rows`).
+
+    The marks of binaries are computed in this layout, not transposed from
+    (N, C): where the marks are kept (a what-if session's outcome matrix), a
+    transposed (N, C) result is written element by element across rows, and a
+    session of 2,000 dated binaries x 32,768 scenarios took 8x as long to
+    simulate as their margin (15 against 2 s on the 2-core machine). Contracts
+    on underlyings and parlays (their own columns) are computed per scenario
+    row and transposed."""
     tau = event_tau(arrays)
-    x = latents[:, arrays.event]
+    x = latents[arrays.event]  # (C, N)
     if arrays.spot.shape[0]:
-        x, value = path_values(latents, arrays)
-    yes = atom_marks(x, tau, lo, hi, temperature)
+        x_t, value = path_values(latents.T, arrays)
+        x, value = x_t.T, value.T
+    yes = atom_marks(x, tau[:, None], lo[:, None], hi[:, None], temperature)
     if arrays.spot.shape[0]:
-        yes = jnp.where(arrays.linear, value, yes)
+        yes = jnp.where(arrays.linear[:, None], value, yes)
     if arrays.parlays.shape[0] == 0:
         return yes
     # Parlays: the product over their (merged) legs...
+    by_row = latents.T  # (N, E)
     legs = arrays.legs[arrays.parlays]  # (P, L)
     safe, lo_m, hi_m, first = _merged_legs(arrays, lo, hi, legs)
-    z = latents[:, arrays.event[safe]]  # (N, P, L)
+    z = by_row[:, arrays.event[safe]]  # (N, P, L)
     leg = atom_marks(z, tau[safe], lo_m, hi_m, temperature)
     par = jnp.prod(jnp.where(first, leg, 1.0), axis=-1)
-    yes = yes.at[:, arrays.parlays].set(par)
+    yes = yes.at[arrays.parlays].set(par.T)
     if arrays.quad_parlay.shape[0] == 0:
         return yes
     # ... except where live legs share loaded factors after h: the integral.
-    quad = _quadrature_marks(latents, arrays, lo, hi, tau, temperature)
-    return yes.at[:, arrays.quad_parlay].set(quad)
+    quad = _quadrature_marks(by_row, arrays, lo, hi, tau, temperature)
+    return yes.at[arrays.quad_parlay].set(quad.T)
 
 
 def _quadrature_marks(latents, arrays, lo, hi, tau, temperature):

@@ -24,7 +24,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._arrays import ABOVE, BELOW, OUTCOME, BookArrays
 from ._hierarchy import correlation_matrix
-from ._marks import horizon_marks
+from ._marks import horizon_mark_rows
 from ._threefry import threefry_normal
 from ._worst_case import OUTCOME_FULL
 
@@ -208,7 +208,7 @@ def outcome_rows(
     lo, hi = atom_cuts(arrays)
     if arrays.dynamic:
         # A liquidation horizon: each slot's mark given the revealed latents.
-        return horizon_marks(latents.T, arrays, lo, hi, temperature).T
+        return horizon_mark_rows(latents, arrays, lo, hi, temperature)
     x = latents[arrays.event]  # (C, N): whole rows
     lo, hi = lo[:, None], hi[:, None]
     n = x.shape[1]
