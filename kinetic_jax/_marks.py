@@ -116,46 +116,50 @@ def atom_marks(z, tau, lo, hi, temperature=None):
     return jnp.where(resolved, indicator(z, lo, hi, temperature), live)
 
 
-def path_values(latents, arrays):
-    """Contracts on underlyings (SPEC-horizon.md §6.3-6.5): each slot's latent —
+def path_values(latents: Float[Array, "E N"], arrays
+                ) -> tuple[Float[Array, "C N"], Float[Array, "C N"]]:
+    """Contracts on underlyings (SPEC-horizon.md §6.3-6.5), from the event
+    latents (one row per event, scenarios on the last axis): each slot's latent —
     Z_u for a binary expiring after h, X = B_u(T) / sqrt(T) on the Brownian bridge
     for one expiring by h — and each linear slot's value change per unit,
-    (F0 / S0)(S_t - S0) at t = min(T, h) with S_t = S0 exp(sigma B_u(t) - sigma^2 t / 2).
+    (F0 / S0)(S_t - S0) at t = min(T, h) with S_t = S0 exp(sigma B_u(t) - sigma^2 t / 2);
+    one row per slot.
 
     The bridge: with W an independent Brownian motion sampled at the underlying's
     sorted expiries (increments from the points' raw noise) and at h,
     B_u(T) = (T / h) B_u(h) + W(T) - (T / h) W(h) for T <= h, B_u(h) = sqrt(h) Z_u.
     """
     h = arrays.horizon
-    z_u = latents[:, arrays.under_latent]  # (N, U)
+    col = lambda v: v[:, None]  # noqa: E731 - a per-group or per-slot value, every scenario
+    z_u = latents[arrays.under_latent]  # (U, N)
     b_h = jnp.sqrt(h) * z_u
     t = arrays.group_time
-    xi = latents[:, arrays.group_event]  # (N, G)
-    incr = safe_sqrt(jnp.maximum(t - arrays.group_prev, 0.0)) * xi
-    w = jnp.matmul(incr, arrays.group_chain.T, precision=lax.Precision.HIGHEST)  # W(T_g)
+    xi = latents[arrays.group_event]  # (G, N)
+    incr = col(safe_sqrt(jnp.maximum(t - arrays.group_prev, 0.0))) * xi
+    w = jnp.matmul(arrays.group_chain, incr, precision=lax.Precision.HIGHEST)  # W(T_g)
     # W(h) = W(T_m) + sqrt(h - T_m) xi_h, T_m the last expiry at or before h. A
     # padding group (time 1, no chain of its own) is no expiry: at h = 1 year it
     # would count as one.
     real = jnp.diagonal(arrays.group_chain) > 0
     last = (real & (t <= h) & (arrays.group_next > h)).astype(w.dtype)
     n_u = arrays.spot.shape[0]
-    seg = lambda v: jax.ops.segment_sum(v.T, arrays.group_under, num_segments=n_u).T  # noqa: E731
-    w_m = seg(w * last)
-    t_m = seg((t * last)[None, :])[0]
-    w_h = w_m + safe_sqrt(jnp.maximum(h - t_m, 0.0)) * latents[:, arrays.under_hnoise]
-    frac = jnp.where(t <= h, t / h, 0.0)
-    b_t = frac * b_h[:, arrays.group_under] + w - frac * w_h[:, arrays.group_under]  # (N, G)
-    x_t = b_t / jnp.sqrt(t)
+    seg = lambda v: jax.ops.segment_sum(v, arrays.group_under, num_segments=n_u)  # noqa: E731
+    w_m = seg(w * col(last))
+    t_m = seg(t * last)
+    w_h = w_m + col(safe_sqrt(jnp.maximum(h - t_m, 0.0))) * latents[arrays.under_hnoise]
+    frac = col(jnp.where(t <= h, t / h, 0.0))
+    b_t = frac * b_h[arrays.group_under] + w - frac * w_h[arrays.group_under]  # (G, N)
+    x_t = b_t / col(jnp.sqrt(t))
     g = arrays.slot_group
     slot_t = arrays.maturity
-    bridged = arrays.on_path & (slot_t <= h)
-    x = jnp.where(bridged, x_t[:, g], latents[:, arrays.event])
+    bridged = col(arrays.on_path & (slot_t <= h))
+    x = jnp.where(bridged, x_t[g], latents[arrays.event])
     # Linear instruments: the path at min(T, h).
-    when = jnp.minimum(slot_t, h)
-    b = jnp.where(bridged, b_t[:, g], b_h[:, arrays.under])
-    sigma = arrays.vol[arrays.under]
-    s0 = arrays.spot[arrays.under]
-    value = arrays.ratio * s0 * jnp.expm1(sigma * b - 0.5 * sigma * sigma * when)
+    when = col(jnp.minimum(slot_t, h))
+    b = jnp.where(bridged, b_t[g], b_h[arrays.under])
+    sigma = col(arrays.vol[arrays.under])
+    s0 = col(arrays.spot[arrays.under])
+    value = col(arrays.ratio) * s0 * jnp.expm1(sigma * b - 0.5 * sigma * sigma * when)
     return x, value
 
 
@@ -203,14 +207,12 @@ def horizon_mark_rows(
     (N, C): where the marks are kept (a what-if session's outcome matrix), a
     transposed (N, C) result is written element by element across rows, and a
     session of 2,000 dated binaries x 32,768 scenarios took 8x as long to
-    simulate as their margin (15 against 2 s on the 2-core machine). Contracts
-    on underlyings and parlays (their own columns) are computed per scenario
-    row and transposed."""
+    simulate as their margin (15 against 2 s on the 2-core machine). Parlays
+    (their own, fewer columns) are computed per scenario row and transposed."""
     tau = event_tau(arrays)
     x = latents[arrays.event]  # (C, N)
     if arrays.spot.shape[0]:
-        x_t, value = path_values(latents.T, arrays)
-        x, value = x_t.T, value.T
+        x, value = path_values(latents, arrays)
     yes = atom_marks(x, tau[:, None], lo[:, None], hi[:, None], temperature)
     if arrays.spot.shape[0]:
         yes = jnp.where(arrays.linear[:, None], value, yes)
