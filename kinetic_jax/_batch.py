@@ -174,10 +174,14 @@ def _net(rows: Iterable[tuple[str, list]], contracts: set[str] | None = None
                                        f"{str(contract)!r}")
             continue
         if isinstance(quantity, str):
+            written = quantity
             try:
                 quantity = float(quantity)
             except ValueError:
-                errors.setdefault(account, f"{where}: quantity: {quantity!r} is not a number")
+                errors.setdefault(account, f"{where}: quantity: {written!r} is not a number")
+                continue
+            if not math.isfinite(quantity):  # named as written (1e400, not inf)
+                errors.setdefault(account, f"{where}: quantity: {written!r} is not finite")
                 continue
         try:
             q = check_number("quantity", quantity, low=-MAX_AMOUNT, high=MAX_AMOUNT)

@@ -191,9 +191,11 @@ def batch_command(args) -> int:
         for a in result.accounts[:TABLE_ROWS]:
             if a.error is not None:
                 print(f"  {a.account:<20}  error: {a.error}")
-            else:
+            else:  # no worst case where the account is net short an underlying
+                worst = ("unbounded" if a.worst_case_loss is None
+                         else f"{a.worst_case_loss:,.2f}")
                 print(f"  {a.account:<20}{a.margin:>14,.2f}{a.full_collateral:>14,.2f}"
-                      f"{a.worst_case_loss:>14,.2f}{a.capital_released:>10.1%}{a.binding:>12}")
+                      f"{worst:>14}{a.capital_released:>10.1%}{a.binding:>12}")
         if len(result.accounts) > TABLE_ROWS:
             print(f"  ... {len(result.accounts) - TABLE_ROWS:,} more (--json, or --out "
                   f"FILE.csv)")

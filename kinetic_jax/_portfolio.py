@@ -94,7 +94,14 @@ class MarginReport:
 
     def waterfall(self) -> list[dict]:
         """The build-up of the margin: base and floor, the larger of them, each
-        add-on, the cap at the worst case (and at 0), the margin."""
+        add-on, the cap at the worst case (and at 0), the margin.
+
+        The cap's amount is what it takes off where it binds (the worst case, or
+        0 under a negative sum), else 0: the engine sums in the book's dtype, and
+        the gap between its margin and these float64 running totals is rounding
+        (about $0.001 on the reference book), not a cap. A book with no worst case
+        (net short an underlying, SPEC-horizon.md §6.6) has no cap step unless the
+        0 floor binds."""
         steps = [
             {"step": "base", "amount": self.base, "total": self.base},
             {"step": "floor", "amount": self.floor, "total": self.floor},
@@ -104,7 +111,11 @@ class MarginReport:
         for name, amount in self.addons.items():
             total += amount
             steps.append({"step": f"add-on: {name}", "amount": amount, "total": total})
-        steps.append({"step": "cap", "amount": self.margin - total, "total": self.margin})
+        floored = self.margin == 0.0 and total < 0.0  # max(0, .) raises it
+        if self.binding == "worst_case" or floored:
+            steps.append({"step": "cap", "amount": self.margin - total, "total": self.margin})
+        elif self.worst_case_loss is not None:
+            steps.append({"step": "cap", "amount": 0.0, "total": self.margin})
         steps.append({"step": "margin", "amount": self.margin, "total": self.margin})
         return steps
 

@@ -1101,11 +1101,17 @@ def plot_sweep(result: SweepResult, path: str | None = None, ax=None):
     if len(result.axes) == 1:
         x = np.asarray(result.axes[0].values)
         ax.plot(x, result.margin, color="black", lw=1.8, label="margin")
-        # Shade each point's half-way span by its binding component.
+        # Shade each point's half-way span by its binding component, an invalid
+        # point's hatched; the axis spans the whole sweep, invalid ends included.
         edges = np.concatenate([[x[0]], (x[1:] + x[:-1]) / 2, [x[-1]]])
         for i, b in enumerate(result.binding):
             if b is not None:
                 ax.axvspan(edges[i], edges[i + 1], color=colors[b], alpha=0.15, lw=0)
+            elif not result.valid[i]:
+                ax.axvspan(edges[i], edges[i + 1], facecolor="white", edgecolor="grey",
+                           hatch="///", lw=0, label="_invalid")
+        if x[-1] != x[0]:
+            ax.set_xlim(min(x[0], x[-1]), max(x[0], x[-1]))
         ax.set_xlabel(result.axes[0].name)
         ax.set_ylabel("margin ($)")
     else:
@@ -1134,7 +1140,8 @@ def plot_sweep(result: SweepResult, path: str | None = None, ax=None):
         ax.set_ylabel(ya.name)
     handles = [Patch(color=colors[b], alpha=0.5, label=f"binding: {b}") for b in present]
     if (~result.valid).any():
-        handles.append(Patch(facecolor="white", edgecolor="grey", label="invalid point"))
+        handles.append(Patch(facecolor="white", edgecolor="grey", hatch="///",
+                             label="invalid point"))
     ax.legend(handles=handles, loc="best", fontsize=8)
     ax.set_title(f"margin over {' x '.join(a.name for a in result.axes)} "
                  f"({result.scenarios:,} scenarios, seed {result.seed})")

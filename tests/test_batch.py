@@ -69,17 +69,21 @@ def test_rows_are_netted_and_bad_rows_fail_their_account_only(book, tmp_path):
                     "alice,ETH-5K-DEC,-200\n"
                     "dave,ETH-5K-DEC,1e300\n"
                     "erin,ETH-5K-DEC,nan\n"
-                    "frank,ETH-5K-DEC\n")
+                    "frank,ETH-5K-DEC\n"
+                    "gina,ETH-5K-DEC,1e400\n")
     accounts, errors = kj.read_accounts(str(path))
     assert accounts["alice"] == {"BTC-100K-DEC": 600.0, "ETH-5K-DEC": -200.0}
     assert errors["carol"] == f"{path} line 5: quantity: 'ten' is not a number"
     assert errors["dave"].startswith(f"{path} line 8: quantity: 1e+300 is outside")
-    assert errors["erin"] == f"{path} line 9: quantity: nan is not finite"
+    assert errors["erin"] == f"{path} line 9: quantity: 'nan' is not finite"
+    # Named as written (it was "inf is not finite").
+    assert errors["gina"] == f"{path} line 11: quantity: '1e400' is not finite"
     assert errors["frank"].startswith(f"{path} line 10: expected 3 fields")
     result = kj.margin_accounts(book, accounts, scenarios=N, errors=errors)
     by = {a.account: a for a in result.accounts}
     assert by["bob"].error == "contract: unknown contract 'NOPE'" and by["bob"].margin is None
-    assert {a.account for a in result.failed} == {"bob", "carol", "dave", "erin", "frank"}
+    assert {a.account for a in result.failed} == {"bob", "carol", "dave", "erin", "frank",
+                                                  "gina"}
     report = kj.portfolio_margin(book.with_positions(accounts["alice"]), scenarios=N)
     assert by["alice"].margin == pytest.approx(report.margin, rel=RTOL)
 
@@ -186,3 +190,16 @@ def test_accounts_with_perps_and_futures():
     assert "'BTC-PERP': a perp position needs a liquidation horizon" in result.failed[0].error
     with pytest.raises(BookError, match="needs a liquidation horizon"):
         kj.portfolio_margin(resolution.with_positions({"BTC-PERP": 1.0}))
+
+
+def test_cli_batch_text_of_an_account_without_a_cap(tmp_path):
+    """The text table shows 'unbounded' where an account has no worst case (it
+    raised a TypeError, exit 1, after the header), and every account's row."""
+    path = tmp_path / "perp.csv"
+    path.write_text("account,contract,quantity\nshort,BTC-PERP,-1\nlong,BTC-PERP,1\n")
+    rc, out, err = run("batch", str(REFERENCE.parent / "perps_and_strip.toml"), str(path),
+                       "--scenarios", str(N))
+    assert rc == 0, err
+    rows = {line.split()[0]: line.split() for line in out.splitlines()
+            if line.startswith("  ") and line.split()[0] in ("short", "long")}
+    assert rows["short"][3] == "unbounded" and rows["long"][3] != "unbounded", out

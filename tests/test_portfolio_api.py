@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import jax
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ from helpers import above, binary, make_book
 
 import kinetic_jax as kj
 
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 @pytest.fixture(scope="module")
 def book():
@@ -40,3 +43,44 @@ def test_explicit_key_matches_the_seed_and_changes_the_draws(book):
     seeded = kj.portfolio_margin(book, seed=12345)
     assert (other.base, other.margin, other.var) == (seeded.base, seeded.margin, seeded.var)
     assert other.base != same.base
+
+
+def _cap(report):
+    steps = [s for s in report.waterfall() if s["step"] == "cap"]
+    assert report.waterfall()[-1] == {"step": "margin", "amount": report.margin,
+                                      "total": report.margin}
+    return steps[0]["amount"] if steps else None
+
+
+def test_the_waterfall_cap_is_what_the_cap_takes_off():
+    """The cap step is the change where the worst case (or the 0 floor) binds,
+    exactly 0 where it does not (the float32 margin against the float64 running
+    sum left about $0.001 there), and absent without a worst case."""
+    # Not binding: the margin is the sum of its parts (up to float32 rounding).
+    book = kj.load_book(EXAMPLES / "reference_book.toml").with_settings(scenarios=1 << 12)
+    report = kj.portfolio_margin(book)
+    assert report.binding != "worst_case" and _cap(report) == 0.0
+    parts = report.stressed_loss + sum(report.addons.values())
+    assert report.margin == pytest.approx(parts, rel=1e-6)
+    # The worst case binds: one long contract, whose ES at 99 % is its whole
+    # stake ($2), plus a liquidity add-on (the position is all the open interest:
+    # gross x (1 - threshold)).
+    book = make_book([binary("G", 0.02, open_interest=100.0)], {"G": 100.0},
+                     scenarios=1 << 12)
+    report = kj.portfolio_margin(book)
+    assert report.binding == "worst_case" and report.margin == pytest.approx(2.0)
+    assert report.addons["liquidity"] == pytest.approx(2.0 * (1.0 - 0.1))  # methodology.md
+    total = report.stressed_loss + sum(report.addons.values())
+    assert _cap(report) == pytest.approx(report.margin - total) and _cap(report) < 0
+    # The 0 floor binds: long at 0.01 what resolves YES with probability 0.999:
+    # every 99 % tail scenario but a tenth is a gain, the ES is negative.
+    book = make_book([binary("L", 0.01, probability=0.999)], {"L": 1000.0},
+                     scenarios=1 << 14, mc_error=False, liquidity=False)
+    report = kj.portfolio_margin(book)
+    assert report.base < 0 and report.margin == 0.0
+    assert _cap(report) == pytest.approx(-report.stressed_loss)
+    # No worst case (net short an underlying): no cap step.
+    perps = kj.load_book(EXAMPLES / "perps_and_strip.toml").with_settings(
+        scenarios=1 << 12)
+    report = kj.portfolio_margin(perps)
+    assert report.worst_case_loss is None and _cap(report) is None

@@ -234,6 +234,13 @@ def test_json_csv_npz_and_plot(book, tmp_path):
                   tmp_path / "line.png")
     for name in ("map.png", "line.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Invalid points stay on the line plot's axis, hatched (they were left off it).
+    partly = kj.sweep(book, ["rho.crypto=0:0.9:4"], scenarios=N, points_per_call=4)
+    assert list(partly.valid) == [False, False, True, True]
+    ax = kj.plot_sweep(partly, tmp_path / "partly.png")
+    assert ax.get_xlim() == pytest.approx((0.0, 0.9))
+    hatched = [p for p in ax.patches if p.get_label() == "_invalid"]
+    assert len(hatched) == 2 and all(p.get_hatch() == "///" for p in hatched)
 
 
 
