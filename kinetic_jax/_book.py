@@ -45,6 +45,11 @@ DEFAULT_SAMPLERS = {"margin": "exact_block", "what_if": "exact_block", "sweep": 
 MAX_AMOUNT = 1e15
 # Smallest open interest: |q| / open_interest stays finite in float32.
 MIN_OPEN_INTEREST = 1e-6
+# Prices and probabilities are resolved to within 1e-6 of 0 and 1: the exact
+# worst case merges region cut points closer than 1e-9, so a price of 1e-9
+# dropped its YES region (a short position's worst case came out as a gain), and
+# float32 holds 1 - 1e-6 apart from 1. SPEC.md §3 says (0, 1).
+MIN_PRICE = 1e-6
 MAX_STRESS_FACTOR = 100.0  # standard deviations (probabilities are 0 or 1 long before)
 
 
@@ -450,8 +455,8 @@ def _validate(book: Book) -> None:
                                 f"contract on an underlying")
         if c.cluster not in clusters:
             raise BookError(_contract_field(i, c, "cluster"), f"unknown cluster {c.cluster!r}")
-        check_number(_contract_field(i, c, "price"), c.price, low=0, high=1, low_open=True,
-                     high_open=True)
+        check_number(_contract_field(i, c, "price"), c.price, low=MIN_PRICE,
+                     high=1 - MIN_PRICE)
         allowed = _KEYS_OF_TYPE[c.type]
         present = {
             "event": c.event is not None,
@@ -480,8 +485,8 @@ def _validate(book: Book) -> None:
             if c.type == "parlay":
                 raise BookError(_contract_field(i, c, "probability"),
                                 "does not belong to a parlay (its probability comes from its legs)")
-            check_number(_contract_field(i, c, "probability"), c.probability, low=0, high=1,
-                         low_open=True, high_open=True)
+            check_number(_contract_field(i, c, "probability"), c.probability, low=MIN_PRICE,
+                         high=1 - MIN_PRICE)
         _check_open_interest(i, c)
     # Parlay legs.
     for i, c in enumerate(book.contracts):

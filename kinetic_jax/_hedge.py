@@ -169,7 +169,8 @@ class HedgeResult:
       is None; `positions_after`: the book's net positions after it.
     - `margin_before`, `margin_after`, `base_before`, `base_after`,
       `binding_after`: [`portfolio_margin`][] of the book and of the traded
-      book (the figures `kinetic-jax margin` prints for them, same seed).
+      book under the plain sampler, same seed (the figures `kinetic-jax margin
+      --sampler plain` prints for them; the search runs on plain draws).
     - `search_margin`: the margin at the traded quantities on the optimiser's
       own scenarios (equal to `margin_after` to float32 rounding).
     - `continuous_quantities`, `continuous_margin`, `continuous_base`: the
@@ -257,9 +258,13 @@ def optimise_hedge(
     changing only them does not recompile.
 
     **Returns:** a [`HedgeResult`][]: the margin before and after from
-    [`portfolio_margin`][] of the book and of the traded book, and the
-    continuous optimum beside them.
+    [`portfolio_margin`][] of the book and of the traded book under the plain
+    sampler (the search's own draws; same seed), and the continuous optimum
+    beside them.
     """
+    if isinstance(instruments, str):  # would be read one character at a time
+        raise BookError("instrument", f"{instruments!r:.80} is one string: give a list of "
+                                      f"contract ids, e.g. [{instruments!r:.60}]")
     if not instruments:
         raise BookError("instrument", "give at least one instrument")
     ids = book.contract_ids

@@ -207,7 +207,7 @@ def test_book_to_dict_has_the_spec_layout():
 
 
 finite = st.floats(allow_nan=False, allow_infinity=False, min_value=-1e12, max_value=1e12)
-prices = st.floats(min_value=1e-9, max_value=1 - 1e-9)
+prices = st.floats(min_value=1e-6, max_value=1 - 1e-6)
 
 
 @settings(max_examples=40, deadline=None)

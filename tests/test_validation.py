@@ -150,14 +150,19 @@ case("cluster-named-like-node", "clusters[0] (cluster 'crypto').name",
 case("duplicate-outcome", _c(4, "PRES-B") + ".outcome", "outcome 'A' of event 'PRES'",
      "listed twice")(_set(("contracts", 4, "outcome"), "A"))
 
-# ---- prices and probabilities outside (0, 1) ----------------------------------
-for value in (0, 1, -0.25, 1.2, 0.0, 1.0):
+# ---- prices and probabilities outside [1e-6, 1 - 1e-6] --------------------------
+# (within 1e-9 of 0 or 1 the exact worst case merged the YES region away: a
+# short binary at 1e-9 had a worst case of -1e-6, a gain)
+for value in (0, 1, -0.25, 1.2, 0.0, 1.0, 1e-9, 1 - 1e-9, 1e-7):
     case(f"price-{value!r}", _c(5, "NBA-LAL") + ".price",
-         f"{float(value)!r} is outside (0, 1)")(_set(("contracts", 5, "price"), value))
-case("price-parlay-1", _c(7, "PARLAY") + ".price", "1.0 is outside (0, 1)")(
+         f"{float(value)!r} is outside [1e-06, 0.999999]")(
+        _set(("contracts", 5, "price"), value))
+case("price-parlay-1", _c(7, "PARLAY") + ".price", "1.0 is outside [1e-06, 0.999999]")(
     _set(("contracts", 7, "price"), 1))
-case("probability-0", _c(6, "NFL-KC") + ".probability", "0.0 is outside (0, 1)")(
+case("probability-0", _c(6, "NFL-KC") + ".probability", "0.0 is outside [1e-06, 0.999999]")(
     _set(("contracts", 6, "probability"), 0))
+case("probability-tiny", _c(6, "NFL-KC") + ".probability", "1e-12 is outside [1e-06, 0.999999]")(
+    _set(("contracts", 6, "probability"), 1e-12))
 case("open-interest-negative", _c(6, "NFL-KC") + ".open_interest", "-5.0 is outside (0, inf)")(
     _set(("contracts", 6, "open_interest"), -5))
 
@@ -603,3 +608,20 @@ def test_an_integer_too_long_to_print_is_named_wherever_it_stands(value):
         kj.sensitivities(book, temperature=value)
     with pytest.raises(BookError, match=rf"^jump_scenarios: an integer of {digits:,} digits"):
         kj.sensitivities(book, jump_scenarios=value)
+
+
+def test_hedge_instruments_given_as_one_string_are_refused():
+    """A string is a sequence of characters: `optimise_hedge(book, "NBA-LAL")`
+    looked for a contract "N" (found by a probe); it is refused as a string."""
+    with pytest.raises(BookError, match=r"^instrument: 'NBA-LAL' is one string: give a list"):
+        kj.optimise_hedge(parse_book(_book()), "NBA-LAL")
+
+
+def test_the_worst_case_of_the_smallest_price_is_its_whole_loss():
+    """At the smallest price accepted (1e-6) a short binary's YES region is kept:
+    its exact worst case is q (1 - p) (at 1e-9, now refused, it was -1e-6)."""
+    data = _book()
+    data["contracts"][5]["price"] = 1e-6
+    data["positions"] = [{"contract": "NBA-LAL", "quantity": -1000}]
+    report = kj.portfolio_margin(parse_book(data), scenarios=1024, sampler="plain")
+    assert report.worst_case_loss == pytest.approx(1000 * (1 - 1e-6), rel=1e-6)

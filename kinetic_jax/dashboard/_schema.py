@@ -53,9 +53,11 @@ UNDERLYING_BOUNDS: dict[str, tuple] = {
 # validate_contract): (low, high, low_open, high_open).
 STRIKE_BOUNDS = (0, 1e15, True, False)
 FUTURE_PRICE_BOUNDS = (0, 1e12, True, False)
-# Per-contract and per-position amounts (kinetic_jax._book: MAX_AMOUNT, MIN_OPEN_INTEREST).
+# Per-contract and per-position amounts (kinetic_jax._book: MAX_AMOUNT, MIN_OPEN_INTEREST,
+# MIN_PRICE: a contract's price and probability lie in [MIN_PRICE, 1 - MIN_PRICE]).
 MAX_AMOUNT = 1e15
 MIN_OPEN_INTEREST = 1e-6
+MIN_PRICE = 1e-6
 CONTRACT_TYPES = ("above", "below", "binary", "outcome", "parlay", "perp", "future")
 LINEAR_TYPES = ("perp", "future")
 KEYS_OF_TYPE = {"above": ["event", "threshold"], "below": ["event", "threshold"],
@@ -181,8 +183,9 @@ def contract_schema() -> dict:
                                                          "(whose cluster it must then equal)"},
             "type": {"enum": list(CONTRACT_TYPES)},
             "price": {"type": "number", "exclusiveMinimum": 0,
-                      "description": "in (0, 1) (a future: its price F0 > 0, default the "
-                                     "spot; a perp: none)"},
+                      "description": f"in [{MIN_PRICE:g}, {1 - MIN_PRICE:g}] (a binary on "
+                                     "an underlying: in (0, 1); a future: its price F0 > 0, "
+                                     "default the spot; a perp: none)"},
             "event": {"type": "string", "description": "above/below/outcome"},
             "threshold": {**_NUM, "description": "above/below (required)"},
             "outcome": {"type": "string", "description": "outcome (required)"},
@@ -190,7 +193,7 @@ def contract_schema() -> dict:
                      "description": "parlay (required)"},
             "open_interest": {"type": "number", "minimum": MIN_OPEN_INTEREST,
                               "maximum": MAX_AMOUNT},
-            "probability": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+            "probability": {"type": "number", "minimum": MIN_PRICE, "maximum": 1 - MIN_PRICE},
             "resolves": {"type": "string", "format": "date",
                          "description": "the event's resolution date, after model.as_of "
                                         "(one date per event; not on a parlay)"},
@@ -340,7 +343,8 @@ def config(limits: service.Limits, max_body_bytes: int) -> dict:
         "settings": settings,
         "clusters": list(kj.default_hierarchy().cluster_names),
         "amounts": {"max_quantity": MAX_AMOUNT, "max_total_quantity": MAX_AMOUNT,
-                    "min_open_interest": MIN_OPEN_INTEREST, "max_open_interest": MAX_AMOUNT},
+                    "min_open_interest": MIN_OPEN_INTEREST, "max_open_interest": MAX_AMOUNT,
+                    "min_price": MIN_PRICE, "max_price": 1 - MIN_PRICE},
         "limits": {**limits.to_dict(), "max_body_bytes": max_body_bytes,
                    "max_bins": service.MAX_BINS, "default_bins": service.DEFAULT_BINS},
     }

@@ -132,7 +132,7 @@ function checkRow(r, ids) {
     if (!clusterNames().includes(r.cluster)) err.cluster = `unknown cluster ${r.cluster}`;
     const p = parseNum(r.price);
     if (!Number.isFinite(p)) err.price = "price must be a number";
-    else if (!(p > 0 && p < 1)) err.price = `price ${p} is outside (0, 1)`;
+    else if (!(p >= a.min_price && p <= a.max_price)) err.price = `price ${p} is outside [${a.min_price}, ${a.max_price}]`;
   }
   const q = parseNum(r.quantity === "" ? "0" : r.quantity);
   if (!Number.isFinite(q)) err.quantity = "quantity must be a finite number";
