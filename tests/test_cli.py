@@ -345,7 +345,7 @@ def test_bad_book_exits_2_with_one_line(books, capsys, engine_must_not_run):
     out, err = capsys.readouterr()
     assert out == ""
     assert err == ("kinetic-jax: error: contracts[1] (id 'BTC-100K-DEC').price: "
-                   "1.55 is outside (0, 1)\n")
+                   "1.55 is outside [1e-06, 0.999999]\n")
 
 
 @pytest.mark.parametrize("content, suffix, message", [
@@ -495,7 +495,7 @@ def test_command_bad_book_exits_2_without_traceback(books):
     assert proc.returncode == 2
     assert proc.stdout == ""
     assert proc.stderr == ("kinetic-jax: error: contracts[1] (id 'BTC-100K-DEC').price: "
-                           "1.55 is outside (0, 1)\n")
+                           "1.55 is outside [1e-06, 0.999999]\n")
 
 
 def test_module_bad_override_exits_2_without_traceback(books):
