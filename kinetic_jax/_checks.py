@@ -112,11 +112,7 @@ def check_number(field: str, value: object, *, low=None, high=None, low_open=Fal
     check_size(field, value)
     if not is_number(value):
         raise BookError(field, f"{value!r} is not a number")
-    try:
-        value = float(value)  # type: ignore[arg-type]
-    except OverflowError:  # (under MAX_INT_DIGITS digits a float holds it)
-        raise BookError(field, f"an integer of {decimal_digits(value):,} digits is out "
-                               f"of range") from None
+    value = float(value)  # type: ignore[arg-type]  (check_size: it fits a float)
     if not math.isfinite(value):
         raise BookError(field, f"{value!r} is not finite")
     bad_low = low is not None and (value <= low if low_open else value < low)
