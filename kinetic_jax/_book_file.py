@@ -120,9 +120,10 @@ def _toml_loads(text: str) -> dict:
     longs: list[LongInteger] = []
 
     def mark(m: re.Match) -> str:
-        if m.group(2) is None:
-            return m.group()
-        longs.append(LongInteger.of_text(m.group(2)))
+        long = None if m.group(2) is None else LongInteger.of_text(m.group(2))
+        if long is None or long.digits <= MAX_INT_DIGITS:  # a string, a comment, or
+            return m.group()  # underscores made it look long
+        longs.append(long)
         return f"{len(longs) - 1}.0{_MARK}"
 
     def parse_float(s: str):

@@ -465,6 +465,10 @@ def test_toml_integer_over_the_digit_limit_names_its_field(digits, sign):
         '"BTC-90K-DEC"', f'"BTC-{long}"')
     book = loads_book(kept)
     assert f"BTC-{long}" in {c.id for c in book.contracts}
+    # Underscores do not count: 200 digits written with 199 underscores are read.
+    spaced = "_".join("1" * 200)
+    with pytest.raises(BookError, match=r"^model.seed: (-)?1{200} is outside"):
+        loads_book(text.replace("seed = 0", f"seed = {sign}{spaced}", 1))
     hexadecimal = "0x" + "f" * (digits * 5 // 6)  # as many decimal digits, or one more
     with pytest.raises(BookError, match=r"^model.seed: an integer of [0-9,]+ digits is out"):
         loads_book(text.replace("seed = 0", f"seed = {hexadecimal}", 1))
