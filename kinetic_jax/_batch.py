@@ -38,7 +38,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array, Float
 
 from ._arrays import BookArrays, book_arrays
-from ._book import MAX_AMOUNT, Book, check_number
+from ._book import MAX_AMOUNT, Book, check_book, check_number
 from ._errors import BookError, EngineError
 from ._margin import BINDING, MarginParams, margin_from_statistics
 from ._progress import Progress, want_progress
@@ -330,7 +330,7 @@ def margin_accounts(
         accounts, row_errors = _net((f"row {i + 1}", list(r)) for i, r in enumerate(accounts))
         errors = {**row_errors, **(errors or {})}
     errors = dict(errors or {})
-    book = book.with_overrides(scenarios=scenarios, seed=seed, sampler="plain")
+    book = check_book(book).with_overrides(scenarios=scenarios, seed=seed, sampler="plain")
     s = book.settings
     ids = {c: i for i, c in enumerate(book.contract_ids)}
     names = list(accounts)

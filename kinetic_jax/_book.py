@@ -262,6 +262,16 @@ class Stress:
                     else pair for pair in getattr(self, key)))
 
 
+def check_book(book: object, field: str = "book") -> Book:
+    """`book` itself if it is a [`Book`][], else a BookError naming `field`: what
+    every entry point takes first (a dict or None failed deep inside, as an
+    AttributeError)."""
+    if not isinstance(book, Book):
+        raise BookError(field, f"expected a kinetic_jax.Book (kj.load_book, kj.parse_book), "
+                               f"got {type(book).__name__}")
+    return book
+
+
 def _contract_field(i: int, c: Contract, key: str) -> str:
     return f"contracts[{i}] (id {c.id!r})" + (f".{key}" if key else "")
 
@@ -350,13 +360,23 @@ class Book:
                         probs[i] /= total
         return probs
 
-    def with_positions(self, quantities: dict[str, float]) -> Book:
+    def with_positions(self, quantities: Mapping[str, float]) -> Book:
         """A copy whose positions are exactly `quantities` (contract id -> q)."""
+        if not isinstance(quantities, Mapping):
+            raise BookError("positions", f"expected a mapping of contract id to quantity "
+                                         f"(e.g. book.net_quantities()), got "
+                                         f"{type(quantities).__name__}")
         return dataclasses.replace(
             self, positions=tuple(Position(k, v) for k, v in quantities.items() if v != 0)
         )
 
     def with_settings(self, **changes) -> Book:
+        """A copy with these ``[model]`` / ``[addons]`` settings changed (validated)."""
+        known = {f.name for f in dataclasses.fields(Settings)}
+        for key in changes:
+            if key not in known:
+                raise BookError(f"settings.{key}",
+                                f"unknown setting (allowed: {', '.join(sorted(known))})")
         return dataclasses.replace(self, settings=dataclasses.replace(self.settings, **changes))
 
     def with_sampler_for(self, tool: str) -> Book:

@@ -43,7 +43,7 @@ from jax import lax
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from ._arrays import BookArrays, bucket
-from ._book import MAX_AMOUNT, Book
+from ._book import MAX_AMOUNT, Book, check_book
 from ._checks import check_size, is_number
 from ._errors import BookError, EngineError
 from ._margin import MarginParams, MarginResult, cluster_losses, margin_from_losses
@@ -262,6 +262,7 @@ def optimise_hedge(
     sampler (the search's own draws; same seed), and the continuous optimum
     beside them.
     """
+    check_book(book)
     if isinstance(instruments, str):  # would be read one character at a time
         raise BookError("instrument", f"{instruments!r:.80} is one string: give a list of "
                                       f"contract ids, e.g. [{instruments!r:.60}]")

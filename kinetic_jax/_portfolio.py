@@ -11,7 +11,7 @@ import numpy as np
 
 from ._arrays import BookArrays, book_arrays
 from ._block import BlockLaw, sampler_law
-from ._book import Book
+from ._book import Book, check_book
 from ._errors import EngineError
 from ._horizon import ContractHorizon, contract_horizon
 from ._margin import (
@@ -217,7 +217,7 @@ def _prepare(book: Book, scenarios, seed, confidence, sampler, dtype, key):
     PRNG key (``jax.random.key(seed)`` unless given), the static tail size and,
     for the exact-block sampler, ``(law, positions)`` of [`sampler_law`][] (else
     ``(None, 0)``)."""
-    book = book.with_overrides(scenarios=scenarios, seed=seed, confidence=confidence,
+    book = check_book(book).with_overrides(scenarios=scenarios, seed=seed, confidence=confidence,
                                sampler=sampler).with_sampler_for("margin")
     s = book.settings
     arrays, layout, params = margin_inputs(book, dtype=dtype)

@@ -45,7 +45,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._allocation import allocate
 from ._arrays import BookArrays, row_membership, without_padding
-from ._book import MAX_SCENARIOS, SAMPLERS, Book
+from ._book import MAX_SCENARIOS, SAMPLERS, Book, check_book
 from ._checks import check_size, is_number
 from ._conditional import (
     aggregate_chunk as agg_chunk,
@@ -459,7 +459,7 @@ def sensitivities(
     check_size("temperature", temperature)
     if not is_number(temperature) or not (math.isfinite(temperature) and 0 < temperature <= 1):
         raise BookError("temperature", f"{temperature!r} is outside (0, 1]")
-    book = book.with_overrides(scenarios=scenarios, seed=seed)
+    book = check_book(book).with_overrides(scenarios=scenarios, seed=seed)
     estimator = default_estimator(book) if estimator is None else estimator
     if estimator not in ESTIMATORS:
         raise BookError("estimator", f"{estimator!r} is not one of {', '.join(ESTIMATORS)}")

@@ -87,7 +87,10 @@ def scenario_mesh(devices: int | Sequence[jax.Device] | Mesh | None = None) -> M
                              f"of this job)")
         chosen = every[:devices]
     else:
-        chosen = list(devices)
+        chosen = list(devices) if isinstance(devices, (list, tuple)) else None
+        if chosen is None or not all(isinstance(d, jax.Device) for d in chosen):
+            raise ValueError(f"devices: {devices!r:.80} is not None, a count, a list of "
+                             f"devices (jax.devices()) or a mesh")
         if not chosen:
             raise ValueError("devices: an empty sequence of devices")
     return Mesh(np.asarray(chosen, dtype=object), (AXIS,))

@@ -61,7 +61,7 @@ from jaxtyping import Array, Float, Int
 
 from ._arrays import BookArrays, book_arrays, bucket
 from ._block import BlockLaw, sampler_law
-from ._book import Book, Position
+from ._book import Book, Position, check_book
 from ._dates import DAYS_PER_YEAR, MAX_HORIZON_DAYS
 from ._errors import BookError
 from ._hierarchy import correlation_matrix
@@ -964,7 +964,7 @@ def sweep(
     name or a malformed axis; invalid *points* are reported in the result.
     """
     axes = _as_axes(axes)
-    book = book.with_overrides(scenarios=scenarios, seed=seed).with_sampler_for("sweep")
+    book = check_book(book).with_overrides(scenarios=scenarios, seed=seed).with_sampler_for("sweep")
     s = book.settings
     if sensitivities and s.sampler == "exact_block":
         raise BookError("sensitivities", "the 'exact_block' sampler holds each point's law "

@@ -69,7 +69,7 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, UInt8
 
 from ._arrays import BookArrays, BookLayout, book_arrays, bucket, row_membership
 from ._block import BlockLaw, exact_block_rows, freeze, independent_slots, sampler_law
-from ._book import MAX_AMOUNT, Book, Contract, check_number
+from ._book import MAX_AMOUNT, Book, Contract, check_book, check_number
 from ._errors import BookError
 from ._margin import (
     MarginParams,
@@ -647,7 +647,7 @@ def margin_session(
     **Returns:** the session; ``session.report`` is the book's margin report
     (equal to [`portfolio_margin`][] with the same settings).
     """
-    return MarginSession(book.with_overrides(scenarios=scenarios, seed=seed,
+    return MarginSession(check_book(book).with_overrides(scenarios=scenarios, seed=seed,
                                               confidence=confidence, sampler=sampler),
                          dtype=dtype, key=key)
 

@@ -235,6 +235,11 @@ def test_scenario_mesh_names_a_bad_device_count():
         scenario_mesh(n + 1)
     with pytest.raises(ValueError, match="empty sequence"):
         scenario_mesh([])
+    # Not devices: refused by name (a string was read as a list of its characters,
+    # "x" a one-device mesh; 2.0 raised a TypeError from iter()).
+    for bad in ("x", 2.0, [1, 2], True):
+        with pytest.raises(ValueError, match=r"is not None, a count, a list of devices"):
+            scenario_mesh(bad)
 
 
 def _free_port() -> int:

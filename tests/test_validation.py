@@ -625,3 +625,28 @@ def test_the_worst_case_of_the_smallest_price_is_its_whole_loss():
     data["positions"] = [{"contract": "NBA-LAL", "quantity": -1000}]
     report = kj.portfolio_margin(parse_book(data), scenarios=1024, sampler="plain")
     assert report.worst_case_loss == pytest.approx(1000 * (1 - 1e-6), rel=1e-6)
+
+
+@pytest.mark.parametrize("entry", ["portfolio_margin", "margin_with_losses", "book_losses",
+                                   "sensitivities", "margin_session", "optimise_hedge",
+                                   "sweep", "margin_accounts"])
+@pytest.mark.parametrize("given", [None, {"contracts": []}])
+def test_every_entry_point_names_a_book_that_is_not_one(entry, given):
+    """A dict (a book file's data, not parsed) or None is named as the `book`
+    (it was an AttributeError from inside the call)."""
+    args = {"optimise_hedge": (["NBA-LAL"],), "sweep": (["rho.risk=0:0.3:2"],),
+            "margin_accounts": ({"a": {"NBA-LAL": 1.0}},)}.get(entry, ())
+    with pytest.raises(BookError, match=rf"^book: expected a kinetic_jax.Book .* got "
+                                        rf"{type(given).__name__}$"):
+        getattr(kj, entry)(given, *args)
+
+
+
+def test_book_copies_name_what_they_cannot_take():
+    book = parse_book(_book())
+    with pytest.raises(BookError, match=r"^positions: expected a mapping .* got list$"):
+        book.with_positions([kj.Position("NBA-LAL", 1.0)])
+    with pytest.raises(BookError, match=r"^settings.scenario: unknown setting \(allowed: .*"
+                                        r"scenarios"):
+        book.with_settings(scenario=4096)
+    assert book.with_positions({"NBA-LAL": 2.0}).net_quantities()["NBA-LAL"] == 2.0
