@@ -15,6 +15,8 @@ highest matmul precision (TF32 on GPUs would cost ~3 significant digits).
 
 from __future__ import annotations
 
+import numbers
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -24,6 +26,7 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from ._arrays import BookArrays, row_membership, without_padding
 from ._block import BlockLaw, block_statistics, check_law, freeze, held_fixed
+from ._errors import BookError
 from ._hierarchy import correlation_matrix
 from ._sampler import check_sampler, fit_proposal, simulate
 from ._sharding import gathered_losses, gathered_tail, replicated_map
@@ -312,7 +315,18 @@ def margin_arrays(
     (XLA may round the standard errors' sums differently in a program compiled
     for several devices; [`portfolio_margin`][] computes them on one device and
     is bit-identical). The result is replicated on the mesh.
+
+    `top` is the number of largest losses kept: at least
+    [`tail_size`][]`(scenarios, confidence)` (what the host entry points pass).
+    Below that the figures are NaN (the confidence is traced, so this is not
+    checked when tracing; the host layer reports a NaN as an [`EngineError`][]);
+    `scenarios` and `top` outside ``1 <= top <= scenarios`` raise a BookError.
     """
+    if not (isinstance(scenarios, numbers.Integral) and scenarios >= 1):
+        raise BookError("scenarios", f"{scenarios!r} is not a positive integer")
+    if not (isinstance(top, numbers.Integral) and 1 <= top <= scenarios):
+        raise BookError("top", f"{top!r} is not an integer in [1, scenarios = {scenarios}] "
+                               f"(see tail_size)")
     arrays = held_fixed(without_padding(arrays), law)
     if mesh is not None and mesh.size > 1:
         return _sharded_margin(arrays, params, key, scenarios, top, sampler, chunk, mesh, law)

@@ -12,6 +12,7 @@ import copy
 import json
 import math
 
+import jax
 import numpy as np
 import pytest
 
@@ -650,3 +651,17 @@ def test_book_copies_name_what_they_cannot_take():
                                         r"scenarios"):
         book.with_settings(scenario=4096)
     assert book.with_positions({"NBA-LAL": 2.0}).net_quantities()["NBA-LAL"] == 2.0
+
+
+def test_margin_jit_names_a_scenario_count_or_tail_it_cannot_use():
+    """The array API's static arguments are checked when tracing (scenarios 0 was
+    a ZeroDivisionError, top 0 an argmax of an empty sequence)."""
+    book = parse_book(_book())
+    arrays, _, params = kj.margin_inputs(book)
+    key = jax.random.key(0)
+    with pytest.raises(BookError, match=r"^scenarios: 0 is not a positive integer"):
+        kj.margin_jit(arrays, params, key, 0, 64, "plain")
+    for top in (0, 5000):
+        with pytest.raises(BookError, match=rf"^top: {top} is not an integer in \[1, "
+                                            r"scenarios = 4096\]"):
+            kj.margin_jit(arrays, params, key, 4096, top, "plain")
