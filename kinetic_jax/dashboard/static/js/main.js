@@ -36,12 +36,29 @@ function scheduleCompute(delay = DEBOUNCE_MS) {
 hooks.schedule = scheduleCompute;
 hooks.renderTree = renderTree;
 
+// While the server cannot be reached, ask its health every RECONNECT_MS; when it
+// answers again (restarted, say), recompute the book on show without waiting
+// for the next edit or Re-run.
+const RECONNECT_MS = 3000;
+let reconnect = null;
+function watchServer() {
+  if (reconnect !== null) return;
+  reconnect = setInterval(async () => {
+    const r = await api("GET", "/api/health");
+    if (!r.ok) return;
+    clearInterval(reconnect);
+    reconnect = null;
+    if (S.unreachable) compute();
+  }, RECONNECT_MS);
+}
+
 // Says why a request failed: the server is gone, busy, or rejected the book.
 function reportFailure(r, what) {
   if (r.unreachable) {
     S.unreachable = true;
-    showBanner(`Cannot ${what}: ${r.error.message}. Showing the last result.`);
+    showBanner(`Cannot ${what}: ${r.error.message}. Showing the last result; retrying when it answers.`);
     $("footer").textContent = "The server cannot be reached — the figures shown are from the last successful computation.";
+    watchServer();
     return;
   }
   if (r.busy) {
