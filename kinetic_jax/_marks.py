@@ -180,19 +180,6 @@ def _merged_legs(arrays, lo, hi, legs):
     return safe, lo_m, hi_m, first
 
 
-def horizon_marks(
-    latents: Float[Array, "N E"],
-    arrays,
-    lo: Float[Array, " C"],
-    hi: Float[Array, " C"],
-    temperature=None,
-) -> Float[Array, "N C"]:
-    """Every slot's mark at the horizon given the revealed event latents Z
-    (module doc); resolved atoms smoothed at `temperature` if given. One column
-    per slot: [`horizon_mark_rows`][] transposed."""
-    return horizon_mark_rows(latents.T, arrays, lo, hi, temperature).T
-
-
 def horizon_mark_rows(
     latents: Float[Array, "E N"],
     arrays,
@@ -200,8 +187,9 @@ def horizon_mark_rows(
     hi: Float[Array, " C"],
     temperature=None,
 ) -> Float[Array, "C N"]:
-    """[`horizon_marks`][] with events and slots on the first axis, scenarios on
-    the last (the layout of `_simulation.outcome_rows`).
+    """Every slot's mark at the horizon given the revealed event latents Z
+    (module doc; one row per event, scenarios on the last axis, the layout of
+    `_simulation.outcome_rows`); resolved atoms smoothed at `temperature` if given.
 
     The marks of binaries are computed in this layout, not transposed from
     (N, C): where the marks are kept (a what-if session's outcome matrix), a
@@ -210,9 +198,10 @@ def horizon_mark_rows(
     simulate as their margin (15 against 2 s on the 2-core machine). Parlays
     (their own, fewer columns) are computed per scenario row and transposed."""
     tau = event_tau(arrays)
-    x = latents[arrays.event]  # (C, N)
     if arrays.spot.shape[0]:
         x, value = path_values(latents, arrays)
+    else:
+        x = latents[arrays.event]  # (C, N)
     yes = atom_marks(x, tau[:, None], lo[:, None], hi[:, None], temperature)
     if arrays.spot.shape[0]:
         yes = jnp.where(arrays.linear[:, None], value, yes)

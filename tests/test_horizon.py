@@ -38,7 +38,7 @@ from scipy import integrate, stats
 import kinetic_jax as kj
 from kinetic_jax import Book, Cluster, Hierarchy, Node, Settings
 from kinetic_jax._arrays import book_arrays
-from kinetic_jax._marks import horizon_marks
+from kinetic_jax._marks import horizon_mark_rows
 from kinetic_jax._simulation import atom_cuts, outcomes
 
 AS_OF = "2026-06-01"
@@ -408,14 +408,14 @@ Z_ROWS = np.array([[0.0, 0.0, 0.0, 0.5, 0.0, 0.0, 0.0],
 
 
 def _engine_marks(book: Book) -> dict[str, np.ndarray]:
-    """horizon_marks in float64 at the revealed latents Z_ROWS, by contract id."""
+    """horizon_mark_rows in float64 at the revealed latents Z_ROWS, by contract id."""
     arrays, layout = book_arrays(book, jnp.float64)
     latents = np.zeros((len(Z_ROWS), arrays.event_cluster.shape[0]))
     for j, name in enumerate(EVENTS):
         latents[:, layout.event_names.index(name)] = Z_ROWS[:, j]
     lo, hi = atom_cuts(arrays)
-    m = jax.jit(horizon_marks)(jnp.asarray(latents), arrays, lo, hi)
-    return {cid: np.asarray(m[:, i]) for i, cid in enumerate(book.contract_ids)}
+    m = jax.jit(horizon_mark_rows)(jnp.asarray(latents.T), arrays, lo, hi)
+    return {cid: np.asarray(m[i]) for i, cid in enumerate(book.contract_ids)}
 
 
 def _live_legs(book: Book, pid: str, row: int):
