@@ -2,7 +2,10 @@
 
 The reported margin uses hard 0/1 outcomes. Its derivative in quantities is
 exact on the simulated scenarios (the tail-conditional expectation of
-``p_i - YES_i``): no smoothing is needed. Prices (through their cuts), rho and
+``p_i - YES_i``): no smoothing is needed. Where scenarios of different
+outcomes tie at a VaR, the margin is kinked in a quantity: the reported
+derivative is then the mean of the one-sided ones, and the Euler allocation uses
+the additive derivative ([`quantity_jacobian`][]). Prices (through their cuts), rho and
 loadings act on the outcomes only through indicators, whose pathwise derivative
 is zero; for them each atom's indicator is smoothed,
 
@@ -16,7 +19,9 @@ as t -> 0. Estimators:
   event's own noise at its cuts (kinetic_jax._conditional), on the estimator's
   own run ([`JumpRun`][]: by default 8x the draws, importance-sampled).
 - ``"hybrid"`` (default under a liquidation horizon): quantities from the hard
-  margin (exact, so the Euler allocation sums to the reported margin), prices,
+  margin (exact on the scenarios; at ties at a VaR the mean of the one-sided
+  derivatives, and the Euler allocation from the additive derivative, which sums
+  to the reported margin: [`quantity_jacobian`][]), prices,
   rho and loadings from the smoothed margin (tail selected on the smoothed losses).
 - ``"smooth"``: everything from the smoothed margin (a differentiable surrogate).
 - ``"straight_through"``: hard value; smoothed outcomes differentiated on the
@@ -44,7 +49,7 @@ from jax import lax
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._allocation import allocate
-from ._arrays import BookArrays, row_membership, without_padding
+from ._arrays import PAD, BookArrays, row_membership, without_padding
 from ._book import MAX_SCENARIOS, SAMPLERS, Book, check_book
 from ._checks import check_size, is_number
 from ._conditional import (
@@ -67,6 +72,8 @@ from ._margin import (
 from ._portfolio import margin_inputs
 from ._sampler import outcome_losses, padded_scenarios, simulate
 from ._shortfall import (
+    order_ties,
+    ordered_tail_statistics,
     sortfree_tail_statistics,
     tail_size,
     tail_statistics,
@@ -176,6 +183,16 @@ def differentiable_margin(
     gradient is the same as through the full (N, C) matrix, at a fraction of the
     cost. Forward values are those of the selection pass.
     """
+    arrays, tail, _ = _selected_tail(variables, arrays, key, scenarios, top, temperature,
+                                     estimator)
+    es, se, var = tail_statistics(tail, scenarios, params.confidence)
+    return margin_from_statistics(arrays, params, es, se, var)
+
+
+def _selected_tail(variables, arrays, key, scenarios, top, temperature, estimator):
+    """`arrays` holding `variables`, the `top` largest losses of each loss row
+    (decreasing; differentiable in `variables`, see [`differentiable_margin`][])
+    and their outcomes, ``yes[k, t, c]`` of contract slot c in row k's t-th."""
     if estimator not in _SINGLE:
         raise ValueError(f"estimator: {estimator!r} is not one of {_SINGLE}")
     arrays = variables.into(arrays)
@@ -202,8 +219,7 @@ def differentiable_margin(
     yes_rows = yes_rows.reshape(columns, top, -1)
     recomputed = jnp.einsum("ktc,ck->kt", arrays.price - yes_rows, weights, precision=HIGHEST)
     tail = lax.stop_gradient(tail) + (recomputed - lax.stop_gradient(recomputed))
-    es, se, var = tail_statistics(tail, scenarios, params.confidence)
-    return margin_from_statistics(arrays, params, es, se, var)
+    return arrays, tail, yes_rows
 
 
 def _figures(result: MarginResult) -> Float[Array, " F"]:
@@ -214,35 +230,116 @@ def _figures(result: MarginResult) -> Float[Array, " F"]:
 
 class SensitivityResult(eqx.Module):
     """Hard figures and the Jacobian of (margin, base, floor, cluster ES...) in
-    the variables: each leaf of `jacobian` has a leading axis of length 3 + K.
+    the variables: each leaf of `jacobian` has a leading axis of length 3 + K;
+    its quantities' are the mean of the one-sided derivatives at ties
+    ([`quantity_jacobian`][]). `additive` is the quantities' Jacobian with the
+    ties at each VaR sharing one derivative (linear, so q . d = figure for the
+    homogeneous figures: the Euler allocation's); the two differ only at ties.
     `standard_error` (conditional estimator only, else None) is the Monte-Carlo
     standard error of each entry, from the spread over scenario batches."""
 
     result: MarginResult
     jacobian: MarginVars
+    additive: Float[Array, "F C"]
     standard_error: MarginVars | None = None
 
 
-def _jacobian(arrays, params, key, scenarios, top, temperature, estimator,
-              quantity_only: bool = False):
-    """The figures and their Jacobian in every [`MarginVars`][] leaf, or in the
-    quantities alone (`quantity_only`: what the conditional estimator takes
-    from the hard margin; the reverse pass then carries no cotangent through
-    the simulation, the correlation's Cholesky factor or the cuts, a smaller
-    program)."""
+def _jacobian(arrays, params, key, scenarios, top, temperature, estimator):
+    """The figures and their Jacobian in every [`MarginVars`][] leaf, by reverse
+    mode (the quantities' at ties: [`tail_statistics`][]; the reports take them
+    from [`quantity_jacobian`][])."""
     variables = MarginVars.of(arrays)
 
-    def figures(x):
-        v = eqx.tree_at(lambda m: m.quantity, variables, x) if quantity_only else x
+    def figures(v):
         res = differentiable_margin(v, arrays, params, key, scenarios, top, temperature,
                                     estimator)
         return _figures(res), res
 
-    out, vjp, result = jax.vjp(figures, variables.quantity if quantity_only else variables,
-                               has_aux=True)
+    out, vjp, result = jax.vjp(figures, variables, has_aux=True)
     rows = jnp.eye(out.shape[0], dtype=out.dtype)
     (jac,) = lax.map(vjp, rows)
     return result, jac
+
+
+def quantity_jacobian(arrays, params, key, scenarios, top, temperature, estimator="hard"):
+    """The figures and their derivatives in each contract slot's quantity, (3 + K, C).
+
+    A loss is linear in the quantities, so on the simulated scenarios the figures
+    are piecewise linear in each one, with kinks where a change reorders draws
+    tied at a VaR (discrete losses tie often: an atom of the loss distribution
+    straddling the quantile). Each derivative is the mean of the right and left
+    ones, each exact on the scenarios: the tail statistics' derivatives with the
+    ties reordered as the trade reorders them ([`order_ties`][]), pushed through
+    the margin formula in forward mode, one direction a slot. It is what a
+    central finite difference on the same draws converges to; where the margin
+    is differentiable it is the derivative.
+
+    **Returns:** ``(result, jacobian, additive)``: the hard figures, that
+    Jacobian, and the additive one (ties at each VaR sharing their mean
+    derivative, [`tail_statistics`][]: linear in the direction, so q . d =
+    figure where the figure is homogeneous; it equals `jacobian` away from
+    ties)."""
+    variables = lax.stop_gradient(MarginVars.of(arrays))
+    arrays, tail, yes_rows = _selected_tail(variables, arrays, key, scenarios, top,
+                                            temperature, estimator)
+    conf = params.confidence
+    es, se, var = ordered_tail_statistics(tail, scenarios, conf)
+    result = margin_from_statistics(arrays, params, es, se, var)
+    # d loss[k, t] / d q_c: the slot's p - YES where it counts in row k, 0 on padding.
+    live = (arrays.kind != PAD).astype(tail.dtype)
+    slope = (arrays.price - yes_rows) * (row_membership(arrays) * live[:, None]).T[:, None, :]
+
+    def figures(q, es, se, var):
+        a = without_padding(eqx.tree_at(lambda x: x.quantity, arrays, q))
+        return _figures(margin_from_statistics(a, params, es, se, var))
+
+    # Everything downstream of the tail is linear in the direction (given the
+    # order of the ties): the margin formula's Jacobians (a few reverse passes)
+    # and each statistic's weight on each tail position.
+    by_q, *by_stats = jax.jacrev(figures, argnums=(0, 1, 2, 3))(arrays.quantity, es, se, var)
+
+    def linear(statistics, slope):
+        weights = [jax.grad(lambda x, i=i: jnp.sum(statistics(x, scenarios, conf)[i]))(tail)
+                   for i in range(3)]  # each statistic of row k depends on row k only
+        return by_q + sum(jnp.einsum("fk,kt,ktc->fc", j, w, slope, precision=HIGHEST)
+                          for j, w in zip(by_stats, weights))
+
+    def one_sided(order):
+        right = linear(ordered_tail_statistics, order(1))
+        left = linear(ordered_tail_statistics, order(-1))
+        return (right + left) / 2
+
+    if estimator != "smooth" and not arrays.dynamic:
+        # Hard 0/1 outcomes (no marks): each slot's slopes in a run of ties take
+        # two values, so the run's order is its NO draws then its YES draws (or
+        # the reverse), without the sort over every slot's slopes (most of the
+        # cost on large books).
+        d_quantity = one_sided(lambda sign: _order_binary_ties(tail, var, yes_rows, slope, sign))
+    else:
+        d_quantity = one_sided(lambda sign: order_ties(tail, slope, sign))
+    return result, d_quantity, linear(tail_statistics, slope)
+
+
+def _order_binary_ties(tail, var, yes, slope, sign):
+    """[`order_ties`][] for the run of ties at each row's VaR when each draw's
+    slope in slot c is that of its outcome, ``yes`` 0 or 1 (NO: the larger
+    slope, as a loss's slope in quantity is p - YES): ``sign = 1`` puts the run's
+    NO draws first, -1 its YES draws. Draws outside that run keep their slopes
+    (only its order counts, see [`quantity_jacobian`][])."""
+    run = tail == var[:, None]  # (K + 1, T), contiguous: the tail is sorted
+    position = (jnp.arange(tail.shape[-1]) - jnp.argmax(run, axis=-1)[:, None]).astype(tail.dtype)
+    where_run = run[..., None]
+    no = jnp.sum(jnp.where(where_run, 1 - yes, 0.0), axis=1)  # (K + 1, C)
+    # The run's NO slope and YES slope of each slot (the max and min over it).
+    high = jnp.max(jnp.where(where_run, slope, -jnp.inf), axis=1)
+    low = jnp.min(jnp.where(where_run, slope, jnp.inf), axis=1)
+    if sign > 0:
+        first, lead, rest = no, high, low
+    else:
+        first, lead, rest = jnp.sum(run, axis=-1, dtype=no.dtype)[:, None] - no, low, high
+    ordered = jnp.where(position[..., None] < first[:, None, :], lead[:, None, :],
+                        rest[:, None, :])
+    return jnp.where(where_run, ordered, slope)
 
 
 def _conditional_jacobian(arrays, params, key, scenarios, top, sampler="plain"):
@@ -307,29 +404,30 @@ def sensitivity_arrays(
     """Figures and their Jacobian: one forward pass per estimator involved, then
     one reverse pass per reported figure (lax.map over the cotangents, so memory
     stays that of a single pass). `result` always holds the hard figures, on
-    `scenarios` draws, and so do the quantity derivatives; the conditional
-    estimator's prices, rho and loadings come from its own run `jumps` (default:
-    `scenarios` draws, importance-sampled)."""
+    `scenarios` draws, and so do the quantity derivatives (from
+    [`quantity_jacobian`][]: both one-sided derivatives at ties, and the
+    additive one); the conditional estimator's prices, rho and loadings come
+    from its own run `jumps` (default: `scenarios` draws, importance-sampled)."""
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator: {estimator!r} is not one of {ESTIMATORS}")
-    if estimator in ("hard", "straight_through"):
-        result, jac = _jacobian(arrays, params, key, scenarios, top, temperature, estimator)
-        return SensitivityResult(result, jac)
+    # Quantities: exact on the scenarios, the MC-error add-on's standard error
+    # included; from the hard margin except for the smoothed one.
+    result, d_quantity, additive = quantity_jacobian(arrays, params, key, scenarios, top,
+                                                     temperature)
+    if estimator == "smooth":
+        _, d_quantity, additive = quantity_jacobian(arrays, params, key, scenarios, top,
+                                                    temperature, "smooth")
+    err = None
     if estimator == "conditional":
-        # Quantities from the hard margin (exact on the scenarios, the MC-error
-        # add-on's standard error included); the rest from the conditional
-        # estimator, with batch standard errors for every entry.
-        result, hard = _jacobian(arrays, params, key, scenarios, top, temperature, "hard",
-                                 quantity_only=True)
+        # The rest from the conditional estimator, with batch standard errors for
+        # every entry.
         jumps = JumpRun(scenarios, top, JUMP_SAMPLER) if jumps is None else jumps
         _, jac, err = _conditional_jacobian(arrays, params, key, *jumps)
-        jac = eqx.tree_at(lambda j: j.quantity, jac, hard)
-        return SensitivityResult(result, jac, err)
-    result, hard = _jacobian(arrays, params, key, scenarios, top, temperature, "hard")
-    _, smooth = _jacobian(arrays, params, key, scenarios, top, temperature, "smooth")
-    if estimator == "hybrid":
-        smooth = eqx.tree_at(lambda j: j.quantity, smooth, hard.quantity)
-    return SensitivityResult(result, smooth)
+    else:
+        pathwise = "smooth" if estimator == "hybrid" else estimator
+        _, jac = _jacobian(arrays, params, key, scenarios, top, temperature, pathwise)
+    return SensitivityResult(result, eqx.tree_at(lambda j: j.quantity, jac, d_quantity),
+                             additive, err)
 
 
 sensitivity_jit = eqx.filter_jit(sensitivity_arrays)
@@ -340,7 +438,9 @@ class SensitivityReport:
     """Sensitivities of one book's margin, in dollars per unit (see module doc).
 
     - `positions`: held contracts: quantity, price, d_quantity (dM/dq),
-      d_price (dM/dp), euler (q dM/dq).
+      d_price (dM/dp), euler (q dM/dq, with the additive derivative: it differs
+      from d_quantity only where ties at a VaR kink the margin, see
+      [`quantity_jacobian`][]).
     - `candidates`: contracts in the book not held: d_quantity is the margin
       change per unit bought (negative: buying frees margin), d_price.
     - `rho` / `loading`: dM/d rho per hierarchy node, dM/d loading per cluster.
@@ -481,9 +581,10 @@ def _report(book, layout, sens: SensitivityResult, temperature, estimator,
             jumps: JumpRun | None = None):
     res = jax.tree.map(lambda x: np.asarray(x, np.float64), sens.result)
     jac = jax.tree.map(lambda x: np.asarray(x, np.float64), sens.jacobian)
+    additive = np.asarray(sens.additive, np.float64)
     err = (None if sens.standard_error is None
            else jax.tree.map(lambda x: np.asarray(x, np.float64), sens.standard_error))
-    if not all(np.all(np.isfinite(x)) for x in jax.tree.leaves((jac, err))):
+    if not all(np.all(np.isfinite(x)) for x in jax.tree.leaves((jac, additive, err))):
         raise EngineError("a sensitivity came out non-finite; please report this book")
     n = layout.n_contracts
     qty = book.net_quantities()
@@ -510,12 +611,12 @@ def _report(book, layout, sens: SensitivityResult, temperature, estimator,
             entry["d_quantity_se"] = float(err.quantity[0, i])
             entry["d_price_se"] = float(err.price[0, i])
         if qty[cid] != 0:
-            entry["euler"] = qty[cid] * entry["d_quantity"]
+            entry["euler"] = qty[cid] * float(additive[0, i])
             cluster_euler[c.cluster] += entry["euler"]
             positions[cid] = entry
         else:
             candidates[cid] = entry
-    alloc = allocate(book, layout.table, res, jac.quantity[1], jac.quantity[2])
+    alloc = allocate(book, layout.table, res, additive[1], additive[2])
     for i, cid in enumerate(ids[:n]):
         if cid in positions:
             positions[cid]["allocation"] = float(alloc["allocation"][i])

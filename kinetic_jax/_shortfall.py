@@ -41,6 +41,29 @@ def _safe_sqrt(x):
     return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1.0)), 0.0)
 
 
+def average_ties(
+    losses: Float[Array, "*batch T"], var: Float[Array, "*batch"], mass: Float[Array, "*batch T"]
+) -> Float[Array, "*batch T"]:
+    """`losses` unchanged in value; the draws tied with the VaR share one
+    derivative, their mass-weighted mean (Hong 2009: dVaR = E[dL | L = VaR]).
+
+    Binary books have discrete losses, so several draws often sit exactly at the
+    VaR. Which of them the sort puts at the VaR, or inside the tail, is arbitrary,
+    and so was the derivative of ES and of the standard error through them. With
+    the tied draws' derivatives averaged, both derivatives are the mean over every
+    ordering of the ties (random tie-breaking by an infinitesimal jitter): the
+    same whatever the sort did. Draws of mass 0 (padding) are never tied."""
+    v = lax.stop_gradient(var)[..., None]
+    fixed = lax.stop_gradient(losses)
+    tied = (fixed == v) & (mass > 0)
+    weight = jnp.where(tied, lax.stop_gradient(mass), 0.0)
+    total = jnp.sum(weight, axis=-1, keepdims=True)
+    mean = jnp.sum(weight * jnp.where(tied, losses, 0.0), axis=-1, keepdims=True) / jnp.where(
+        total > 0, total, 1.0)
+    # Value: exactly the tied loss (mean - mean == 0); derivative: the mean's.
+    return jnp.where(tied, fixed + (mean - lax.stop_gradient(mean)), losses)
+
+
 def expected_shortfall(
     losses: Float[Array, "*batch N"], confidence: Float[Array, ""], top: int
 ) -> tuple[Float[Array, "*batch"], Float[Array, "*batch"], Float[Array, "*batch"]]:
@@ -62,7 +85,31 @@ def tail_statistics(
     tail: Float[Array, "*batch T"], scenarios: int, confidence: Float[Array, ""]
 ) -> tuple[Float[Array, "*batch"], Float[Array, "*batch"], Float[Array, "*batch"]]:
     """``(es, standard_error, var)`` from the T largest of `scenarios` losses,
-    sorted in decreasing order (T >= floor(N (1 - alpha)) + 1)."""
+    sorted in decreasing order (T >= floor(N (1 - alpha)) + 1).
+
+    Values are [`ordered_tail_statistics`][]'; so is the derivative, with the
+    draws tied with the VaR sharing one derivative ([`average_ties`][]): linear
+    in the losses' derivatives, and the same whatever order the sort left the
+    ties in. The one-sided derivatives at ties (a trade that reorders them) are
+    [`ordered_tail_statistics`][]' with the ties reordered by
+    [`order_ties`][]."""
+    n = scenarios
+    top = tail.shape[-1]
+    m = jnp.clip(jnp.floor(n * (1 - confidence)).astype(jnp.int32), 0, top - 1)
+    index = jnp.broadcast_to(m, tail.shape[:-1])[..., None]
+    tail = average_ties(tail, jnp.take_along_axis(tail, index, axis=-1)[..., 0],
+                        jnp.ones_like(tail))
+    return ordered_tail_statistics(tail, scenarios, confidence)
+
+
+def ordered_tail_statistics(
+    tail: Float[Array, "*batch T"], scenarios: int, confidence: Float[Array, ""]
+) -> tuple[Float[Array, "*batch"], Float[Array, "*batch"], Float[Array, "*batch"]]:
+    """[`tail_statistics`][] with its derivative taken in the order given: the
+    draw at position floor(k) is the VaR, those before it are above it (their
+    excess over the VaR counts in full, ties included). With the ties at the VaR
+    ordered by decreasing (increasing) derivative, the derivative is the right
+    (left) one of the statistics of the sample."""
     n = scenarios
     top = tail.shape[-1]
     k = n * (1 - confidence)
@@ -78,11 +125,29 @@ def tail_statistics(
     es = jnp.sum(w * tail, axis=-1) / k
     m = jnp.clip(jnp.floor(k).astype(jnp.int32), 0, top - 1)
     var = jnp.take_along_axis(tail, jnp.broadcast_to(m, tail.shape[:-1])[..., None], axis=-1)
-    excess = jnp.maximum(tail - var, 0.0)
+    # (L - VaR)^+ by position: the same values (the tail is sorted), but a tie
+    # placed above the VaR counts its excess's derivative in full.
+    above = jnp.arange(top, dtype=m.dtype) < m[..., None]
+    excess = jnp.where(above, tail - var, 0.0)
     m1 = jnp.sum(excess, axis=-1) / n
     m2 = jnp.sum(excess * excess, axis=-1) / n
     se = _safe_sqrt((m2 - m1 * m1) / n) / (1 - confidence)
     return es, jnp.where(bad, jnp.nan, se), jnp.where(bad, jnp.nan, var[..., 0])
+
+
+def order_ties(
+    tail: Float[Array, "*batch T"], tangents: Float[Array, "*batch T D"], sign: int
+) -> Float[Array, "*batch T D"]:
+    """`tangents` (each tail draw's derivative in D directions) reordered, in each
+    direction, within each run of equal losses of the decreasing `tail`: by
+    decreasing derivative for ``sign = 1`` (the order the draws take when the
+    direction's variable increases a little), increasing for -1 (when it
+    decreases). Draws of different losses keep their places."""
+    t = jnp.moveaxis(tangents, -1, -2)
+    # + 0.0 makes -0.0 equal to 0.0, as the tail's ties are (==).
+    keys = jnp.broadcast_to((0.0 - tail)[..., None, :] + 0.0, t.shape)
+    _, ordered = lax.sort((keys, -sign * t), dimension=-1, num_keys=2)
+    return jnp.moveaxis(-sign * ordered, -2, -1)
 
 
 def exact_expected_shortfall(values, probabilities, confidence: float) -> float:
@@ -152,13 +217,14 @@ def weighted_tail_statistics(
     # tail_statistics); the host layer reports it as an engine error.
     short = kept < budget * (1 - 1e-6)
     take = jnp.clip(budget - before, 0.0, mass)
-    es = jnp.sum(take * jnp.where(take > 0, tail, 0.0), axis=-1) / budget
     # VaR: the first draw at which the cumulated mass reaches 1 - alpha; where
     # rounding leaves every cumulated mass at or below it (1 - alpha rounding to
     # 1 at a confidence near 0), the last draw that holds any mass.
     crossed = before + mass > budget
     last = tail.shape[-1] - 1 - jnp.argmax(jnp.flip(mass > 0, -1), axis=-1)
     m = jnp.where(jnp.any(crossed, axis=-1), jnp.argmax(crossed, axis=-1), last)
+    tail = average_ties(tail, jnp.take_along_axis(tail, m[..., None], axis=-1)[..., 0], mass)
+    es = jnp.sum(take * jnp.where(take > 0, tail, 0.0), axis=-1) / budget
     var = jnp.take_along_axis(tail, m[..., None], axis=-1)
     excess = jnp.where(mass > 0, jnp.maximum(tail - var, 0.0), 0.0)
     n = scenarios
@@ -255,7 +321,10 @@ def sortfree_tail_statistics(
     hi = selected_var_key(keys, mass, budget)
     # The VaR is the smallest live draw at or above key hi (the smallest key within
     # budget belongs to a live draw).
-    var = jnp.min(jnp.where(live & (keys >= hi[:, None]), losses, jnp.inf), axis=-1)
+    above = live & (keys >= hi[:, None])
+    var = jnp.min(jnp.where(above, losses, jnp.inf), axis=-1)
+    losses = average_ties(losses, var, mass)
+    var = jnp.min(jnp.where(above, losses, jnp.inf), axis=-1)
     excess = jnp.where(live, jnp.maximum(losses - var[:, None], 0.0), 0.0)
     es = var + jnp.sum(mass * excess, axis=-1) / budget
     tail_mass = jnp.sum(jnp.where(losses > var[:, None], mass, 0.0), axis=-1)

@@ -73,6 +73,7 @@ from ._sensitivities import (
     JumpRun,
     _conditional_jacobian,
     jump_run,
+    quantity_jacobian,
     sensitivity_arrays,
 )
 from ._sharding import AXIS, scenario_mesh
@@ -552,6 +553,11 @@ def sweep_chunk_general(arrays: BookArrays, params: MarginParams, key, points: P
 
         (_, result), (d_q, d_conf) = jax.value_and_grad(margin_of, argnums=(0, 1),
                                                         has_aux=True)(a.quantity, p.confidence)
+        if sampler == "plain" and any(kind == "quantity" for kind, _ in targets):
+            # As kj.sensitivities reports it: at ties at a VaR the mean of the
+            # one-sided derivatives (the gradient above is the additive one).
+            d_q = quantity_jacobian(a, p, key, scenarios, top,
+                                    jnp.asarray(DEFAULT_TEMPERATURE, a.price.dtype))[1][0]
         cond = None
         if any(kind in ("price", "rho", "loading", "horizon_days", "spot", "vol")
                for kind, _ in targets):

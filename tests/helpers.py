@@ -187,6 +187,18 @@ def make_book(
     return Book(tuple(contracts), positions, settings=Settings(**settings), **kw)
 
 
+def sensitivity_result(book: Book, estimator: str = "conditional") -> kj.SensitivityResult:
+    """The jitted result behind ``kj.sensitivities(book, estimator=...)`` at the
+    default temperature (the same call, so the same compiled program)."""
+    arrays, _, params = kj.margin_inputs(book)
+    s = book.settings
+    jumps = kj.jump_run(s) if estimator == "conditional" else None
+    return kj.sensitivity_jit(arrays, params, jax.random.key(s.seed), s.scenarios,
+                              kj.tail_size(s.scenarios, s.confidence),
+                              jnp.asarray(kj.DEFAULT_TEMPERATURE, arrays.price.dtype),
+                              estimator, jumps)
+
+
 def quantities_of(book: Book) -> np.ndarray:
     """Net quantity per contract, in book order."""
     q = book.net_quantities()

@@ -9,7 +9,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from helpers import above, binary, make_book, outcome
+from helpers import above, binary, make_book, outcome, sensitivity_result
 
 import kinetic_jax as kj
 from kinetic_jax._allocation import pro_rata
@@ -87,9 +87,12 @@ def test_every_addon_adds_up_and_goes_to_its_causes():
     assert parts_of(r, "stress") == pytest.approx(
         {cid: m.addons["stress"] * loss[cid] / scenario.loss for cid in r.positions},
         rel=1e-6, abs=1e-9)
-    # The pure Euler figure is still there, under its own name.
-    for cid, p in r.positions.items():
-        assert p["euler"] == pytest.approx(q[cid] * p["d_quantity"])
+    # The pure Euler figure is still there, under its own name: q times the
+    # additive derivative of the margin.
+    additive = np.asarray(sensitivity_result(book, "hard").additive[0], np.float64)
+    for i, c in enumerate(book.contracts):
+        if c.id in r.positions:
+            assert r.positions[c.id]["euler"] == pytest.approx(q[c.id] * additive[i])
     # No add-on goes to a position that does not cause it.
     assert parts_of(r, "worst_case") == {cid: 0.0 for cid in r.positions}
 

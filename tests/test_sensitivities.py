@@ -4,17 +4,28 @@ against finite differences and closed forms, Euler allocation, jit/vmap, no NaN.
 from __future__ import annotations
 
 import json
+import math
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import above, binary, check_grad, make_book, outcome, pair_exact
+from helpers import (
+    above,
+    binary,
+    check_grad,
+    make_book,
+    outcome,
+    pair_exact,
+    quantities_of,
+    sensitivity_result,
+)
 
 import kinetic_jax as kj
 from kinetic_jax._cli import main as cli
-from kinetic_jax._sensitivities import MarginVars, differentiable_margin
+from kinetic_jax._sensitivities import MarginVars, _order_binary_ties, differentiable_margin
+from kinetic_jax._shortfall import order_ties as kj_order_ties
 
 REFERENCE = "examples/reference_book.toml"
 # One scenario count for the whole module (and the CLI tests' count): every assertion
@@ -52,13 +63,65 @@ def test_euler_allocation_sums_to_the_margin_when_homogeneous():
     assert s.euler_total == pytest.approx(s.margin, rel=2e-5)
     assert abs(s.euler_residual) <= 2e-5 * s.margin
     assert sum(s.clusters.values()) == pytest.approx(s.euler_total, rel=1e-9)
-    base_euler = sum(book.net_quantities()[c] * d
-                     for c, d in s.base_sensitivities["d_quantity"].items())
-    assert base_euler == pytest.approx(s.base, rel=2e-5)
-    for name, c in s.cluster_es.items():
-        q = book.net_quantities()
-        assert sum(q[k] * d for k, d in c["d_quantity"].items()) == pytest.approx(
-            c["es"], rel=2e-5, abs=1e-3), name
+    # Each homogeneous figure (base, floor, every cluster's ES) adds up over its
+    # additive derivatives, the Euler allocation's.
+    res = sensitivity_result(book)
+    q = quantities_of(book)
+    additive = np.asarray(res.additive, np.float64)[:, :len(q)]
+    figures = [res.result.margin, res.result.base, res.result.floor, *res.result.cluster_es]
+    assert additive @ q == pytest.approx(np.asarray(figures, np.float64), rel=2e-5, abs=1e-3)
+    # The reported derivatives (the mean of the one-sided ones at ties) and the
+    # additive ones agree away from ties; this book at N draws has ties at the VaR
+    # of mixed outcomes, so they differ there, and only there.
+    d = np.array([s.positions[c]["d_quantity"] for c in s.positions])
+    e = np.array([s.positions[c]["euler"] / s.positions[c]["quantity"] for c in s.positions])
+    assert 0 < np.sum(np.abs(d - e) > 1e-4) < len(d)
+
+
+def test_quantity_derivative_at_a_kink_is_the_central_difference():
+    # X and Y (other clusters) at 0.97: the whole book's 99% tail is both NO (loss
+    # 194, under 1%) then a run of draws tied at 94 of two kinds, X NO / Y YES and
+    # X YES / Y NO. Buying X lifts the first kind (slope 0.97), selling it the
+    # second (slope -0.03): the base is kinked in q_X. Its reported derivative is
+    # the mean of the two slopes, exact on the draws, and the additive one still
+    # adds up to the base.
+    book = make_book([above("X", "BTC-E", 1.0, 0.97), above("Y", "ETH-E", 1.0, 0.97,
+                                                         cluster="ETH")],
+                     {"X": 100.0, "Y": 100.0}, scenarios=N, liquidity=False)
+    res = sensitivity_result(book)
+    d_base = np.asarray(res.jacobian.quantity, np.float64)[1, :2]
+
+    def base(dx, dy):
+        b = book.with_positions({"X": 100.0 + dx, "Y": 100.0 + dy})
+        return kj.portfolio_margin(b, sampler="plain").base
+
+    b0 = base(0.0, 0.0)
+    for i, step in enumerate([(1.0, 0.0), (0.0, 1.0)]):
+        right = base(*step) - b0
+        left = b0 - base(-step[0], -step[1])
+        assert right - left > 0.2  # a kink
+        assert d_base[i] == pytest.approx((right + left) / 2, abs=2e-4)
+    additive = np.asarray(res.additive, np.float64)[1, :2]
+    assert additive @ np.array([100.0, 100.0]) == pytest.approx(b0, rel=1e-5)
+
+
+def test_binary_ties_are_ordered_as_the_general_sort_orders_them():
+    # quantity_jacobian's shortcut for 0/1 outcomes against order_ties (a sort), on
+    # the run of ties at each row's VaR: rows of 64 draws with runs of equal losses,
+    # random outcomes of 5 slots (one slot out of the row: all slopes 0).
+    rng = np.random.default_rng(3)
+    tail = -np.sort(-rng.integers(0, 12, size=(3, 64)).astype(np.float32), axis=-1)
+    var = tail[:, 20]
+    yes = rng.integers(0, 2, size=(3, 64, 5)).astype(np.float32)
+    weight = np.array([1.0, 1.0, 0.0, 1.0, 1.0], np.float32)
+    slope = (np.array([0.3, 0.9, 0.5, 0.01, 0.6], np.float32) - yes) * weight
+    run = tail == var[:, None]
+    assert np.all(run.sum(-1) >= 5)
+    for sign in (1, -1):
+        fast = np.asarray(_order_binary_ties(*map(jnp.asarray, (tail, var, yes, slope)), sign))
+        general = np.asarray(kj_order_ties(jnp.asarray(tail), jnp.asarray(slope), sign))
+        np.testing.assert_array_equal(fast[run], general[run])
+        np.testing.assert_array_equal(fast[~run], slope[~run])
 
 
 def test_euler_residual_equals_the_liquidity_non_homogeneity():
@@ -215,7 +278,9 @@ def test_cli_sensitivities_json_and_table(capsys):
     assert set(out["positions"]) == held
     for p in out["positions"].values():
         assert set(p) >= {"quantity", "price", "d_quantity", "d_price", "euler"}
-        assert p["euler"] == pytest.approx(p["quantity"] * p["d_quantity"])
+        assert math.isfinite(p["euler"]) and math.isfinite(p["d_quantity"])
+    assert sum(p["euler"] for p in out["positions"].values()) == pytest.approx(
+        out["euler_total"], rel=1e-12)
     assert set(out["rho"]) == set(book.hierarchy.node_names)
     assert set(out["loading"]) == set(book.hierarchy.cluster_names)
     assert sum(out["clusters"].values()) == pytest.approx(out["euler_total"], rel=1e-9)

@@ -19,6 +19,7 @@ from scipy import stats
 
 import kinetic_jax as kj
 from kinetic_jax._block import lattice_statistics
+from kinetic_jax._shortfall import order_ties, ordered_tail_statistics
 
 
 def _es(losses, alpha, top=None, dtype=jnp.float32):
@@ -177,6 +178,69 @@ def test_gradient_is_the_tail_weight(x64):
     rank = np.argsort(np.argsort(-np.asarray(losses)))
     expected = np.clip(k - rank, 0, 1) / k
     np.testing.assert_allclose(np.asarray(grad), expected, atol=1e-12)
+
+
+def _statistics_np(losses, alpha):
+    """ES, standard error and VaR of a sample by sorting (float64 NumPy)."""
+    n = len(losses)
+    tail = np.sort(losses)[::-1]
+    k = n * (1 - alpha)
+    m = math.floor(k)
+    es = np.sum(np.clip(k - np.arange(n), 0, 1) * tail) / k
+    excess = np.maximum(losses - tail[m], 0.0)
+    m1, m2 = excess.mean(), (excess * excess).mean()
+    return np.array([es, math.sqrt((m2 - m1 * m1) / n) / (1 - alpha), tail[m]])
+
+
+def _tie_sample():
+    # 100 draws, alpha 0.95 (k = 5): two draws above a run of five tied at 7.0 that
+    # holds the VaR (position 5, the fourth of the run), the rest below; the tied
+    # draws move in different directions (the losses of different outcomes).
+    losses = np.concatenate([[10.0, 9.0], np.full(5, 7.0), np.linspace(6.0, -3.0, 93)])
+    tangent = np.concatenate([[0.3, -0.2], [1.0, -1.0, 2.0, 0.0, 0.5],
+                              np.linspace(1.0, -1.0, 93)])
+    return losses, tangent, 0.95
+
+
+def test_one_sided_derivatives_at_ties_are_exact(x64):
+    # The statistics of a sample are piecewise linear in a direction; at ties the
+    # slopes to the right and to the left differ. order_ties + ordered_tail_statistics
+    # give each exactly (a finite difference on the re-sorted sample, on one piece).
+    losses, tangent, alpha = _tie_sample()
+    tail = jnp.asarray(losses)[None, :64]
+    slopes = {}
+    for sign in (1, -1):
+        ordered = order_ties(tail, jnp.asarray(tangent)[None, :64, None], sign)[..., 0]
+        _, d = jax.jvp(lambda t: ordered_tail_statistics(t, 100, jnp.asarray(alpha)),
+                       (tail,), (ordered,))
+        slopes[sign] = np.array([float(x[0]) for x in d])
+        h = 1e-6
+        fd = sign * (_statistics_np(losses + sign * h * tangent, alpha)
+                     - _statistics_np(losses, alpha)) / h
+        np.testing.assert_allclose(slopes[sign], fd, rtol=1e-6, atol=1e-6)
+    # To the right the VaR follows the run's 4th largest slope (0.0), to the left
+    # its 4th smallest (1.0); ES and the standard error differ too.
+    assert slopes[1][2] == pytest.approx(0.0) and slopes[-1][2] == pytest.approx(1.0)
+    assert np.all(np.abs(slopes[1] - slopes[-1]) > 1e-3)
+
+
+def test_tie_averaged_derivative_ignores_the_order_of_the_ties(x64):
+    # tail_statistics' derivative (linear, the Euler allocation's): the tied draws
+    # share their mean slope (0.5 here), whatever order the sort left them in.
+    losses, tangent, alpha = _tie_sample()
+
+    def slope(t):
+        _, d = jax.jvp(lambda x: kj.expected_shortfall(x, jnp.asarray(alpha), 64),
+                       (jnp.asarray(losses),), (jnp.asarray(t),))
+        return np.array([float(x) for x in d])
+
+    base = slope(tangent)
+    permuted = tangent.copy()
+    permuted[2:7] = tangent[[6, 4, 2, 5, 3]]
+    np.testing.assert_allclose(slope(permuted), base, atol=1e-12)
+    assert base[2] == pytest.approx(0.5)
+    # The ES's: 0.3 and -0.2 above, then three of the run's weight at its mean.
+    assert base[0] == pytest.approx((0.3 - 0.2 + 3 * 0.5) / 5)
 
 
 def test_a_tail_bucket_too_small_for_the_confidence_gives_nan_under_jit():
