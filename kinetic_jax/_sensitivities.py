@@ -232,7 +232,8 @@ class SensitivityResult(eqx.Module):
     """Hard figures and the Jacobian of (margin, base, floor, cluster ES...) in
     the variables: each leaf of `jacobian` has a leading axis of length 3 + K;
     its quantities' are the mean of the one-sided derivatives at ties
-    ([`quantity_jacobian`][]). `additive` is the quantities' Jacobian with the
+    ([`quantity_jacobian`][]), `one_sided` the right (buying) and left (selling)
+    ones. `additive` is the quantities' Jacobian with the
     ties at each VaR sharing one derivative (linear, so q . d = figure for the
     homogeneous figures: the Euler allocation's); the two differ only at ties.
     `standard_error` (conditional estimator only, else None) is the Monte-Carlo
@@ -241,6 +242,7 @@ class SensitivityResult(eqx.Module):
     result: MarginResult
     jacobian: MarginVars
     additive: Float[Array, "F C"]
+    one_sided: Float[Array, "2 F C"]
     standard_error: MarginVars | None = None
 
 
@@ -274,11 +276,11 @@ def quantity_jacobian(arrays, params, key, scenarios, top, temperature, estimato
     central finite difference on the same draws converges to; where the margin
     is differentiable it is the derivative.
 
-    **Returns:** ``(result, jacobian, additive)``: the hard figures, that
-    Jacobian, and the additive one (ties at each VaR sharing their mean
+    **Returns:** ``(result, one_sided, additive)``: the hard figures, the right
+    and left Jacobians (``one_sided[0]``, ``one_sided[1]``; `jacobian` is their
+    mean), and the additive one (ties at each VaR sharing their mean
     derivative, [`tail_statistics`][]: linear in the direction, so q . d =
-    figure where the figure is homogeneous; it equals `jacobian` away from
-    ties)."""
+    figure where the figure is homogeneous; all three agree away from ties)."""
     variables = lax.stop_gradient(MarginVars.of(arrays))
     arrays, tail, yes_rows = _selected_tail(variables, arrays, key, scenarios, top,
                                             temperature, estimator)
@@ -305,19 +307,18 @@ def quantity_jacobian(arrays, params, key, scenarios, top, temperature, estimato
                           for j, w in zip(by_stats, weights))
 
     def one_sided(order):
-        right = linear(ordered_tail_statistics, order(1))
-        left = linear(ordered_tail_statistics, order(-1))
-        return (right + left) / 2
+        return jnp.stack([linear(ordered_tail_statistics, order(1)),
+                          linear(ordered_tail_statistics, order(-1))])
 
     if estimator != "smooth" and not arrays.dynamic:
         # Hard 0/1 outcomes (no marks): each slot's slopes in a run of ties take
         # two values, so the run's order is its NO draws then its YES draws (or
         # the reverse), without the sort over every slot's slopes (most of the
         # cost on large books).
-        d_quantity = one_sided(lambda sign: _order_binary_ties(tail, var, yes_rows, slope, sign))
+        sides = one_sided(lambda sign: _order_binary_ties(tail, var, yes_rows, slope, sign))
     else:
-        d_quantity = one_sided(lambda sign: order_ties(tail, slope, sign))
-    return result, d_quantity, linear(tail_statistics, slope)
+        sides = one_sided(lambda sign: order_ties(tail, slope, sign))
+    return result, sides, linear(tail_statistics, slope)
 
 
 def _order_binary_ties(tail, var, yes, slope, sign):
@@ -412,11 +413,11 @@ def sensitivity_arrays(
         raise ValueError(f"estimator: {estimator!r} is not one of {ESTIMATORS}")
     # Quantities: exact on the scenarios, the MC-error add-on's standard error
     # included; from the hard margin except for the smoothed one.
-    result, d_quantity, additive = quantity_jacobian(arrays, params, key, scenarios, top,
-                                                     temperature)
+    result, sides, additive = quantity_jacobian(arrays, params, key, scenarios, top,
+                                                temperature)
     if estimator == "smooth":
-        _, d_quantity, additive = quantity_jacobian(arrays, params, key, scenarios, top,
-                                                    temperature, "smooth")
+        _, sides, additive = quantity_jacobian(arrays, params, key, scenarios, top,
+                                               temperature, "smooth")
     err = None
     if estimator == "conditional":
         # The rest from the conditional estimator, with batch standard errors for
@@ -426,8 +427,9 @@ def sensitivity_arrays(
     else:
         pathwise = "smooth" if estimator == "hybrid" else estimator
         _, jac = _jacobian(arrays, params, key, scenarios, top, temperature, pathwise)
-    return SensitivityResult(result, eqx.tree_at(lambda j: j.quantity, jac, d_quantity),
-                             additive, err)
+    return SensitivityResult(result, eqx.tree_at(lambda j: j.quantity, jac,
+                                                 jnp.mean(sides, axis=0)),
+                             additive, sides, err)
 
 
 sensitivity_jit = eqx.filter_jit(sensitivity_arrays)
@@ -438,8 +440,11 @@ class SensitivityReport:
     """Sensitivities of one book's margin, in dollars per unit (see module doc).
 
     - `positions`: held contracts: quantity, price, d_quantity (dM/dq),
-      d_price (dM/dp), euler (q dM/dq, with the additive derivative: it differs
-      from d_quantity only where ties at a VaR kink the margin, see
+      d_quantity_buy / d_quantity_sell (its right and left derivatives, M's
+      slope for a purchase and a sale: M(q + h) = M + h d_buy and M(q - h) =
+      M - h d_sell for small h; they differ from d_quantity only where ties at
+      a VaR kink the margin), d_price (dM/dp), euler (q dM/dq, with the
+      additive derivative: it too differs from d_quantity only there, see
       [`quantity_jacobian`][]).
     - `candidates`: contracts in the book not held: d_quantity is the margin
       change per unit bought (negative: buying frees margin), d_price.
@@ -582,9 +587,11 @@ def _report(book, layout, sens: SensitivityResult, temperature, estimator,
     res = jax.tree.map(lambda x: np.asarray(x, np.float64), sens.result)
     jac = jax.tree.map(lambda x: np.asarray(x, np.float64), sens.jacobian)
     additive = np.asarray(sens.additive, np.float64)
+    buy, sell = np.asarray(sens.one_sided, np.float64)[:, 0]
     err = (None if sens.standard_error is None
            else jax.tree.map(lambda x: np.asarray(x, np.float64), sens.standard_error))
-    if not all(np.all(np.isfinite(x)) for x in jax.tree.leaves((jac, additive, err))):
+    if not all(np.all(np.isfinite(x)) for x in jax.tree.leaves((jac, additive, buy, sell,
+                                                                   err))):
         raise EngineError("a sensitivity came out non-finite; please report this book")
     n = layout.n_contracts
     qty = book.net_quantities()
@@ -604,7 +611,9 @@ def _report(book, layout, sens: SensitivityResult, temperature, estimator,
     for i, cid in enumerate(ids[:n]):
         c = book.contracts[i]
         entry = {"quantity": qty[cid], "price": c.price,
-                 "d_quantity": float(jac.quantity[0, i]), "d_price": float(jac.price[0, i])}
+                 "d_quantity": float(jac.quantity[0, i]),
+                 "d_quantity_buy": float(buy[i]), "d_quantity_sell": float(sell[i]),
+                 "d_price": float(jac.price[0, i])}
         if c.is_linear:  # no probability price: d_price has no meaning (spot, vol do)
             entry["price"] = entry["d_price"] = None
         if err is not None:

@@ -556,8 +556,9 @@ def sweep_chunk_general(arrays: BookArrays, params: MarginParams, key, points: P
         if sampler == "plain" and any(kind == "quantity" for kind, _ in targets):
             # As kj.sensitivities reports it: at ties at a VaR the mean of the
             # one-sided derivatives (the gradient above is the additive one).
-            d_q = quantity_jacobian(a, p, key, scenarios, top,
-                                    jnp.asarray(DEFAULT_TEMPERATURE, a.price.dtype))[1][0]
+            sides = quantity_jacobian(a, p, key, scenarios, top,
+                                      jnp.asarray(DEFAULT_TEMPERATURE, a.price.dtype))[1]
+            d_q = jnp.mean(sides[:, 0], axis=0)
         cond = None
         if any(kind in ("price", "rho", "loading", "horizon_days", "spot", "vol")
                for kind, _ in targets):

@@ -95,12 +95,22 @@ def test_quantity_derivative_at_a_kink_is_the_central_difference():
         b = book.with_positions({"X": 100.0 + dx, "Y": 100.0 + dy})
         return kj.portfolio_margin(b, sampler="plain").base
 
+    sides = np.asarray(res.one_sided, np.float64)[:, 1, :2]  # (right, left) of the base
     b0 = base(0.0, 0.0)
     for i, step in enumerate([(1.0, 0.0), (0.0, 1.0)]):
         right = base(*step) - b0
         left = b0 - base(-step[0], -step[1])
         assert right - left > 0.2  # a kink
         assert d_base[i] == pytest.approx((right + left) / 2, abs=2e-4)
+        assert sides[:, i] == pytest.approx([right, left], abs=2e-4)
+    # The report's buy and sell slopes are the margin's one-sided derivatives.
+    report = kj.sensitivities(book)
+    margin_sides = np.asarray(res.one_sided, np.float64)[:, 0, :2]
+    for i, cid in enumerate("XY"):
+        p = report.positions[cid]
+        assert [p["d_quantity_buy"], p["d_quantity_sell"]] == pytest.approx(
+            margin_sides[:, i], rel=1e-12)
+        assert p["d_quantity"] == pytest.approx(margin_sides[:, i].mean(), rel=1e-6)
     additive = np.asarray(res.additive, np.float64)[1, :2]
     assert additive @ np.array([100.0, 100.0]) == pytest.approx(b0, rel=1e-5)
 
