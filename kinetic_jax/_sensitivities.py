@@ -77,6 +77,8 @@ from ._shortfall import (
     sortfree_tail_statistics,
     tail_size,
     tail_statistics,
+    tie_tolerance,
+    tied_with_var,
     weighted_tail,
     weighted_tail_statistics,
 )
@@ -183,16 +185,18 @@ def differentiable_margin(
     gradient is the same as through the full (N, C) matrix, at a fraction of the
     cost. Forward values are those of the selection pass.
     """
-    arrays, tail, _ = _selected_tail(variables, arrays, key, scenarios, top, temperature,
-                                     estimator)
+    arrays, tail, _, _ = _selected_tail(variables, arrays, key, scenarios, top, temperature,
+                                        estimator)
     es, se, var = tail_statistics(tail, scenarios, params.confidence)
     return margin_from_statistics(arrays, params, es, se, var)
 
 
 def _selected_tail(variables, arrays, key, scenarios, top, temperature, estimator):
     """`arrays` holding `variables`, the `top` largest losses of each loss row
-    (decreasing; differentiable in `variables`, see [`differentiable_margin`][])
-    and their outcomes, ``yes[k, t, c]`` of contract slot c in row k's t-th."""
+    (decreasing; differentiable in `variables`, see [`differentiable_margin`][]),
+    their outcomes, ``yes[k, t, c]`` of contract slot c in row k's t-th, and
+    (without gradients) every draw's: the loss rows (K + 1, N) and the outcome
+    rows (C, N)."""
     if estimator not in _SINGLE:
         raise ValueError(f"estimator: {estimator!r} is not one of {_SINGLE}")
     arrays = variables.into(arrays)
@@ -219,7 +223,7 @@ def _selected_tail(variables, arrays, key, scenarios, top, temperature, estimato
     yes_rows = yes_rows.reshape(columns, top, -1)
     recomputed = jnp.einsum("ktc,ck->kt", arrays.price - yes_rows, weights, precision=HIGHEST)
     tail = lax.stop_gradient(tail) + (recomputed - lax.stop_gradient(recomputed))
-    return arrays, tail, yes_rows
+    return arrays, tail, yes_rows, (stacked, yes)
 
 
 def _figures(result: MarginResult) -> Float[Array, " F"]:
@@ -271,8 +275,11 @@ def quantity_jacobian(arrays, params, key, scenarios, top, temperature, estimato
     tied at a VaR (discrete losses tie often: an atom of the loss distribution
     straddling the quantile). Each derivative is the mean of the right and left
     ones, each exact on the scenarios: the tail statistics' derivatives with the
-    ties reordered as the trade reorders them ([`order_ties`][]), pushed through
-    the margin formula in forward mode, one direction a slot. It is what a
+    ties (equal to rounding: [`tie_tolerance`][]; with 0/1 outcomes the whole
+    run, counted over every draw, not only the kept tail) reordered as the
+    trade reorders them ([`order_ties`][]), pushed through
+    the margin formula (linear in the direction, given that order: one
+    contraction of every slot's slopes). It is what a
     central finite difference on the same draws converges to; where the margin
     is differentiable it is the derivative.
 
@@ -282,14 +289,15 @@ def quantity_jacobian(arrays, params, key, scenarios, top, temperature, estimato
     derivative, [`tail_statistics`][]: linear in the direction, so q . d =
     figure where the figure is homogeneous; all three agree away from ties)."""
     variables = lax.stop_gradient(MarginVars.of(arrays))
-    arrays, tail, yes_rows = _selected_tail(variables, arrays, key, scenarios, top,
-                                            temperature, estimator)
+    arrays, tail, yes_rows, (losses, yes) = _selected_tail(variables, arrays, key, scenarios,
+                                                           top, temperature, estimator)
     conf = params.confidence
     es, se, var = ordered_tail_statistics(tail, scenarios, conf)
     result = margin_from_statistics(arrays, params, es, se, var)
     # d loss[k, t] / d q_c: the slot's p - YES where it counts in row k, 0 on padding.
     live = (arrays.kind != PAD).astype(tail.dtype)
-    slope = (arrays.price - yes_rows) * (row_membership(arrays) * live[:, None]).T[:, None, :]
+    member = (row_membership(arrays) * live[:, None]).T  # (K + 1, C)
+    slope = (arrays.price - yes_rows) * member[:, None, :]
 
     def figures(q, es, se, var):
         a = without_padding(eqx.tree_at(lambda x: x.quantity, arrays, q))
@@ -300,47 +308,59 @@ def quantity_jacobian(arrays, params, key, scenarios, top, temperature, estimato
     # and each statistic's weight on each tail position.
     by_q, *by_stats = jax.jacrev(figures, argnums=(0, 1, 2, 3))(arrays.quantity, es, se, var)
 
-    def linear(statistics, slope):
-        weights = [jax.grad(lambda x, i=i: jnp.sum(statistics(x, scenarios, conf)[i]))(tail)
-                   for i in range(3)]  # each statistic of row k depends on row k only
+    def weights(statistics):
+        # Each statistic of row k depends on row k only.
+        return [jax.grad(lambda x, i=i: jnp.sum(statistics(x, scenarios, conf)[i]))(tail)
+                for i in range(3)]
+
+    def linear(weights, slope):
         return by_q + sum(jnp.einsum("fk,kt,ktc->fc", j, w, slope, precision=HIGHEST)
                           for j, w in zip(by_stats, weights))
 
+    ordered = weights(ordered_tail_statistics)
+
     def one_sided(order):
-        return jnp.stack([linear(ordered_tail_statistics, order(1)),
-                          linear(ordered_tail_statistics, order(-1))])
+        return jnp.stack([linear(ordered, order(1)), linear(ordered, order(-1))])
 
+    # The draws tied with each row's VaR (to rounding: tie_tolerance), a run of
+    # the sorted tail.
+    everywhere = jnp.ones(tail.shape, bool)
+    tolerance = tie_tolerance(tail, everywhere)
+    run = tied_with_var(tail, var, everywhere, tolerance)
     if estimator != "smooth" and not arrays.dynamic:
-        # Hard 0/1 outcomes (no marks): each slot's slopes in a run of ties take
-        # two values, so the run's order is its NO draws then its YES draws (or
-        # the reverse), without the sort over every slot's slopes (most of the
-        # cost on large books).
-        sides = one_sided(lambda sign: _order_binary_ties(tail, var, yes_rows, slope, sign))
-    else:
-        sides = one_sided(lambda sign: order_ties(tail, slope, sign))
-    return result, sides, linear(tail_statistics, slope)
+        # Hard 0/1 outcomes (no marks): each slot's slope on a draw is its NO
+        # slope or its YES slope, so the run's order is its NO draws then its YES
+        # draws (or the reverse), without a sort over every slot's slopes (most of
+        # the cost on large books). The run is counted over every draw: it may go
+        # on past the kept tail (which draws of a tie top_k keeps is arbitrary).
+        band = tied_with_var(losses, var, jnp.ones(losses.shape, bool), tolerance)
+        tied = jnp.sum(band, axis=-1, dtype=tail.dtype)[:, None]  # (K + 1, 1)
+        tied_yes = jnp.matmul(band.astype(tail.dtype), yes.T, precision=HIGHEST)  # (K + 1, C)
+        no_slope, yes_slope = arrays.price * member, (arrays.price - 1) * member
+        sides = one_sided(lambda sign: _order_binary_ties(
+            run, tied - tied_yes if sign > 0 else tied_yes,
+            *((no_slope, yes_slope) if sign > 0 else (yes_slope, no_slope)), slope))
+        # Additive: each tied draw's slope is the run's mean, p - (share of YES).
+        mean = (arrays.price - tied_yes / tied) * member
+        return result, sides, linear(ordered, jnp.where(run[..., None], mean[:, None, :], slope))
+    snapped = jnp.where(run, var[:, None], tail)
+    sides = one_sided(lambda sign: order_ties(snapped, slope, sign))
+    return result, sides, linear(weights(tail_statistics), slope)
 
 
-def _order_binary_ties(tail, var, yes, slope, sign):
-    """[`order_ties`][] for the run of ties at each row's VaR when each draw's
-    slope in slot c is that of its outcome, ``yes`` 0 or 1 (NO: the larger
-    slope, as a loss's slope in quantity is p - YES): ``sign = 1`` puts the run's
-    NO draws first, -1 its YES draws. Draws outside that run keep their slopes
+def _order_binary_ties(run, first, lead, rest, slope):
+    """The slopes of the run of ties at each row's VaR (`run`, (K + 1, T):
+    contiguous, as the tail is sorted) in the order a trade in each slot puts
+    them, when a draw's slope in slot c is one of two values (its NO or its YES
+    slope): the run's `first` (K + 1, C) draws take slope `lead` (K + 1, C), the
+    rest `rest`. Buying (``first`` = the run's NO draws, ``lead`` the NO slope,
+    the larger: a loss's slope in quantity is p - YES) is [`order_ties`][] with
+    sign 1, selling (YES first) with -1. Draws outside the run keep their slopes
     (only its order counts, see [`quantity_jacobian`][])."""
-    run = tail == var[:, None]  # (K + 1, T), contiguous: the tail is sorted
-    position = (jnp.arange(tail.shape[-1]) - jnp.argmax(run, axis=-1)[:, None]).astype(tail.dtype)
-    where_run = run[..., None]
-    no = jnp.sum(jnp.where(where_run, 1 - yes, 0.0), axis=1)  # (K + 1, C)
-    # The run's NO slope and YES slope of each slot (the max and min over it).
-    high = jnp.max(jnp.where(where_run, slope, -jnp.inf), axis=1)
-    low = jnp.min(jnp.where(where_run, slope, jnp.inf), axis=1)
-    if sign > 0:
-        first, lead, rest = no, high, low
-    else:
-        first, lead, rest = jnp.sum(run, axis=-1, dtype=no.dtype)[:, None] - no, low, high
+    position = (jnp.arange(run.shape[-1]) - jnp.argmax(run, axis=-1)[:, None]).astype(slope.dtype)
     ordered = jnp.where(position[..., None] < first[:, None, :], lead[:, None, :],
                         rest[:, None, :])
-    return jnp.where(where_run, ordered, slope)
+    return jnp.where(run[..., None], ordered, slope)
 
 
 def _conditional_jacobian(arrays, params, key, scenarios, top, sampler="plain"):

@@ -26,7 +26,7 @@ import math
 
 import jax.numpy as jnp
 from jax import lax, ops
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, Bool, Float, Int
 
 
 def tail_size(scenarios: int, confidence: float) -> int:
@@ -41,11 +41,52 @@ def _safe_sqrt(x):
     return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1.0)), 0.0)
 
 
+# Losses this many units in the last place of a row's largest loss apart are
+# tied (see tie_tolerance).
+TIE_ULPS = 16
+
+
+def tie_tolerance(
+    losses: Float[Array, "*batch T"], live: Bool[Array, "*batch T"]
+) -> Float[Array, "*batch 1"]:
+    """How far apart two of a row's losses may lie and be one tie: ``TIE_ULPS``
+    units in the last place of the row's largest finite live loss (in size).
+
+    Losses that are equal in exact arithmetic often differ in the last bits: a
+    draw's loss is a sum of the contracts' terms, and two outcome patterns with
+    the same terms in other slots (X NO / Y YES against X YES / Y NO on a
+    symmetric pair) are summed in another order, with fused multiply-adds on
+    some processors and not on others. Which of them lies above the other is
+    then an artefact of the arithmetic, and the derivatives that depend on it
+    (which draw is the VaR, which ones are in the tail) would differ from one
+    machine to the next."""
+    fixed = lax.stop_gradient(losses)
+    finite = live & jnp.isfinite(fixed)
+    scale = jnp.max(jnp.where(finite, jnp.abs(fixed), 0.0), axis=-1, keepdims=True)
+    return TIE_ULPS * jnp.finfo(fixed.dtype).eps * scale
+
+
+def tied_with_var(
+    losses: Float[Array, "*batch T"],
+    var: Float[Array, "*batch"],
+    live: Bool[Array, "*batch T"],
+    tolerance: Float[Array, "*batch 1"] | None = None,
+) -> Bool[Array, "*batch T"]:
+    """The live draws tied with their row's VaR: within `tolerance` of it
+    ([`tie_tolerance`][] of `losses` by default)."""
+    if tolerance is None:
+        tolerance = tie_tolerance(losses, live)
+    fixed = lax.stop_gradient(losses)
+    near = jnp.abs(fixed - lax.stop_gradient(var)[..., None]) <= tolerance
+    return live & jnp.isfinite(fixed) & near
+
+
 def average_ties(
     losses: Float[Array, "*batch T"], var: Float[Array, "*batch"], mass: Float[Array, "*batch T"]
 ) -> Float[Array, "*batch T"]:
-    """`losses` unchanged in value; the draws tied with the VaR share one
-    derivative, their mass-weighted mean (Hong 2009: dVaR = E[dL | L = VaR]).
+    """`losses` unchanged in value; the draws tied with the VaR
+    ([`tied_with_var`][]) share one derivative, their mass-weighted mean (Hong
+    2009: dVaR = E[dL | L = VaR]).
 
     Binary books have discrete losses, so several draws often sit exactly at the
     VaR. Which of them the sort puts at the VaR, or inside the tail, is arbitrary,
@@ -53,9 +94,8 @@ def average_ties(
     the tied draws' derivatives averaged, both derivatives are the mean over every
     ordering of the ties (random tie-breaking by an infinitesimal jitter): the
     same whatever the sort did. Draws of mass 0 (padding) are never tied."""
-    v = lax.stop_gradient(var)[..., None]
     fixed = lax.stop_gradient(losses)
-    tied = (fixed == v) & (mass > 0)
+    tied = tied_with_var(losses, var, mass > 0)
     weight = jnp.where(tied, lax.stop_gradient(mass), 0.0)
     total = jnp.sum(weight, axis=-1, keepdims=True)
     mean = jnp.sum(weight * jnp.where(tied, losses, 0.0), axis=-1, keepdims=True) / jnp.where(

@@ -124,11 +124,18 @@ def test_binary_ties_are_ordered_as_the_general_sort_orders_them():
     var = tail[:, 20]
     yes = rng.integers(0, 2, size=(3, 64, 5)).astype(np.float32)
     weight = np.array([1.0, 1.0, 0.0, 1.0, 1.0], np.float32)
-    slope = (np.array([0.3, 0.9, 0.5, 0.01, 0.6], np.float32) - yes) * weight
+    price = np.array([0.3, 0.9, 0.5, 0.01, 0.6], np.float32)
+    slope = (price - yes) * weight
     run = tail == var[:, None]
     assert np.all(run.sum(-1) >= 5)
+    no = np.sum(run[..., None] * (1 - yes), axis=1)
+    no_slope, yes_slope = np.broadcast_to(price * weight, no.shape), (price - 1) * weight
     for sign in (1, -1):
-        fast = np.asarray(_order_binary_ties(*map(jnp.asarray, (tail, var, yes, slope)), sign))
+        first, lead, rest = ((no, no_slope, yes_slope) if sign > 0
+                             else (run.sum(-1)[:, None] - no, yes_slope, no_slope))
+        fast = np.asarray(_order_binary_ties(
+            *map(jnp.asarray, (run, first, np.broadcast_to(lead, no.shape),
+                               np.broadcast_to(rest, no.shape), slope))))
         general = np.asarray(kj_order_ties(jnp.asarray(tail), jnp.asarray(slope), sign))
         np.testing.assert_array_equal(fast[run], general[run])
         np.testing.assert_array_equal(fast[~run], slope[~run])

@@ -19,7 +19,11 @@ from scipy import stats
 
 import kinetic_jax as kj
 from kinetic_jax._block import lattice_statistics
-from kinetic_jax._shortfall import order_ties, ordered_tail_statistics
+from kinetic_jax._shortfall import (
+    order_ties,
+    ordered_tail_statistics,
+    tied_with_var as kj_tied_with_var,
+)
 
 
 def _es(losses, alpha, top=None, dtype=jnp.float32):
@@ -222,6 +226,39 @@ def test_one_sided_derivatives_at_ties_are_exact(x64):
     # its 4th smallest (1.0); ES and the standard error differ too.
     assert slopes[1][2] == pytest.approx(0.0) and slopes[-1][2] == pytest.approx(1.0)
     assert np.all(np.abs(slopes[1] - slopes[-1]) > 1e-3)
+
+
+def test_losses_equal_but_for_rounding_are_one_tie():
+    # Float32 losses of the tie sample with the run at 7.0 spread over a few units
+    # in the last place (what summing the same terms in another order, or with
+    # fused multiply-adds, does): the derivatives are those of the exact tie, to
+    # the right, to the left and averaged. A draw 1e-4 (relative) away is not tied.
+    losses, tangent, alpha = _tie_sample()
+    exact = jnp.asarray(losses, jnp.float32)
+    ulp = np.spacing(np.float32(7.0))
+    spread = exact.at[2:7].add(jnp.asarray([3, -2, 0, 4, -1], jnp.float32) * ulp)
+    assert len(np.unique(np.asarray(spread[2:7]))) == 5
+    tangent = jnp.asarray(tangent, jnp.float32)
+
+    def slopes(t):
+        tail = t[None, :64]
+        run = kj_tied_with_var(tail, tail[:, 5], jnp.ones(tail.shape, bool))
+        snapped = jnp.where(run, tail[:, 5:6], tail)
+        out = []
+        for sign in (1, -1):
+            ordered = order_ties(snapped, tangent[None, :64, None], sign)[..., 0]
+            out.append(jax.jvp(lambda x: ordered_tail_statistics(x, 100, jnp.asarray(alpha)),
+                               (tail,), (ordered,))[1])
+        out.append(jax.jvp(lambda x: kj.expected_shortfall(x, jnp.asarray(alpha), 64),
+                           (t,), (tangent,))[1])
+        return np.array([[float(np.ravel(x)[0]) for x in d] for d in out])
+
+    # The sort leaves the spread run in another order than the exact one.
+    spread = jnp.sort(spread)[::-1]
+    np.testing.assert_allclose(slopes(spread), slopes(exact), atol=1e-6)
+    far = exact.at[6].add(7.0 * 1e-4)
+    run = kj_tied_with_var(far[None, :64], far[None, 5], jnp.ones((1, 64), bool))
+    assert np.flatnonzero(np.asarray(run[0])).tolist() == [2, 3, 4, 5]
 
 
 def test_tie_averaged_derivative_ignores_the_order_of_the_ties(x64):
