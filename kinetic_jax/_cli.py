@@ -226,9 +226,10 @@ def _sensitivities(args) -> int:
     if report.jump_scenarios is not None:
         print(f"prices, rho and loadings: {report.jump_scenarios:,} draws, "
               f"{report.jump_sampler} sampling")
-    print("\nPositions, largest Euler contribution first")
-    print(f"  {'contract':<22}{'quantity':>11}{'price':>7}{'dM/dq':>12}{'dM/dp':>12}"
-          f"{'± s.e.':>9}{'Euler $':>12}{'Alloc $':>12}")
+    print("\nPositions, largest Euler contribution first (dM/dq: the mean of the slopes "
+          "for a purchase, buy, and a sale, sell; they differ where scenarios tie at a VaR)")
+    print(f"  {'contract':<22}{'quantity':>11}{'price':>7}{'dM/dq':>10}{'buy':>9}{'sell':>9}"
+          f"{'dM/dp':>12}{'± s.e.':>9}{'Euler $':>12}{'Alloc $':>12}")
     ranked = sorted(report.positions.items(), key=lambda kv: -abs(kv[1]["euler"]))
     for cid, p in ranked[: args.top]:
         se = f"{p['d_price_se']:>9,.1f}" if "d_price_se" in p else f"{'':>9}"
@@ -236,7 +237,8 @@ def _sensitivities(args) -> int:
         qty = f"{qty:,.0f}" if qty == round(qty) else f"{qty:,.4f}"  # perps: fractional
         price = "-" if p["price"] is None else f"{p['price']:.2f}"
         d_price = "-" if p["d_price"] is None else f"{p['d_price']:,.1f}"
-        print(f"  {cid:<22}{qty:>11}{price:>7}{p['d_quantity']:>12,.4f}"
+        print(f"  {cid:<22}{qty:>11}{price:>7}{p['d_quantity']:>10,.4f}"
+              f"{p['d_quantity_buy']:>9,.4f}{p['d_quantity_sell']:>9,.4f}"
               f"{d_price:>12}{se}{p['euler']:>12,.2f}{p['allocation']:>12,.2f}")
     if len(ranked) > args.top:
         print(f"  ... {len(ranked) - args.top} more (--top N, or --json)")
@@ -261,11 +263,15 @@ def _sensitivities(args) -> int:
         for name, v in sorted(values.items(), key=lambda kv: -abs(kv[1])):
             se = f"  ± {errors[name]:,.2f}" if name in errors else ""
             print(f"  {name:<22}{v:>12,.2f}{se}")
-    best = sorted(report.candidates.items(), key=lambda kv: kv[1]["d_quantity"])[:5]
+    # A purchase changes the margin by d_buy per unit, a short sale by -d_sell.
+    best = sorted(((cid, side, sign * p[f"d_quantity_{side}"])
+                   for cid, p in report.candidates.items()
+                   for side, sign in (("buy", 1), ("sell", -1))), key=lambda x: x[2])[:5]
     if best:
-        print("\nContracts not held, most margin-reducing per unit bought (dM/dq)")
-        for cid, p in best:
-            print(f"  {cid:<22}{p['d_quantity']:>12.4f}")
+        print("\nContracts not held, most margin-reducing trades (margin change per unit)")
+        for cid, side, change in best:
+            print(f"  {cid:<22}{'bought' if side == 'buy' else 'sold short':<12}"
+                  f"{change:>12.4f}")
     return 0
 
 

@@ -80,3 +80,36 @@ def test_sensitivities_table_has_the_allocation_column():
     total = sum(float(line.split()[-1].replace(",", "")) for line in rows)
     margin = float(out.split("margin $")[1].split()[0].replace(",", ""))
     assert total == pytest.approx(margin, abs=0.01 * len(rows))  # cents, rounded per row
+
+
+def test_sensitivities_table_shows_the_buy_and_sell_slopes(tmp_path):
+    # The reference book with NBA-LAL not held (a candidate): the table's dM/dq,
+    # buy and sell columns are the JSON's; the candidates are ranked by the
+    # margin change of a purchase (d_buy) or a short sale (-d_sell) per unit.
+    book = kj.load_book(REFERENCE)
+    q = book.net_quantities()
+    path = tmp_path / "book.toml"
+    path.write_text(tomli_w.dumps(kj.book_to_dict(book.with_positions({**q, "NBA-LAL": 0.0}))))
+    args = ("sensitivities", str(path), *ARGS, "--estimator", "hard", "--top", "100")
+    rc, out, err = run(*args)
+    assert (rc, err) == (0, "")
+    rc, js, err = run(*args, "--json")
+    report = json.loads(js)
+    header = next(line for line in out.splitlines() if "Euler $" in line).split()
+    assert header[3:6] == ["dM/dq", "buy", "sell"]
+    rows = {line.split()[0]: line.split() for line in out.splitlines()
+            if line.startswith("  ") and line.split()[0] in report["positions"]}
+    assert len(rows) == len(report["positions"])
+    kinks = 0
+    for cid, p in report["positions"].items():
+        shown = [float(x.replace(",", "")) for x in rows[cid][3:6]]
+        assert shown == pytest.approx([p["d_quantity"], p["d_quantity_buy"],
+                                       p["d_quantity_sell"]], abs=5e-5)
+        kinks += abs(p["d_quantity_buy"] - p["d_quantity_sell"]) > 1e-3
+    assert kinks > 0  # ties at a VaR: the two slopes differ somewhere
+    lal = report["candidates"]["NBA-LAL"]
+    lines = out.split("most margin-reducing trades")[1].splitlines()[1:]
+    changes = {(line.split()[0], line.split()[1]): float(line.split()[-1]) for line in lines
+               if line.startswith("  NBA-LAL")}
+    assert changes[("NBA-LAL", "bought")] == pytest.approx(lal["d_quantity_buy"], abs=5e-5)
+    assert changes[("NBA-LAL", "sold")] == pytest.approx(-lal["d_quantity_sell"], abs=5e-5)

@@ -297,6 +297,19 @@ def test_dashboard_end_to_end(server, tmp_path):
         assert page.locator("#clusters tbody tr").count() == 8
         assert page.locator("#tree [data-cluster]").count() == 8
         assert page.locator("#positions tbody tr[data-uid]").count() == len(reference.contracts)
+        if hasattr(kj, "sensitivities"):
+            # The slope for a purchase, per position, as the report gives it (it
+            # differs from the mean slope where scenarios tie at a VaR).
+            page.select_option("#sens-metric", "d_quantity_buy")
+            bars = """() => { const d = document.getElementById('sensitivities').data[0];
+                const p = window.dashboard.state.sens.positions;
+                return d.y.map((id, i) => [d.x[i], p[id].d_quantity_buy, p[id].d_quantity]); }"""
+            page.wait_for_function(f"({bars})().every(([x, buy]) => x === buy)",
+                                   timeout=COMPUTE_S * 1000)
+            shown = page.evaluate(bars)
+            assert len(shown) == 24
+            assert any(abs(x - mean) > 1e-4 for x, _, mean in shown), shown
+            page.select_option("#sens-metric", "euler")
         compiles = httpx.get(url + "api/health", timeout=10).json()["jax"]["compiles"]
 
         # Move the rho_within slider with the keyboard (as a person would).

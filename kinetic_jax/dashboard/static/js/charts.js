@@ -175,7 +175,7 @@ export function renderSensitivities() {
   items = items.filter(([, v]) => v !== null && v !== undefined && Number.isFinite(v));
   items.sort((a, b) => Math.abs(b[1]) - Math.abs(a[1]));
   const shown = items.slice(0, 24).reverse();
-  const dollars = metric !== "d_quantity";
+  const dollars = !metric.startsWith("d_quantity");
   const more = items.length > shown.length ? ` (top ${shown.length} of ${items.length} by size)` : "";
   const sum = metric === "allocation" ? `allocation sum ${money(s.allocation_total)}` : `Euler sum ${money(s.euler_total)}`;
   const perDay = s.horizon_days === null || s.horizon_days === undefined ? ""
