@@ -324,16 +324,15 @@ def quantity_jacobian(arrays, params, key, scenarios, top, temperature, estimato
 
     # The draws tied with each row's VaR (to rounding: tie_tolerance), a run of
     # the sorted tail.
-    everywhere = jnp.ones(tail.shape, bool)
-    tolerance = tie_tolerance(tail, everywhere)
-    run = tied_with_var(tail, var, everywhere, tolerance)
+    tolerance = tie_tolerance(tail)
+    run = tied_with_var(tail, var, tolerance=tolerance)
     if estimator != "smooth" and not arrays.dynamic:
         # Hard 0/1 outcomes (no marks): each slot's slope on a draw is its NO
         # slope or its YES slope, so the run's order is its NO draws then its YES
         # draws (or the reverse), without a sort over every slot's slopes (most of
         # the cost on large books). The run is counted over every draw: it may go
         # on past the kept tail (which draws of a tie top_k keeps is arbitrary).
-        band = tied_with_var(losses, var, jnp.ones(losses.shape, bool), tolerance)
+        band = tied_with_var(losses, var, tolerance=tolerance)
         tied = jnp.sum(band, axis=-1, dtype=tail.dtype)[:, None]  # (K + 1, 1)
         tied_yes = jnp.matmul(band.astype(tail.dtype), yes.T, precision=HIGHEST)  # (K + 1, C)
         no_slope, yes_slope = arrays.price * member, (arrays.price - 1) * member

@@ -47,10 +47,11 @@ TIE_ULPS = 16
 
 
 def tie_tolerance(
-    losses: Float[Array, "*batch T"], live: Bool[Array, "*batch T"]
+    losses: Float[Array, "*batch T"], live: Bool[Array, "*batch T"] | None = None
 ) -> Float[Array, "*batch 1"]:
     """How far apart two of a row's losses may lie and be one tie: ``TIE_ULPS``
-    units in the last place of the row's largest finite live loss (in size).
+    units in the last place of the row's largest finite `live` loss (in size;
+    every draw is live by default).
 
     Losses that are equal in exact arithmetic often differ in the last bits: a
     draw's loss is a sum of the contracts' terms, and two outcome patterns with
@@ -61,7 +62,7 @@ def tie_tolerance(
     (which draw is the VaR, which ones are in the tail) would differ from one
     machine to the next."""
     fixed = lax.stop_gradient(losses)
-    finite = live & jnp.isfinite(fixed)
+    finite = jnp.isfinite(fixed) if live is None else live & jnp.isfinite(fixed)
     scale = jnp.max(jnp.where(finite, jnp.abs(fixed), 0.0), axis=-1, keepdims=True)
     return TIE_ULPS * jnp.finfo(fixed.dtype).eps * scale
 
@@ -69,16 +70,16 @@ def tie_tolerance(
 def tied_with_var(
     losses: Float[Array, "*batch T"],
     var: Float[Array, "*batch"],
-    live: Bool[Array, "*batch T"],
+    live: Bool[Array, "*batch T"] | None = None,
     tolerance: Float[Array, "*batch 1"] | None = None,
 ) -> Bool[Array, "*batch T"]:
-    """The live draws tied with their row's VaR: within `tolerance` of it
+    """The (`live`) draws tied with their row's VaR: within `tolerance` of it
     ([`tie_tolerance`][] of `losses` by default)."""
     if tolerance is None:
         tolerance = tie_tolerance(losses, live)
     fixed = lax.stop_gradient(losses)
-    near = jnp.abs(fixed - lax.stop_gradient(var)[..., None]) <= tolerance
-    return live & jnp.isfinite(fixed) & near
+    tied = jnp.abs(fixed - lax.stop_gradient(var)[..., None]) <= tolerance  # never at inf
+    return tied if live is None else live & tied
 
 
 def average_ties(
@@ -128,7 +129,8 @@ def tail_statistics(
     sorted in decreasing order (T >= floor(N (1 - alpha)) + 1).
 
     Values are [`ordered_tail_statistics`][]'; so is the derivative, with the
-    draws tied with the VaR sharing one derivative ([`average_ties`][]): linear
+    draws tied with the VaR (to rounding) sharing one derivative
+    ([`average_ties`][]): linear
     in the losses' derivatives, and the same whatever order the sort left the
     ties in. The one-sided derivatives at ties (a trade that reorders them) are
     [`ordered_tail_statistics`][]' with the ties reordered by

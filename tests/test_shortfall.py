@@ -242,7 +242,7 @@ def test_losses_equal_but_for_rounding_are_one_tie():
 
     def slopes(t):
         tail = t[None, :64]
-        run = kj_tied_with_var(tail, tail[:, 5], jnp.ones(tail.shape, bool))
+        run = kj_tied_with_var(tail, tail[:, 5])
         snapped = jnp.where(run, tail[:, 5:6], tail)
         out = []
         for sign in (1, -1):
@@ -257,7 +257,7 @@ def test_losses_equal_but_for_rounding_are_one_tie():
     spread = jnp.sort(spread)[::-1]
     np.testing.assert_allclose(slopes(spread), slopes(exact), atol=1e-6)
     far = exact.at[6].add(7.0 * 1e-4)
-    run = kj_tied_with_var(far[None, :64], far[None, 5], jnp.ones((1, 64), bool))
+    run = kj_tied_with_var(far[None, :64], far[None, 5])
     assert np.flatnonzero(np.asarray(run[0])).tolist() == [2, 3, 4, 5]
 
 
