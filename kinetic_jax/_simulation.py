@@ -29,6 +29,9 @@ from ._threefry import threefry_normal
 from ._worst_case import OUTCOME_FULL
 
 HIGHEST = lax.Precision.HIGHEST
+# latent_rows materialises the event latents when each event row feeds at least
+# this many contract slots on average.
+FEW_EVENTS = 16
 
 
 def simulation_probability(arrays: BookArrays) -> Float[Array, " C"]:
@@ -144,6 +147,17 @@ def latent_rows(noise: Noise, arrays: BookArrays) -> Float[Array, "E N"]:
     latents = factors[arrays.event_cluster] * a + jnp.sqrt(1 - a * a) * eta
     if arrays.spot.shape[0]:  # underlyings: Brownian-bridge noise is used raw (_marks.py)
         latents = jnp.where(arrays.event_raw[:, None], eta, latents)
+    if latents.shape[0] * FEW_EVENTS <= arrays.quantity.shape[0]:
+        # Few events, many slots: the latents go through an identity matmul (exact:
+        # x * 1 plus zeros), whose operand XLA computes once. Otherwise XLA fuses the
+        # event noise (threefry hash and erf_inv, _threefry.py) into each consumer of
+        # the slots' gather, once per slot and scenario, and into each of the ~10
+        # loops it splits a horizon's marks into: a what-if session of a BTC perp and
+        # 1,999 BTC binaries (8 event rows) at 32,768 scenarios opened in 3.5 s, 0.9 s
+        # this way (docs/benchmarks.md). With as many events as slots the matmul
+        # (E^2 per scenario) costs more than it saves.
+        eye = jnp.eye(latents.shape[0], dtype=latents.dtype)
+        latents = jnp.matmul(eye, latents, precision=HIGHEST)
     return latents
 
 

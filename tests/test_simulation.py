@@ -18,6 +18,7 @@ from helpers import (
 from hypothesis import HealthCheck, given, settings
 
 import kinetic_jax as kj
+import kinetic_jax._simulation as kj_simulation
 
 NAMES = ("BTC", "ETH", "SOL", "SPX", "OIL", "Election", "Sports", "Parlays")
 _outcomes = eqx.filter_jit(kj.outcomes)
@@ -54,6 +55,42 @@ def test_event_latents_have_the_lca_correlation():
     assert abs(expected[0, 1] - 0.9 * 0.9 * 0.68) < 1e-12
     np.testing.assert_allclose(sample, expected, atol=4 * 0.0028)
     np.testing.assert_allclose(x[:, cols].var(axis=0), 1.0, atol=4 * 0.0039)
+
+
+def test_materialised_latents_are_the_same_draws(monkeypatch):
+    """A ladder of 120 strikes on one BTC event and two games: 128 slots, 8 event
+    rows, so latent_rows passes the latents through its identity matmul (each
+    event row feeds 16 slots on average). The latents are those of the elementwise
+    formula to rounding (XLA contracts a * F + b * eta into fused multiply-adds in
+    some programs and not in others: a few draws differ in the terms' last
+    bit), and an
+    outcome differs only where its event's latent does; float32 and float64."""
+    strikes = np.linspace(80.0, 120.0, 120)
+    prices = np.round(np.linspace(0.95, 0.05, 120), 4)
+    book = make_book([above(f"B{i}", "BTC-E", float(k), float(p))
+                      for i, (k, p) in enumerate(zip(strikes, prices))]
+                     + [binary("G1", 0.4), binary("G2", 0.7)])
+    key = jax.random.key(5)
+    few = kj_simulation.FEW_EVENTS
+    for dtype in ("float32", "float64"):
+        with jax.enable_x64(dtype == "float64"):
+            arrays, _ = kj.book_arrays(book, dtype)
+            rows, slots = arrays.event_seed.shape[0], arrays.quantity.shape[0]
+            assert rows * few <= slots
+            draws = []
+            for threshold in (few, slots + 1):  # materialised, elementwise
+                monkeypatch.setattr(kj_simulation, "FEW_EVENTS", threshold)
+                run = jax.jit(lambda a: (kj.event_latents(key, a, 2048),
+                                         kj.outcomes(key, a, 2048)))
+                draws.append([np.asarray(x) for x in run(arrays)])
+            (latents, yes), (latents_ref, yes_ref) = draws
+            assert latents.dtype == np.dtype(dtype)
+            # A few units in float32's last place (the normals are drawn in float32,
+            # whatever the values' dtype; the terms are of order 1).
+            eps = np.finfo(np.float32).eps
+            np.testing.assert_allclose(latents, latents_ref, rtol=4 * eps, atol=4 * eps)
+            moved = (latents != latents_ref)[:, np.asarray(arrays.event)]  # (N, C)
+            assert np.all((yes == yes_ref) | moved)
 
 
 @settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow])
