@@ -21,20 +21,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_session_horizon import dated_binaries  # the same 2,000-binary book
 
 import kinetic_jax as kj
 
 REFERENCE = Path(__file__).resolve().parents[1] / "examples" / "reference_book.toml"
 HORIZON = {"horizon_days": 2, "as_of": "2026-06-01", "sampler": "plain"}
-
-
-def dated_binaries(n: int, scenarios: int) -> kj.Book:
-    return kj.parse_book({
-        "model": {"scenarios": scenarios, "seed": 0, **HORIZON},
-        "contracts": [{"id": f"c{i}", "cluster": "BTC", "type": "binary", "price": 0.5,
-                       "resolves": "2026-12-31"} for i in range(n)],
-        "positions": [{"contract": f"c{i}", "quantity": 1 + (i % 3)} for i in range(n)],
-    })
 
 
 def perp_and_strip(n: int, scenarios: int) -> kj.Book:
@@ -72,7 +64,7 @@ def main() -> None:
     books = {
         "reference": kj.load_book(REFERENCE),
         "random_book(2000)": kj.random_book(2000, seed=0).with_settings(scenarios=32768),
-        "2,000 dated binaries": dated_binaries(2000, 32768),
+        "2,000 dated binaries": dated_binaries(2000, 32768, "plain"),
         "BTC perp + 1,999 binaries": perp_and_strip(1999, 32768),
     }
     rows = []
