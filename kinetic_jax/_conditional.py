@@ -238,8 +238,12 @@ def jump_surrogate(arrays: BookArrays, agg: Aggregates) -> Float[Array, "B R"]:
     a_j = arrays.loading[cl_j]
     s_j = jnp.sqrt(1 - a_j * a_j)
     lz = jnp.einsum("jk,bjrk->bjr", chol[cl_j], agg.s1, precision=HIGHEST)
-    return jnp.sum((cut[None, :, None] * agg.s0 - a_j[None, :, None] * lz)
-                   / s_j[None, :, None], axis=1)
+    # As contractions over the cuts j (not a product summed over axis 1): their
+    # transposes, vmapped over batches and figures by the Jacobian, are matrix
+    # products, not a broadcast product reduced over the R rows (2.7 + 1.0 s of a
+    # 2,000-contract book's call at 32,768 scenarios).
+    return (jnp.einsum("bjr,j->br", agg.s0, cut / s_j, precision=HIGHEST)
+            - jnp.einsum("bjr,j->br", lz, a_j / s_j, precision=HIGHEST))
 
 
 def pooled_yes(agg: Aggregates) -> Float[Array, "R C"]:
