@@ -36,6 +36,25 @@ def tail_size(scenarios: int, confidence: float) -> int:
     return min(scenarios, -(-need // 64) * 64)
 
 
+def var_position(k: Float[Array, "*batch"], scenarios: int) -> Int[Array, "*batch"]:
+    """The VaR's position in the decreasing tail, floor(k) for k = N (1 - alpha),
+    except that a k within N eps of an integer is that integer (eps of k's dtype).
+
+    At an integer k the VaR is the draw with exactly k draws above it. Computed
+    from a rounded alpha (0.99 is 0.9900000095 in float32, 0.98999999999999999
+    in float64), k lands a hair below or above the integer, and floor(k) would take
+    the draw above or the one intended depending on the precision: the rounding
+    of alpha moves k by at most N eps / 2. The ES does not depend on it (its
+    boundary draw's weight is 0 or 1 to rounding); the VaR and the standard error
+    do. [`weighted_tail_statistics`][] and [`sortfree_tail_statistics`][] apply
+    the same rule to their cumulated masses (a mass within eps of 1 - alpha is
+    1 - alpha), so every estimator picks the same draw on every backend."""
+    k = jnp.asarray(k)
+    r = jnp.round(k)
+    at_integer = jnp.abs(k - r) <= scenarios * jnp.finfo(k.dtype).eps
+    return jnp.where(at_integer, r, jnp.floor(k)).astype(jnp.int32)
+
+
 def _safe_sqrt(x):
     positive = x > 0
     return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1.0)), 0.0)
@@ -137,7 +156,7 @@ def tail_statistics(
     [`order_ties`][]."""
     n = scenarios
     top = tail.shape[-1]
-    m = jnp.clip(jnp.floor(n * (1 - confidence)).astype(jnp.int32), 0, top - 1)
+    m = jnp.clip(var_position(n * (1 - confidence), n), 0, top - 1)
     index = jnp.broadcast_to(m, tail.shape[:-1])[..., None]
     tail = average_ties(tail, jnp.take_along_axis(tail, index, axis=-1)[..., 0],
                         jnp.ones_like(tail))
@@ -148,24 +167,27 @@ def ordered_tail_statistics(
     tail: Float[Array, "*batch T"], scenarios: int, confidence: Float[Array, ""]
 ) -> tuple[Float[Array, "*batch"], Float[Array, "*batch"], Float[Array, "*batch"]]:
     """[`tail_statistics`][] with its derivative taken in the order given: the
-    draw at position floor(k) is the VaR, those before it are above it (their
-    excess over the VaR counts in full, ties included). With the ties at the VaR
+    draw at position floor(k) (an integer k to rounding: [`var_position`][]) is
+    the VaR, those before it are above it (their excess over the VaR counts in
+    full, ties included). With the ties at the VaR
     ordered by decreasing (increasing) derivative, the derivative is the right
     (left) one of the statistics of the sample."""
     n = scenarios
     top = tail.shape[-1]
     k = n * (1 - confidence)
-    # The kept tail must reach the boundary draw L_(floor(k)); otherwise ES and VaR
-    # would silently drop losses (a confidence below the one `top` was sized for).
-    # Checked without a host callback (programs with callbacks are never written
-    # to the persistent compilation cache): the figures become NaN, which the
-    # host layer reports as an engine error.
-    bad = k >= top
+    # The kept tail must reach the VaR's draw (var_position) and the boundary
+    # draw L_(floor(k)); otherwise ES and VaR would silently drop losses (a
+    # confidence below the one `top` was sized for). Checked without a host
+    # callback (programs with callbacks are never written to the persistent
+    # compilation cache): the figures become NaN, which the host layer reports as
+    # an engine error.
+    position = var_position(k, n)
+    bad = (k >= top) | (position >= top)
     k = jnp.where(bad, jnp.nan, k)
     j = jnp.arange(top, dtype=tail.dtype)
     w = jnp.clip(k - j, 0.0, 1.0)
     es = jnp.sum(w * tail, axis=-1) / k
-    m = jnp.clip(jnp.floor(k).astype(jnp.int32), 0, top - 1)
+    m = jnp.clip(position, 0, top - 1)
     var = jnp.take_along_axis(tail, jnp.broadcast_to(m, tail.shape[:-1])[..., None], axis=-1)
     # (L - VaR)^+ by position: the same values (the tail is sorted), but a tie
     # placed above the VaR counts its excess's derivative in full.
@@ -262,7 +284,8 @@ def weighted_tail_statistics(
     # VaR: the first draw at which the cumulated mass reaches 1 - alpha; where
     # rounding leaves every cumulated mass at or below it (1 - alpha rounding to
     # 1 at a confidence near 0), the last draw that holds any mass.
-    crossed = before + mass > budget
+    # (A cumulated mass within eps of 1 - alpha is 1 - alpha: see var_position.)
+    crossed = before + mass > budget + jnp.finfo(mass.dtype).eps
     last = tail.shape[-1] - 1 - jnp.argmax(jnp.flip(mass > 0, -1), axis=-1)
     m = jnp.where(jnp.any(crossed, axis=-1), jnp.argmax(crossed, axis=-1), last)
     tail = average_ties(tail, jnp.take_along_axis(tail, m[..., None], axis=-1)[..., 0], mass)
@@ -360,7 +383,8 @@ def sortfree_tail_statistics(
     mass = weights / scenarios
     live = mass > 0
     keys = order_keys(jnp.where(live, losses, jnp.inf))
-    hi = selected_var_key(keys, mass, budget)
+    # (A mass within eps of 1 - alpha is 1 - alpha: see var_position.)
+    hi = selected_var_key(keys, mass, budget + jnp.finfo(mass.dtype).eps)
     # The VaR is the smallest live draw at or above key hi (the smallest key within
     # budget belongs to a live draw).
     above = live & (keys >= hi[:, None])
@@ -372,7 +396,9 @@ def sortfree_tail_statistics(
     tail_mass = jnp.sum(jnp.where(losses > var[:, None], mass, 0.0), axis=-1)
     at_var = live & (losses == var[:, None])
     tied = jnp.sum(jnp.where(at_var, mass, 0.0), axis=-1)
-    share = jnp.where(tied > 0, (budget - tail_mass) / jnp.where(tied > 0, tied, 1.0), 0.0)
+    # (Clipped: the mass above the VaR may exceed the budget by the eps above.)
+    share = jnp.where(tied > 0, jnp.maximum(budget - tail_mass, 0.0)
+                      / jnp.where(tied > 0, tied, 1.0), 0.0)
     take = jnp.where(losses > var[:, None], mass, jnp.where(at_var, mass * share[:, None], 0.0))
     h = weights * excess  # w (L - VaR)^+
     m1 = jnp.sum(h, axis=-1) / scenarios

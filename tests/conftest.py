@@ -26,7 +26,10 @@
   0, 249 s with both flags. The programs are the same (XLA's graph passes do not
   depend on them; results agree to float32 rounding). To test the default code
   generation, give any ``--xla_backend_optimization_level`` in ``XLA_FLAGS``: the
-  session then leaves the flags alone.
+  session then leaves the flags alone. Where a GPU or TPU plugin is installed
+  (and ``JAX_PLATFORMS`` is not ``cpu``) the session leaves them alone too:
+  they are for XLA's CPU compiler, and on an H200 the test workers crashed at
+  their first compile with them.
   Level 1 (same other flags) was tried: its programs run about 3.4x faster than
   level 0's (a pair book's conditional sensitivities, 0.051 against 0.174 s a call;
   level 3: 0.045 s), but compile about 35 % slower, and the whole suite, cold, took
@@ -69,7 +72,33 @@ import tempfile
 # Before JAX creates its backend (XLA reads the flags once): see the module doc.
 # The flags as they were, for the notebook kernels (tests/test_notebooks.py).
 USER_XLA_FLAGS = "KINETIC_JAX_TEST_USER_XLA_FLAGS"
-if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+
+
+def _accelerator_plugin() -> bool:
+    """Whether JAX may start a GPU or TPU backend: a CUDA, ROCm or TPU plugin is
+    installed and ``JAX_PLATFORMS`` does not restrict JAX to the CPU. The flags
+    below are for XLA's CPU compiler: on an H200 (jax 0.11.2, CUDA plugin) the
+    test workers crashed at their first compile with them ("node down"), and
+    passed without."""
+    platforms = {p.strip() for p in os.environ.get("JAX_PLATFORMS", "").split(",") if p.strip()}
+    if platforms and platforms <= {"cpu"}:
+        return False
+    import pkgutil
+    import re
+
+    names = {m.name for m in pkgutil.iter_modules()}
+    try:
+        import jax_plugins  # the namespace of jax's PJRT plugins (xla_cuda12, ...)
+
+        names |= {m.name for m in pkgutil.iter_modules(jax_plugins.__path__)}
+    except ImportError:
+        pass
+    return any(re.fullmatch(r"(jax_)?(xla_)?(cuda|rocm)\d+(_plugin|_pjrt)?|libtpu", n)
+               for n in names)
+
+
+if ("xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", "")
+        and not _accelerator_plugin()):
     os.environ[USER_XLA_FLAGS] = os.environ.get("XLA_FLAGS", "")
     os.environ["XLA_FLAGS"] = " ".join(
         filter(None, [os.environ.get("XLA_FLAGS"), "--xla_backend_optimization_level=0",

@@ -142,7 +142,7 @@ def test_a_tail_too_short_for_the_weights_poisons_the_row():
 @pytest.mark.parametrize("sampler", SAMPLERS)
 def test_losses_are_bit_identical_for_every_chunk_size(sampler):
     """Plain sampling: every figure bit-identical for any chunk size. Importance
-    sampling: losses bit-identical, weights to one float32 ulp; its pilot too where
+    sampling: losses bit-identical, weights to a few float32 ulps; its pilot too where
     the chunk does not divide it (it crashed there). (Every chunking runs
     in one jitted program: one compile instead of six; each chunk size still streams
     its own chunks.)"""
@@ -170,8 +170,9 @@ def test_losses_are_bit_identical_for_every_chunk_size(sampler):
         np.testing.assert_array_equal(losses, runs[0][0])
         if sampler == "plain":
             np.testing.assert_array_equal(weights, runs[0][1])
-        else:  # exp/logsumexp of the mixture may round differently by one ulp
-            np.testing.assert_allclose(weights, runs[0][1], rtol=4e-7, atol=0)
+        else:  # exp/logsumexp of the mixture may round differently by a few ulps
+            # (a GPU fuses them per chunk shape: 4 ulps seen on an H200)
+            np.testing.assert_allclose(weights, runs[0][1], rtol=2e-6, atol=0)
     if sampler == "plain":
         np.testing.assert_array_equal(results[0].margin, results[1].margin)
         np.testing.assert_array_equal(results[0].cluster_es, results[1].cluster_es)

@@ -22,7 +22,11 @@ from kinetic_jax._block import lattice_statistics
 from kinetic_jax._shortfall import (
     order_ties,
     ordered_tail_statistics,
+    sortfree_tail_statistics,
+    tail_statistics,
     tied_with_var as kj_tied_with_var,
+    weighted_tail,
+    weighted_tail_statistics,
 )
 
 
@@ -320,3 +324,40 @@ def test_var_at_a_confidence_whose_tail_is_the_whole_law():
         '[[positions]]\ncontract = "B"\nquantity = 1000\n')
     election = next(c for c in kj.portfolio_margin(book).clusters if c.name == "Election")
     assert election.var == pytest.approx(-300.0)
+
+
+@pytest.mark.parametrize("n, alpha", [(5000, 0.99), (1000, 0.99), (4000, 0.975), (200, 0.95)])
+def test_var_at_an_integer_tail_count_is_the_same_draw_everywhere(n, alpha, x64):
+    """N (1 - alpha) = k an integer: the VaR is the draw with exactly k draws above
+    it (the lower alpha-quantile of the sample), in float32 and float64, for the
+    sorted, the weighted and the sort-free estimators, and whatever the rounding
+    of the cumulated masses (a GPU's parallel cumsum rounds differently from a
+    CPU's sequential one). Before, float32's rounded alpha (0.99 -> 0.9900000095)
+    put k a hair below the integer and the sorted estimator took the draw above:
+    float32 and float64 disagreed, and the weighted estimator on a GPU picked
+    the other draw from the CPU's."""
+    k = round(n * (1 - alpha))
+    rng = np.random.default_rng(n)
+    losses64 = rng.normal(size=(3, n)) * 100
+    expected = -np.sort(-losses64, axis=1)[:, k]
+    for dtype in (jnp.float32, jnp.float64):
+        losses = jnp.asarray(losses64, dtype)
+        conf = jnp.asarray(alpha, dtype)
+        top = kj.tail_size(n, alpha)
+        tail, _ = jax.lax.top_k(losses, top)
+        want = np.asarray(expected, dtype)
+        np.testing.assert_array_equal(tail_statistics(tail, n, conf)[2], want)
+        t, mass, _ = weighted_tail(losses, jnp.ones(n, dtype), top, n)
+        np.testing.assert_array_equal(weighted_tail_statistics(t, mass, conf, n)[2], want)
+        # Masses off by an ulp or two either way (another summation order).
+        for step in (-2, 2):
+            nudged = jnp.asarray(np.nextafter(np.asarray(mass), step * np.inf), dtype)
+            nudged = jnp.where(jnp.arange(top) % 2 == 0, nudged, mass)
+            np.testing.assert_array_equal(
+                weighted_tail_statistics(t, nudged, conf, n)[2], want)
+        np.testing.assert_array_equal(
+            sortfree_tail_statistics(losses, jnp.ones(n, dtype), conf, n)[2], want)
+    # A k that is not an integer is floor(k), as before: 8,192 x 0.01 = 81.92.
+    losses = jnp.asarray(rng.normal(size=(1, 8192)), jnp.float32)
+    tail, _ = jax.lax.top_k(losses, kj.tail_size(8192, 0.99))
+    assert tail_statistics(tail, 8192, jnp.float32(0.99))[2][0] == tail[0, 81]
