@@ -8,6 +8,7 @@ error messages follow the book-file layout of SPEC.md §3 (``contracts[3]``,
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from collections import defaultdict
@@ -51,6 +52,12 @@ MIN_OPEN_INTEREST = 1e-6
 # float32 holds 1 - 1e-6 apart from 1. SPEC.md §3 says (0, 1).
 MIN_PRICE = 1e-6
 MAX_STRESS_FACTOR = 100.0  # standard deviations (probabilities are 0 or 1 long before)
+
+
+# Settings that only the simulation and the estimator read: no check of a book
+# (its contracts, dates, stress scenarios, underlyings) depends on them, so
+# `Book.with_settings` changes them without checking the book again.
+RUN_SETTINGS = frozenset({"scenarios", "seed", "confidence", "sampler"})
 
 
 def resolved_sampler(settings: Settings, tool: str = "margin") -> str:
@@ -371,13 +378,26 @@ class Book:
         )
 
     def with_settings(self, **changes) -> Book:
-        """A copy with these ``[model]`` / ``[addons]`` settings changed (validated)."""
+        """A copy with these ``[model]`` / ``[addons]`` settings changed (validated).
+
+        The settings are checked; the book's own checks (contracts, dates,
+        stress, underlyings) run again unless only ``RUN_SETTINGS`` (scenarios,
+        seed, confidence, sampler) change, which none of them reads
+        (tests/test_validation.py checks that). Every entry point applies its
+        ``scenarios=`` / ``seed=`` / ... overrides this way, so a margin call no
+        longer checks every contract again (docs/benchmarks.md, "The host
+        layer of a margin call")."""
         known = {f.name for f in dataclasses.fields(Settings)}
         for key in changes:
             if key not in known:
                 raise BookError(f"settings.{key}",
                                 f"unknown setting (allowed: {', '.join(sorted(known))})")
-        return dataclasses.replace(self, settings=dataclasses.replace(self.settings, **changes))
+        settings = dataclasses.replace(self.settings, **changes)
+        if changes.keys() <= RUN_SETTINGS:
+            book = copy.copy(self)  # no __post_init__: the checks above still hold
+            object.__setattr__(book, "settings", settings)
+            return book
+        return dataclasses.replace(self, settings=settings)
 
     def with_sampler_for(self, tool: str) -> Book:
         """The book with ``[model] sampler`` set to what `tool` uses when it is

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -20,6 +21,8 @@ import kinetic_jax as kj
 import kinetic_jax._portfolio as portfolio_module
 from kinetic_jax import Book, BookError, parse_book
 from kinetic_jax._cli import main
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 # contracts[i] of _book():
 #   0 BTC-100K  above 100000 @ 0.55  event BTC-DEC
@@ -665,3 +668,54 @@ def test_margin_jit_names_a_scenario_count_or_tail_it_cannot_use():
         with pytest.raises(BookError, match=rf"^top: {top} is not an integer in \[1, "
                                             r"scenarios = 4096\]"):
             kj.margin_jit(arrays, params, key, 4096, top, "plain")
+
+
+class _Recording:
+    """Settings that record which of their fields are read."""
+
+    def __init__(self, settings):
+        object.__setattr__(self, "_settings", settings)
+        object.__setattr__(self, "read", set())
+
+    def __getattr__(self, name):
+        self.read.add(name)
+        return getattr(self._settings, name)
+
+
+@pytest.mark.parametrize("name, horizon", [("reference_book.toml", None),
+                                           ("reference_book.toml", 2.0),
+                                           ("perps_and_strip.toml", None)])
+def test_no_book_check_reads_the_run_settings(name, horizon):
+    """`Book.with_settings` skips the book's own checks when only RUN_SETTINGS
+    change: that is sound only while none of those checks reads them. Run every
+    book-level check with settings that record what is read."""
+    from kinetic_jax import _book
+
+    book = kj.load_book(EXAMPLES / name)
+    if horizon is not None:
+        book = book.with_settings(horizon_days=horizon)
+    recording = _Recording(book.settings)
+    probe = copy.copy(book)
+    object.__setattr__(probe, "settings", recording)
+    for check in (_book.validate_underlyings, _book._validate, _book._validate_dates,
+                  _book._validate_stress):
+        check(probe)
+    assert recording.read  # the checks do read settings (ladder tolerance, horizon, ...)
+    assert not recording.read & _book.RUN_SETTINGS, recording.read
+
+
+def test_changing_run_settings_keeps_the_book_and_checks_the_settings():
+    book = kj.load_book(EXAMPLES / "reference_book.toml")
+    fast = book.with_settings(scenarios=4096, seed=7, confidence=0.975, sampler="plain")
+    full = Book(book.contracts, book.positions, book.hierarchy, fast.settings, book.stress,
+                book.underlyings)
+    assert fast == full and fast.settings.scenarios == 4096 and book.settings.scenarios != 4096
+    assert fast.contracts is book.contracts  # not re-checked, not copied
+    with pytest.raises(BookError, match=r"model\.confidence"):
+        book.with_settings(confidence=1.5)
+    with pytest.raises(BookError, match=r"model\.scenarios"):
+        book.with_settings(scenarios=64, confidence=0.999)
+    # A book-level setting still checks the book: a perp position needs a horizon.
+    perps = kj.load_book(EXAMPLES / "perps_and_strip.toml")
+    with pytest.raises(BookError, match="horizon_days"):
+        perps.with_settings(horizon_days=None)

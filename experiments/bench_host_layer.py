@@ -1,0 +1,63 @@
+"""The host layer of a margin call: what `kj.portfolio_margin` does around its
+jitted program, on the reference book and on `kj.random_book(N)`.
+
+    .venv/bin/python experiments/bench_host_layer.py [--contracts 200 2000]
+        [--scenarios 32768] [--repeats 7]
+
+Per book, the medians of REPEATS calls (after one untimed call) of:
+- the whole call, `kj.portfolio_margin(book, scenarios=S)`;
+- `Book.with_settings(scenarios=S)`, the override every entry point applies,
+  against the same copy made with every contract checked again
+  (``dataclasses.replace``, what `with_settings` did before it knew which
+  settings no book check reads): the ratio is in this one process;
+- `kj.margin_inputs`: the book's arrays, its layout and the exact worst-case
+  table (host NumPy work, before the program runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import time
+from pathlib import Path
+
+import jax
+
+import kinetic_jax as kj
+
+REFERENCE = Path(__file__).resolve().parents[1] / "examples" / "reference_book.toml"
+
+
+def median_ms(fn, repeats: int) -> float:
+    jax.block_until_ready(fn())
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--contracts", type=int, nargs="+", default=[200, 2000])
+    ap.add_argument("--scenarios", type=int, default=32768)
+    ap.add_argument("--repeats", type=int, default=7)
+    args = ap.parse_args()
+    books = [("reference", kj.load_book(REFERENCE))]
+    books += [(f"random_book({n})", kj.random_book(n, seed=0)) for n in args.contracts]
+    n = args.scenarios
+    print(f"{'book':18s} {'call':>9s} {'with_settings':>14s} {'re-checked':>11s} "
+          f"{'margin_inputs':>14s}   (ms, medians of {args.repeats})")
+    for name, book in books:
+        call = median_ms(lambda b=book: kj.portfolio_margin(b, scenarios=n), args.repeats)
+        fast = median_ms(lambda b=book: b.with_settings(scenarios=n), args.repeats)
+        full = median_ms(lambda b=book: dataclasses.replace(
+            b, settings=dataclasses.replace(b.settings, scenarios=n)), args.repeats)
+        inputs = median_ms(lambda b=book: kj.margin_inputs(b), args.repeats)
+        print(f"{name:18s} {call:9.1f} {fast:14.3f} {full:11.1f} {inputs:14.1f}")
+
+
+if __name__ == "__main__":
+    main()
