@@ -10,6 +10,7 @@ worst-case table and the width of parlays.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 
 import equinox as eqx
@@ -18,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
-from ._book import Book
+from ._book import RUN_SETTINGS, Book, Settings
 from ._errors import BookError
 from ._hierarchy import correlation_of
 from ._stress import stress_matrix
@@ -159,6 +160,10 @@ def float_dtype(dtype) -> np.dtype:
     return resolved
 
 
+# Books laid out recently, by equality (see book_arrays).
+LAYOUT_CACHE_SIZE = 4
+
+
 def book_arrays(book: Book, dtype=None) -> tuple[BookArrays, BookLayout]:
     """Lays `book` out as padded arrays.
 
@@ -168,9 +173,37 @@ def book_arrays(book: Book, dtype=None) -> tuple[BookArrays, BookLayout]:
     - `dtype`: float dtype of the values (default float32; float64 needs
       ``jax_enable_x64``).
 
-    **Returns:** ``(arrays, layout)``.
+    **Returns:** ``(arrays, layout)``. The layout's NumPy arrays are read-only.
+
+    The last `LAYOUT_CACHE_SIZE` books laid out are kept: a book equal to one
+    of them but for its run settings (``scenarios``, ``seed``, ``confidence``,
+    ``sampler``, which the layout does not read) gets the same ``(arrays,
+    layout)`` back without the host work (the exact worst-case table and the
+    layout: 56-62 ms for 2,000 contracts; docs/benchmarks.md, "The host layer of
+    a margin call"). A dashboard request lays its book out for its limits and
+    again for its margin; every margin call of a sweep of seeds or scenario
+    counts lays out the same book.
     """
     dtype = float_dtype(dtype)
+    try:
+        key = book.with_settings(**{k: getattr(Settings(), k) for k in RUN_SETTINGS})
+        hash(key)
+    except TypeError:  # an unhashable field (a user's subclass): no cache
+        return _book_arrays(book, dtype)
+    return _laid_out(key, dtype.name, jax.config.jax_enable_x64)
+
+
+@functools.lru_cache(maxsize=LAYOUT_CACHE_SIZE)
+def _laid_out(book: Book, dtype: str, x64: bool) -> tuple[BookArrays, BookLayout]:
+    del x64  # part of the cache's key: arrays made with and without 64-bit JAX differ
+    arrays, layout = _book_arrays(book, np.dtype(dtype))
+    for a in (layout.table.component, layout.table.index, layout.table.yes):
+        a.setflags(write=False)  # shared by every caller of the cache
+    return arrays, layout
+
+
+def _book_arrays(book: Book, dtype: np.dtype) -> tuple[BookArrays, BookLayout]:
+    """[`book_arrays`][], uncached."""
     n = len(book.contracts)
     cpad = bucket(n + 1)
     events = book.events()

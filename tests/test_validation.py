@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -719,3 +720,46 @@ def test_changing_run_settings_keeps_the_book_and_checks_the_settings():
     perps = kj.load_book(EXAMPLES / "perps_and_strip.toml")
     with pytest.raises(BookError, match="horizon_days"):
         perps.with_settings(horizon_days=None)
+
+
+def test_the_layout_reads_no_run_settings():
+    """`kj.book_arrays` serves a book equal but for its RUN_SETTINGS from its
+    cache: sound only while laying a book out reads none of them."""
+    from kinetic_jax import _arrays, _book
+
+    for name, horizon in (("reference_book.toml", None), ("reference_book.toml", 2.0),
+                          ("perps_and_strip.toml", None)):
+        book = kj.load_book(EXAMPLES / name)
+        if horizon is not None:
+            book = book.with_settings(horizon_days=horizon)
+        recording = _Recording(book.settings)
+        probe = copy.copy(book)
+        object.__setattr__(probe, "settings", recording)
+        arrays, _ = _arrays._book_arrays(probe, np.dtype(np.float32))
+        assert not recording.read & _book.RUN_SETTINGS, recording.read
+        cached, _ = kj.book_arrays(book)
+        for a, b in zip(jax.tree_util.tree_leaves(arrays), jax.tree_util.tree_leaves(cached),
+                        strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_equal_books_share_one_layout():
+    book = kj.load_book(EXAMPLES / "reference_book.toml")
+    arrays, layout = kj.book_arrays(book)
+    # Built again from its file, other run settings: the same objects.
+    again = kj.load_book(EXAMPLES / "reference_book.toml").with_settings(seed=9, scenarios=4096)
+    assert kj.book_arrays(again)[0] is arrays and kj.book_arrays(again)[1] is layout
+    # Shared, so read-only.
+    with pytest.raises(ValueError, match="read-only"):
+        layout.table.yes[0, 0] = 1.0
+    # Another position, a book-level setting or another dtype: laid out anew.
+    q = book.net_quantities()
+    q["BTC-100K-DEC"] += 1
+    moved = kj.book_arrays(book.with_positions(q))[0]
+    assert moved is not arrays
+    assert float(moved.quantity.sum() - arrays.quantity.sum()) == 1.0
+    assert kj.book_arrays(book.with_settings(horizon_days=2.0))[0] is not arrays
+    with jax.enable_x64():
+        wide = kj.book_arrays(book, jnp.float64)[0]
+        assert wide.price.dtype == jnp.float64
+    assert kj.book_arrays(book)[0].price.dtype == jnp.float32

@@ -13,7 +13,6 @@ import math
 import threading
 import time
 import typing
-import weakref
 from collections.abc import Hashable, Iterable
 from importlib import resources
 from typing import Any
@@ -172,20 +171,11 @@ def is_dynamic(book: Book) -> bool:
     return book.settings.horizon_days is not None or bool(book.underlyings)
 
 
-_arrays_of: tuple = (None, None)  # (weak reference to a book, its BookArrays)
-
-
 def engine_arrays(book: Book) -> kj.BookArrays:
-    """``kinetic_jax.book_arrays(book)``, kept for the last book asked about: the
-    limits (on the parse thread) and the program key (on the engine thread) of
-    one request read the same layout, built once."""
-    global _arrays_of
-    ref, arrays = _arrays_of
-    if ref is not None and ref() is book:
-        return arrays
-    arrays, _ = kj.book_arrays(book)
-    _arrays_of = (weakref.ref(book), arrays)
-    return arrays
+    """``kinetic_jax.book_arrays(book)``: the limits (on the parse thread), the
+    program key and the margin (on the engine thread) of one request read the
+    same layout, built once (`kj.book_arrays` keeps the last few books)."""
+    return kj.book_arrays(book)[0]
 
 
 def program_key(kind: str, book: Book) -> tuple:
