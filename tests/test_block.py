@@ -36,6 +36,7 @@ from kinetic_jax._block import (
     independent_slots,
     lattice_statistics,
     pairs_tail_statistics,
+    sampler_law,
 )
 
 PX, PY, Q = 0.95, 0.10, 1000.0
@@ -519,3 +520,21 @@ def test_cli_reports_the_sampler_and_the_exact_positions(tmp_path):
     assert report["sampler"] == "exact_block" and report["exact_positions"] == 27
     sports = {c["name"]: c for c in report["clusters"]}["Sports"]
     assert sports["standard_error"] == 0.0
+
+
+def test_the_law_of_one_arrays_object_is_computed_once():
+    """`sampler_law` keeps the law of the arrays objects it saw last (the layout
+    cache hands out one object per book): the same object back for the same
+    arrays; arrays equal in content but another object get the same law, anew."""
+    book = kj.random_book(64, seed=3)
+    arrays, _ = kj.book_arrays(book)
+    law, positions = sampler_law(arrays)
+    assert positions > 0
+    assert sampler_law(arrays)[0] is law
+    twin = eqx.tree_at(lambda a: a.quantity, arrays, arrays.quantity + 0)  # another object
+    again, positions_again = sampler_law(twin)
+    assert again is not law and positions_again == positions
+    for a, b in zip(jax.tree_util.tree_leaves(law), jax.tree_util.tree_leaves(again),
+                    strict=True):
+        np.testing.assert_array_equal(a, b)
+
