@@ -683,21 +683,31 @@ class _Recording:
         return getattr(self._settings, name)
 
 
-@pytest.mark.parametrize("name, horizon", [("reference_book.toml", None),
-                                           ("reference_book.toml", 2.0),
-                                           ("perps_and_strip.toml", None)])
-def test_no_book_check_reads_the_run_settings(name, horizon):
-    """`Book.with_settings` skips the book's own checks when only RUN_SETTINGS
-    change: that is sound only while none of those checks reads them. Run every
-    book-level check with settings that record what is read."""
-    from kinetic_jax import _book
+# Books whose settings are recorded: v1, at a horizon, with underlyings and perps.
+RECORDED_BOOKS = pytest.mark.parametrize("name, horizon", [
+    ("reference_book.toml", None), ("reference_book.toml", 2.0), ("perps_and_strip.toml", None)])
 
+
+def _recorded(name, horizon):
+    """``(book, probe, recording)``: an example book, and a copy of it whose
+    settings record which of their fields are read."""
     book = kj.load_book(EXAMPLES / name)
     if horizon is not None:
         book = book.with_settings(horizon_days=horizon)
     recording = _Recording(book.settings)
     probe = copy.copy(book)
     object.__setattr__(probe, "settings", recording)
+    return book, probe, recording
+
+
+@RECORDED_BOOKS
+def test_no_book_check_reads_the_run_settings(name, horizon):
+    """`Book.with_settings` skips the book's own checks when only RUN_SETTINGS
+    change: that is sound only while none of those checks reads them. Run every
+    book-level check with settings that record what is read."""
+    from kinetic_jax import _book
+
+    _, probe, recording = _recorded(name, horizon)
     for check in (_book.validate_underlyings, _book._validate, _book._validate_dates,
                   _book._validate_stress):
         check(probe)
@@ -722,25 +732,19 @@ def test_changing_run_settings_keeps_the_book_and_checks_the_settings():
         perps.with_settings(horizon_days=None)
 
 
-def test_the_layout_reads_no_run_settings():
+@RECORDED_BOOKS
+def test_the_layout_reads_no_run_settings(name, horizon):
     """`kj.book_arrays` serves a book equal but for its RUN_SETTINGS from its
     cache: sound only while laying a book out reads none of them."""
     from kinetic_jax import _arrays, _book
 
-    for name, horizon in (("reference_book.toml", None), ("reference_book.toml", 2.0),
-                          ("perps_and_strip.toml", None)):
-        book = kj.load_book(EXAMPLES / name)
-        if horizon is not None:
-            book = book.with_settings(horizon_days=horizon)
-        recording = _Recording(book.settings)
-        probe = copy.copy(book)
-        object.__setattr__(probe, "settings", recording)
-        arrays, _ = _arrays._book_arrays(probe, np.dtype(np.float32))
-        assert not recording.read & _book.RUN_SETTINGS, recording.read
-        cached, _ = kj.book_arrays(book)
-        for a, b in zip(jax.tree_util.tree_leaves(arrays), jax.tree_util.tree_leaves(cached),
-                        strict=True):
-            np.testing.assert_array_equal(a, b)
+    book, probe, recording = _recorded(name, horizon)
+    arrays, _ = _arrays._book_arrays(probe, np.dtype(np.float32))
+    assert not recording.read & _book.RUN_SETTINGS, recording.read
+    cached, _ = kj.book_arrays(book)
+    for a, b in zip(jax.tree_util.tree_leaves(arrays), jax.tree_util.tree_leaves(cached),
+                    strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_equal_books_share_one_layout():
