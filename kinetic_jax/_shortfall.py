@@ -48,7 +48,9 @@ def var_position(k: Float[Array, "*batch"], scenarios: int) -> Int[Array, "*batc
     boundary draw's weight is 0 or 1 to rounding); the VaR and the standard error
     do. [`weighted_tail_statistics`][] and [`sortfree_tail_statistics`][] apply
     the same rule to their cumulated masses (a mass within eps of 1 - alpha is
-    1 - alpha), so every estimator picks the same draw on every backend."""
+    1 - alpha), so every estimator picks the same draw on every backend, as long
+    as the rounding of their cumulated masses stays within eps (tested to 5,000
+    draws; a float32 sum of some 10^4 tail masses can round by about eps)."""
     k = jnp.asarray(k)
     r = jnp.round(k)
     at_integer = jnp.abs(k - r) <= scenarios * jnp.finfo(k.dtype).eps
