@@ -5,13 +5,17 @@ jitted program, on the reference book and on `kj.random_book(N)`.
         [--scenarios 32768] [--repeats 7]
 
 Per book, the medians of REPEATS calls (after one untimed call) of:
-- the whole call, `kj.portfolio_margin(book, scenarios=S)`;
+- the whole call, `kj.portfolio_margin(book, scenarios=S)`, on the same book
+  and on a new book each call (one position nudged: the same shapes, laid out
+  anew), in one process;
 - `Book.with_settings(scenarios=S)`, the override every entry point applies,
   against the same copy made with every contract checked again
   (``dataclasses.replace``, what `with_settings` did before it knew which
   settings no book check reads): the ratio is in this one process;
 - `kj.margin_inputs`: the book's arrays, its layout and the exact worst-case
-  table (host NumPy work, before the program runs).
+  table (host NumPy work, before the program runs), for the same book (served
+  by `kj.book_arrays`' cache after the first call) and for a new book each call
+  (one position nudged: laid out anew), in one process.
 """
 
 from __future__ import annotations
@@ -48,15 +52,27 @@ def main() -> None:
     books = [("reference", kj.load_book(REFERENCE))]
     books += [(f"random_book({n})", kj.random_book(n, seed=0)) for n in args.contracts]
     n = args.scenarios
-    print(f"{'book':18s} {'call':>9s} {'with_settings':>14s} {'re-checked':>11s} "
-          f"{'margin_inputs':>14s}   (ms, medians of {args.repeats})")
+    print(f"{'book':18s} {'call':>9s} {'new book':>9s} {'with_settings':>14s} {'re-checked':>11s} "
+          f"{'inputs, same':>13s} {'inputs, new':>12s}   (ms, medians of {args.repeats})")
     for name, book in books:
         call = median_ms(lambda b=book: kj.portfolio_margin(b, scenarios=n), args.repeats)
         fast = median_ms(lambda b=book: b.with_settings(scenarios=n), args.repeats)
         full = median_ms(lambda b=book: dataclasses.replace(
             b, settings=dataclasses.replace(b.settings, scenarios=n)), args.repeats)
         inputs = median_ms(lambda b=book: kj.margin_inputs(b), args.repeats)
-        print(f"{name:18s} {call:9.1f} {fast:14.3f} {full:11.1f} {inputs:14.1f}")
+        held = book.net_quantities()
+        first = next(cid for cid, q in held.items() if q != 0)
+
+        def new_books():
+            return iter([book.with_positions({**held, first: held[first] + k})
+                         for k in range(1, args.repeats + 2)])
+
+        fresh = new_books()
+        anew = median_ms(lambda: kj.margin_inputs(next(fresh)), args.repeats)
+        fresh = new_books()
+        call_new = median_ms(lambda: kj.portfolio_margin(next(fresh), scenarios=n), args.repeats)
+        print(f"{name:18s} {call:9.1f} {call_new:9.1f} {fast:14.3f} {full:11.1f} "
+              f"{inputs:13.1f} {anew:12.1f}")
 
 
 if __name__ == "__main__":
