@@ -37,7 +37,7 @@ import kinetic_jax as kj
 REFERENCE = Path(__file__).resolve().parents[1] / "examples" / "reference_book.toml"
 
 
-def _timed(fn, repeats: int) -> tuple[float, float]:
+def timed(fn, repeats: int) -> tuple[float, float]:
     """(first call seconds, median of `repeats` later calls)."""
     t0 = time.perf_counter()
     jax.block_until_ready(fn())
@@ -78,7 +78,7 @@ def main() -> None:
     use_mesh = mesh if mesh.size > 1 else None
     if use_mesh is not None:
         arrays, params, key = kj.replicate((arrays, params, key), mesh)
-    first, per_call = _timed(
+    first, per_call = timed(
         lambda: kj.margin_jit(arrays, params, key, args.scenarios, top, "plain", None, use_mesh),
         args.repeats)
     out["throughput"] = {
@@ -89,7 +89,7 @@ def main() -> None:
 
     # 2. Margin calls per second: the reference book, host-level entry point.
     ref = kj.load_book(REFERENCE)
-    first, per_call = _timed(
+    first, per_call = timed(
         lambda: kj.portfolio_margin(ref, scenarios=args.margin_scenarios, devices=mesh),
         args.repeats)
     out["margin_calls"] = {"scenarios": args.margin_scenarios, "first_call_s": first,
@@ -99,7 +99,7 @@ def main() -> None:
     if not args.no_sweep and hasattr(kj, "sweep"):
         c = args.sweep_count
         axes = [f"rho.risk=0:0.6:{c}", f"rho.crypto=0.35:0.95:{c}"]
-        first, per_call = _timed(
+        first, per_call = timed(
             lambda: kj.sweep(ref, axes, scenarios=args.margin_scenarios, progress=False),
             max(1, args.repeats // 2))
         out["sweep"] = {"points": c * c, "scenarios": args.margin_scenarios,

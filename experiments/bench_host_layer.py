@@ -22,11 +22,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import statistics
-import time
 from pathlib import Path
 
-import jax
+from bench_gpu import timed  # block_until_ready, one untimed call, then the median
 
 import kinetic_jax as kj
 
@@ -34,13 +32,7 @@ REFERENCE = Path(__file__).resolve().parents[1] / "examples" / "reference_book.t
 
 
 def median_ms(fn, repeats: int) -> float:
-    jax.block_until_ready(fn())
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+    return timed(fn, repeats)[1] * 1e3  # (first call, median of the rest) in s
 
 
 def main() -> None:

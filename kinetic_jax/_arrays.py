@@ -179,10 +179,10 @@ def book_arrays(book: Book, dtype=None) -> tuple[BookArrays, BookLayout]:
     of them but for its run settings (``scenarios``, ``seed``, ``confidence``,
     ``sampler``, which the layout does not read) gets the same ``(arrays,
     layout)`` back without the host work (the exact worst-case table and the
-    layout: 56-62 ms for 2,000 contracts; docs/benchmarks.md, "The host layer of
-    a margin call"). A dashboard request lays its book out for its limits and
-    again for its margin; every margin call of a sweep of seeds or scenario
-    counts lays out the same book.
+    layout; docs/benchmarks.md, "The host layer of a margin call"). A
+    dashboard request lays its book out for its limits and again for its
+    margin; every margin call of a sweep of seeds or scenario counts lays out
+    the same book.
     """
     dtype = float_dtype(dtype)
     try:

@@ -314,8 +314,8 @@ def sampler_law(arrays: BookArrays) -> tuple[BlockLaw, int]:
     """``(law, positions)`` for the exact-block sampler: [`block_law`][], or
     [`empty_law`][] and 0 where that has none.
 
-    Host work (26 ms for a 2,000-contract book), kept for the last
-    `LAYOUT_CACHE_SIZE` arrays objects, by identity: [`book_arrays`][] hands
+    Host work (docs/benchmarks.md, "The host layer of a margin call"), kept
+    for the last `LAYOUT_CACHE_SIZE` arrays objects, by identity: [`book_arrays`][] hands
     out the same object for the same book, and a BookArrays is immutable."""
     with _LAWS_LOCK:
         hit = _LAWS.get(id(arrays))
