@@ -193,6 +193,11 @@ def book_arrays(book: Book, dtype=None) -> tuple[BookArrays, BookLayout]:
     return _laid_out(key, dtype.name, jax.config.jax_enable_x64)
 
 
+def clear_layouts() -> None:
+    """Forgets the books [`book_arrays`][] keeps (see [`clear_caches`][])."""
+    _laid_out.cache_clear()
+
+
 @functools.lru_cache(maxsize=LAYOUT_CACHE_SIZE)
 def _laid_out(book: Book, dtype: str, x64: bool) -> tuple[BookArrays, BookLayout]:
     del x64  # part of the cache's key: arrays made with and without 64-bit JAX differ

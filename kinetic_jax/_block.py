@@ -310,6 +310,12 @@ _LAWS: OrderedDict[int, tuple[BookArrays, tuple[BlockLaw, int]]] = OrderedDict()
 _LAWS_LOCK = threading.Lock()
 
 
+def clear_laws() -> None:
+    """Forgets the laws [`sampler_law`][] keeps (see [`clear_caches`][])."""
+    with _LAWS_LOCK:
+        _LAWS.clear()
+
+
 def sampler_law(arrays: BookArrays) -> tuple[BlockLaw, int]:
     """``(law, positions)`` for the exact-block sampler: [`block_law`][], or
     [`empty_law`][] and 0 where that has none.

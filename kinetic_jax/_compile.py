@@ -1,11 +1,13 @@
 """Counting JAX traces and compilations: the proof that a value change does not
-recompile (tests, the dashboard's status, benchmarks)."""
+recompile (tests, the dashboard's status, benchmarks); clearing what the engine
+holds in memory."""
 
 from __future__ import annotations
 
 import contextlib
 import threading
 
+import jax
 import jax.monitoring
 
 
@@ -55,3 +57,23 @@ class CompileCounter(contextlib.AbstractContextManager):
             return {"traces": self.traces, "compiles": self.compiles,
                     "compile_seconds": round(self.compile_seconds, 3),
                     "recent_compiles": list(self.recent)}
+
+
+def clear_caches() -> None:
+    """Clears what the engine holds in memory: JAX's compiled programs and traces
+    (``jax.clear_caches``), and the books [`book_arrays`][] and the laws of the
+    exact-block sampler it keeps.
+
+    After it, every margin call runs all of its programs again, whether or not
+    its book was margined before. ``jax.clear_caches`` alone leaves the kept
+    layouts: the next call of a book laid out earlier skips the programs that
+    lay a book out (the exact-block law's `atom_cuts`), and the first new book
+    after it compiles them. A counter of compilations then sees one where no
+    shape changed. The dashboard's program cache clears this way.
+    """
+    from ._arrays import clear_layouts
+    from ._block import clear_laws
+
+    clear_layouts()
+    clear_laws()
+    jax.clear_caches()

@@ -9,6 +9,7 @@ the engine's worst-case table, so it is an independent reference.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Iterable, Mapping
 
 import jax
@@ -503,3 +504,29 @@ def pair_exact(px: float, py: float, q: float, loading: float = 0.9,
             "d_loading": -jump * phi2 * loading * rho,
             "d_px": float(jump * -(1 - norm.cdf((cy - r * cx) / s)) + q),
             "d_py": float(jump * norm.cdf((cx - r * cy) / s) - q)}
+
+
+class ProgramLog:
+    """Records every trace and compile in the process (any thread) while
+    listening: ``(event, function, thread)``. A compile is a miss of JAX's
+    in-memory cache (a persistent-cache hit counts too), as for
+    [`kinetic_jax.CompileCounter`][]; the log names what compiled and where."""
+
+    def __init__(self):
+        self.events: list[tuple[str, str, str]] = []
+
+    def __call__(self, event: str, duration: float, **kwargs) -> None:
+        if event in (kj.CompileCounter.TRACE, kj.CompileCounter.COMPILE):
+            self.events.append((event.rsplit("/", 1)[-1], str(kwargs.get("fun_name")),
+                                threading.current_thread().name))
+
+    def compiled(self) -> list[str]:
+        return [f for e, f, _ in self.events if e == "backend_compile_duration"]
+
+    def __enter__(self) -> ProgramLog:
+        jax.monitoring.register_event_duration_secs_listener(self)
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        jax.monitoring.unregister_event_duration_listener(self)
+        return False

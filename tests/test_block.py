@@ -6,6 +6,7 @@ runs that refuse it."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import equinox as eqx
 import jax
@@ -13,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import (
+    ProgramLog,
     above,
     below,
     binary,
@@ -538,3 +540,26 @@ def test_the_law_of_one_arrays_object_is_computed_once():
                     strict=True):
         np.testing.assert_array_equal(a, b)
 
+
+def test_clear_caches_forgets_the_kept_layouts_and_laws_with_the_programs():
+    """After `kj.clear_caches` a book margined before runs every program a new
+    book runs (its layout and exact-block law's `atom_cuts` among them), so a
+    compile count does not depend on which books were margined earlier. After
+    `jax.clear_caches` alone the kept layout and law skip `atom_cuts`."""
+    reference = Path(__file__).resolve().parents[1] / "examples" / "reference_book.toml"
+    book = kj.load_book(reference).with_settings(scenarios=1024)
+    kj.portfolio_margin(book)
+    arrays = kj.book_arrays(book)[0]
+    law = sampler_law(arrays)[0]
+    jax.clear_caches()
+    with ProgramLog() as jax_only:
+        kj.portfolio_margin(book)
+    assert kj.book_arrays(book)[0] is arrays and sampler_law(arrays)[0] is law
+    kj.clear_caches()
+    with ProgramLog() as everything:
+        kj.portfolio_margin(book)
+    assert kj.book_arrays(book)[0] is not arrays
+    assert sampler_law(kj.book_arrays(book)[0])[0] is not law
+    assert "jit(atom_cuts)" in everything.compiled(), everything.events
+    assert "jit(atom_cuts)" not in jax_only.compiled(), jax_only.events
+    assert set(jax_only.compiled()) < set(everything.compiled())

@@ -101,8 +101,9 @@ class ProgramCache:
     JAX keeps every compiled program in memory for the life of the process; a
     service that lets its callers pick shapes must bound that. Each request
     names its program (endpoint, scenarios, padded size); when a request needs
-    a program beyond the `capacity` most recently used, JAX's in-memory caches
-    are cleared (`jax.clear_caches`), so at most `capacity` programs are held.
+    a program beyond the `capacity` most recently used, the engine's in-memory
+    caches are cleared (`kinetic_jax.clear_caches`: JAX's programs, and the
+    books laid out), so at most `capacity` programs are held.
 
     The engine's threads run their work inside [`running`][]: a clear waits
     until no other thread is running a program (JAX's caches are not cleared
@@ -139,9 +140,7 @@ class ProgramCache:
                 self._clearing = True
                 try:
                     self._lock.wait_for(lambda: self._running == 0)
-                    import jax
-
-                    jax.clear_caches()
+                    kj.clear_caches()
                 finally:
                     self._clearing = False
                     self._lock.notify_all()
