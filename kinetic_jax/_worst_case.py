@@ -84,66 +84,158 @@ class OutcomeTable:
         return out
 
 
-def event_intervals(book: Book, probs: list[float], idx: list[int]):
-    """The regions of one event and where each contract is YES, in O(n log n).
-
-    In u = Phi(X) every contract is YES on one interval ``(lo, hi]``; the
-    event's regions are the intervals between its sorted (merged) cuts. Returns
-    ``(mids, first, stop)``: the midpoint of each region, and per contract the
-    range ``first <= r < stop`` of regions where it is YES.
-    """
-    contracts = [book.contracts[i] for i in idx]
-    p = np.array([probs[i] for i in idx], dtype=np.float64)
-    kind = np.array([c.type for c in contracts])
-    if contracts[0].type == "outcome":  # consecutive intervals in listing order
-        cum = np.cumsum(p)
-        lo = np.concatenate([[0.0], cum[:-1]])
-        hi = np.minimum(cum, 1.0)
-        if cum[-1] >= 1.0 - OUTCOME_FULL:
-            hi[-1] = 1.0  # as the simulation: no unlisted remainder (atom_cuts)
-    else:
-        up = (kind == "above") | (kind == "binary")
-        lo = np.where(up, 1.0 - p, 0.0)
-        hi = np.where(up, 1.0, np.minimum(p, 1.0))
-    points = np.unique(np.concatenate([[0.0, 1.0], lo, hi]))
-    merged = [float(points[0])]
-    for x in points[1:].tolist():
-        if x - merged[-1] > _MERGE:
-            merged.append(x)
-    if merged[-1] < 1.0 - _MERGE:
-        merged.append(1.0)
-    else:
-        merged[-1] = 1.0
-    edges = np.array(merged)
-    mids = (edges[:-1] + edges[1:]) / 2
-    # lo < m  <=>  r >= first;   m <= hi  <=>  r < stop.
-    first = np.searchsorted(mids, lo, side="right")
-    stop = np.searchsorted(mids, hi, side="right")
-    return mids, first, stop
+def _cuts(book: Book, probs: np.ndarray, names: list[str], events: dict[str, list[int]]):
+    """Every event's contracts as one flat list: ``(idx, ev, lo, hi)``, the
+    contract, its event's position in `names` and the interval ``(lo, hi]`` of
+    u = Phi(X) where it is YES."""
+    sizes = np.array([len(events[e]) for e in names], dtype=np.int64)
+    idx = np.concatenate([np.asarray(events[e], dtype=np.int64) for e in names])
+    ev = np.repeat(np.arange(len(names)), sizes)
+    p = probs[idx]
+    kind = np.array([book.contracts[i].type for i in idx.tolist()])
+    up = (kind == "above") | (kind == "binary")
+    lo = np.where(up, 1.0 - p, 0.0)
+    hi = np.where(up, 1.0, np.minimum(p, 1.0))
+    start = np.concatenate([[0], np.cumsum(sizes)])
+    for k, e in enumerate(names):
+        if book.contracts[events[e][0]].type == "outcome":  # consecutive, in listing order
+            a, b = start[k], start[k + 1]
+            cum = np.cumsum(p[a:b])
+            lo[a:b] = np.concatenate([[0.0], cum[:-1]])
+            hi[a:b] = np.minimum(cum, 1.0)
+            if cum[-1] >= 1.0 - OUTCOME_FULL:
+                hi[b - 1] = 1.0  # as the simulation: no unlisted remainder (atom_cuts)
+    return idx, ev, lo, hi
 
 
-def event_regions(book: Book, probs: list[float], idx: list[int]) -> np.ndarray:
-    """YES patterns (regions x contracts of the event) of one event's distinct
-    regions. The regions come from the sorted cuts in O(n log n); a region's
-    pattern differs from the previous one's only where a contract's interval
-    starts or ends, so the distinct patterns are found without comparing rows
-    (the output itself has one row per distinct region)."""
-    mids, first, stop = event_intervals(book, probs, idx)
+def _edges(ev_count: int, ev: np.ndarray, lo: np.ndarray, hi: np.ndarray):
+    """Each event's region edges: its sorted cuts with 0 and 1, a cut within
+    _MERGE above the last one kept merged into it, the last edge exactly 1.
+    Returns ``(edge_ev, edge)``, sorted by event, then value."""
+    e_all = np.concatenate([ev, ev, np.arange(ev_count), np.arange(ev_count)])
+    v_all = np.concatenate([lo, hi, np.zeros(ev_count), np.ones(ev_count)])
+    order = np.lexsort((v_all, e_all))
+    e_s, v_s = e_all[order], v_all[order]
+    new = np.ones(len(v_s), dtype=bool)
+    new[1:] = (e_s[1:] != e_s[:-1]) | (v_s[1:] != v_s[:-1])
+    e_u, v_u = e_s[new], v_s[new]  # each event's distinct points, ascending
+    first = np.ones(len(v_u), dtype=bool)
+    first[1:] = e_u[1:] != e_u[:-1]
+    near = np.zeros(len(v_u), dtype=bool)
+    near[1:] = ~first[1:] & (v_u[1:] - v_u[:-1] <= _MERGE)
+    kept = ~near
+    # A run of near points: whether each is kept depends on the last one kept
+    # (not on its neighbour), so such events merge point by point.
+    for e in np.unique(e_u[1:][near[1:] & near[:-1]]).tolist():
+        at = np.flatnonzero(e_u == e)
+        last = v_u[at[0]]
+        for i in at[1:].tolist():
+            kept[i] = v_u[i] - last > _MERGE
+            last = v_u[i] if kept[i] else last
+    # The last point of an event is 1; merged into the edge before it, that
+    # edge becomes 1 unless it lies below 1 - _MERGE (then 1 is added).
+    end = np.flatnonzero(np.append(first[1:], True))
+    lost = end[~kept[end]]
+    if len(lost):
+        position = np.where(kept, np.arange(len(kept)), -1)
+        before = np.maximum.accumulate(position)[lost]  # the edge 1 merged into
+        kept[before[v_u[before] >= 1.0 - _MERGE]] = False
+        kept[lost] = True
+    return e_u[kept], v_u[kept]
+
+
+def _intervals(ev_count: int, ev: np.ndarray, lo: np.ndarray, hi: np.ndarray):
+    """The regions of every event and where each contract is YES, in O(n log n).
+
+    In u = Phi(X) every contract is YES on one interval ``(lo, hi]``; an event's
+    regions are the intervals between its edges (`_edges`). Returns ``(count,
+    first, stop)``: the number of regions of each event, and per contract the
+    range ``first <= r < stop`` of its event's regions where it is YES (region r
+    is YES where lo < its midpoint <= hi)."""
+    edge_ev, edge = _edges(ev_count, ev, lo, hi)
+    inner = edge_ev[1:] == edge_ev[:-1]
+    mid_ev = edge_ev[1:][inner]
+    mids = ((edge[:-1] + edge[1:]) / 2)[inner]
+    count = np.bincount(mid_ev, minlength=ev_count)
+    before = np.concatenate([[0], np.cumsum(count)[:-1]])
+    # Per query, the midpoints of its event at or below it (searchsorted's
+    # side="right"): one sort of midpoints and queries, a midpoint first on a tie.
+    n = len(lo)
+    keys_ev = np.concatenate([mid_ev, ev, ev])
+    keys = np.concatenate([mids, lo, hi])
+    tag = np.concatenate([np.zeros(len(mids), np.int8), np.ones(2 * n, np.int8)])
+    order = np.lexsort((tag, keys, keys_ev))
+    at_or_below = np.cumsum(tag[order] == 0)
+    found = np.empty(len(keys), dtype=np.int64)
+    found[order] = at_or_below - before[keys_ev[order]]
+    return count, found[len(mids):len(mids) + n], found[len(mids) + n:]
+
+
+# Events of up to this many contracts get their patterns together, from index
+# arrays of (rows x contracts) entries; a wider event gets its own by
+# broadcasting, so its patterns take no more memory than its rows in the table.
+_FLAT_WIDTH = 64
+
+
+def events_regions(book: Book, probs, events: dict[str, list[int]]) -> dict[str, np.ndarray]:
+    """Every event's YES patterns (its distinct regions x its contracts, in the
+    order of ``events[e]``), from one sort of all the events' cuts.
+
+    A region's pattern differs from the previous one's only where a contract's
+    interval starts or ends, so the distinct patterns are found without
+    comparing rows; regions that no contract covers all have the empty pattern,
+    kept once. The output has one row per distinct region of each event."""
+    names = list(events)
+    if not names:
+        return {}
+    probs = np.asarray(probs, dtype=np.float64)
+    _, ev, lo, hi = _cuts(book, probs, names, events)
+    E = len(names)
+    count, first, stop = _intervals(E, ev, lo, hi)
+    offset = np.concatenate([[0], np.cumsum(count)[:-1]])
+    change = np.zeros(int(count.sum()), dtype=bool)
+    change[offset] = True
     live = first < stop
-    change = np.zeros(len(mids), dtype=bool)
-    change[0] = True
     for bound in (first[live], stop[live]):
-        bound = bound[bound < len(mids)]
-        change[bound] = True
-    keep = np.flatnonzero(change)
-    r = keep[:, None]
-    pats = ((r >= first[None, :]) & (r < stop[None, :])).astype(np.float64)
-    # Regions that no contract covers all have the empty pattern: keep one.
-    empty = ~pats.any(axis=1)
-    if empty.sum() > 1:
-        drop = np.flatnonzero(empty)[1:]
-        pats = np.delete(pats, drop, axis=0)
-    return pats
+        at = ev[live]
+        inside = bound < count[at]
+        change[offset[at[inside]] + bound[inside]] = True
+    rows = np.flatnonzero(change)
+    row_ev = np.searchsorted(offset, rows, side="right") - 1
+    k = rows - offset[row_ev]  # region of each row within its event
+    sizes = np.bincount(ev, minlength=E)
+    start = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    out: dict[int, np.ndarray] = {}
+    wide = sizes > _FLAT_WIDTH
+    for i in np.flatnonzero(wide).tolist():
+        region = k[row_ev == i][:, None]
+        c = slice(start[i], start[i] + sizes[i])
+        pats = (region >= first[None, c]) & (region < stop[None, c])
+        empty = np.flatnonzero(~pats.any(axis=1))
+        out[i] = np.delete(pats, empty[1:], axis=0).astype(np.float64)
+    narrow = ~wide[row_ev]
+    if narrow.any():
+        r_ev, r_k = row_ev[narrow], k[narrow]
+        width = sizes[r_ev]
+        row_start = np.concatenate([[0], np.cumsum(width)[:-1]])
+        row = np.repeat(np.arange(len(r_k)), width)
+        j = start[r_ev][row] + np.arange(len(row)) - row_start[row]
+        pattern = (r_k[row] >= first[j]) & (r_k[row] < stop[j])
+        blank = np.flatnonzero(np.logical_or.reduceat(pattern, row_start) == 0)
+        keep = np.ones(len(r_k), dtype=bool)
+        keep[blank[1:][r_ev[blank[1:]] == r_ev[blank[:-1]]]] = False  # a second empty row
+        pattern = pattern[keep[row]].astype(np.float64)
+        n_rows = np.bincount(r_ev[keep], minlength=E)
+        blocks = np.split(pattern, np.cumsum(n_rows * sizes)[:-1])
+        for i in np.flatnonzero(~wide).tolist():
+            out[i] = blocks[i].reshape(int(n_rows[i]), int(sizes[i]))
+    return {e: out[i] for i, e in enumerate(names)}
+
+
+def event_regions(book: Book, probs, idx: list[int]) -> np.ndarray:
+    """YES patterns (regions x contracts) of one event's distinct regions
+    ([`events_regions`][] of that event alone)."""
+    return events_regions(book, probs, {"": list(idx)})[""]
 
 
 def build_outcome_table(book: Book, quantity: np.ndarray | None = None) -> OutcomeTable:
@@ -178,47 +270,50 @@ def build_outcome_table(book: Book, quantity: np.ndarray | None = None) -> Outco
     for i in parlays:
         parlays_of.setdefault(find(ev_of[ids[book.contracts[i].legs[0]]]), []).append(i)
 
-    regions = {e: event_regions(book, probs, events[e]) for e in names}
+    regions = events_regions(book, probs, events)
     q = np.zeros(n) if quantity is None else np.asarray(quantity, dtype=np.float64)
-    rows: list[tuple[int, list[int], np.ndarray]] = []
+    # Blocks of rows: (component, its contracts, YES patterns: rows x contracts).
+    blocks: list[tuple[int, np.ndarray, np.ndarray]] = []
     exact = exact_at_book = True
     comp_id = 0
     for root, evs in groups.items():
         pls = parlays_of.get(root, [])
         cidx = np.array([i for e in evs for i in events[e]] + pls, dtype=np.int32)
         if not pls and len(evs) == 1:  # one event alone: its regions are the rows
-            rows.extend((comp_id, cidx, r) for r in regions[evs[0]])
+            blocks.append((comp_id, cidx, regions[evs[0]]))
             comp_id += 1
             continue
         combos = math.prod(len(regions[e]) for e in evs)
         masks = _leg_masks(book, ids, events, regions, evs, pls)
         if combos <= ENUMERATION_LIMIT:
-            for choice in itertools.product(*(range(len(regions[e])) for e in evs)):
-                rows.append((comp_id, cidx, _pattern(regions, evs, choice, masks)))
+            pats = [_pattern(regions, evs, choice, masks)
+                    for choice in itertools.product(*(range(len(regions[e])) for e in evs))]
+            blocks.append((comp_id, cidx, np.array(pats)))
             comp_id += 1
             continue
         exact = False
         choice = _branch_and_bound(events, regions, evs, pls, masks, q)
         if choice is not None:
-            rows.append((comp_id, cidx, _pattern(regions, evs, choice, masks)))
+            blocks.append((comp_id, cidx, _pattern(regions, evs, choice, masks)[None, :]))
             comp_id += 1
             continue
         exact_at_book = False  # conservative: events and parlays as free components
         for e in evs:
-            for r in regions[e]:
-                rows.append((comp_id, events[e], r))
+            blocks.append((comp_id, np.asarray(events[e], dtype=np.int32), regions[e]))
             comp_id += 1
         for i in pls:
-            rows.append((comp_id, [i], np.zeros(1)))
-            rows.append((comp_id, [i], np.ones(1)))
+            blocks.append((comp_id, np.array([i], dtype=np.int32), np.array([[0.0], [1.0]])))
             comp_id += 1
-    width = max([len(r[1]) for r in rows], default=1)
-    comp = np.array([r[0] for r in rows], dtype=np.int32)
-    index = np.full((len(rows), width), -1, dtype=np.int32)
-    yes = np.zeros((len(rows), width))
-    for k, (_, cidx, pat) in enumerate(rows):
-        index[k, : len(cidx)] = cidx
-        yes[k, : len(cidx)] = pat
+    counts = [len(pats) for _, _, pats in blocks]
+    width = max([len(cidx) for _, cidx, _ in blocks], default=1)
+    comp = np.repeat(np.array([c for c, _, _ in blocks], dtype=np.int32), counts)
+    index = np.full((len(comp), width), -1, dtype=np.int32)
+    yes = np.zeros((len(comp), width))
+    at = 0
+    for (_, cidx, pats), rows in zip(blocks, counts, strict=True):
+        index[at:at + rows, : len(cidx)] = cidx
+        yes[at:at + rows, : len(cidx)] = pats
+        at += rows
     return OutcomeTable(comp, index, yes, exact, exact_at_book)
 
 

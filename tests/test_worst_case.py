@@ -175,8 +175,24 @@ def test_branch_and_bound_over_budget_falls_back_to_an_upper_bound(monkeypatch):
 
 
 # ---------------------------------------------------------------------------
-# The regions of one event in O(n log n), and large events
+# The regions of every event in O(n log n), and large events
 # ---------------------------------------------------------------------------
+def _merged_edges(cuts) -> list[float]:
+    """An event's region edges by the definition, point by point: its distinct
+    cuts with 0 and 1, ascending; a cut within _MERGE above the last edge kept
+    joins it; the last edge is 1."""
+    points = sorted({0.0, 1.0, *cuts})
+    merged = [points[0]]
+    for x in points[1:]:
+        if x - merged[-1] > _worst_case._MERGE:
+            merged.append(x)
+    if merged[-1] < 1.0 - _worst_case._MERGE:
+        merged.append(1.0)
+    else:
+        merged[-1] = 1.0
+    return merged
+
+
 def _pairwise_regions(book, probs, idx):
     """The definition, evaluated directly: every region between the merged
     cuts, each contract tested at the region's midpoint, distinct rows."""
@@ -194,20 +210,15 @@ def _pairwise_regions(book, probs, idx):
         his.append(min(hi, 1.0))
     if book.contracts[idx[0]].type == "outcome" and cum >= 1.0 - _worst_case.OUTCOME_FULL:
         his[-1] = 1.0
-    points = sorted({0.0, 1.0, *los, *his})
-    merged = [points[0]]
-    for x in points[1:]:
-        if x - merged[-1] > _worst_case._MERGE:
-            merged.append(x)
-    if merged[-1] < 1.0 - _worst_case._MERGE:
-        merged.append(1.0)
-    else:
-        merged[-1] = 1.0
+    merged = _merged_edges([*los, *his])
     mids = [(a + b) / 2 for a, b in zip(merged[:-1], merged[1:])]
     return {tuple(float(lo < m <= hi) for lo, hi in zip(los, his)) for m in mids}
 
 
-_CUTS = st.one_of(st.floats(0.01, 0.99), st.sampled_from([0.3, 0.3 + 1e-10, 0.7, 0.5]))
+# Near-equal cuts: one pair within _MERGE, and runs of three or four whose
+# neighbours are within _MERGE but whose ends are not (merged point by point).
+_NEAR = [0.3, 0.3 + 1e-10, 0.3 + 6e-10, 0.3 + 1.2e-9, 0.3 + 1.8e-9]
+_CUTS = st.one_of(st.floats(0.01, 0.99), st.sampled_from([*_NEAR, 0.7, 0.5]))
 
 
 @settings(max_examples=150, deadline=None)
@@ -231,11 +242,34 @@ def test_event_regions_equal_the_pairwise_definition(ladder, outcomes, full):
                   for i, p in enumerate(outcomes)]
     book = make_book(contracts, ladder_tolerance=0.5, outcome_overround=1.05)
     probs = book.simulation_probabilities()
-    for idx in book.events().values():
+    events = book.events()
+    together = _worst_case.events_regions(book, probs, events)  # one sort of every event's cuts
+    for e, idx in events.items():
         rows = _worst_case.event_regions(book, probs, idx)
+        np.testing.assert_array_equal(together[e], rows)
         got = [tuple(r) for r in rows.tolist()]
         assert len(got) == len(set(got))
         assert set(got) == _pairwise_regions(book, probs, idx)
+
+
+_EDGE_CUTS = st.one_of(st.floats(0.0, 1.0),
+                       st.sampled_from([*_NEAR, 5e-10, 1.0 - 5e-10, 1.0 - 1.5e-9, 1.0 - 2e-9]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(_EDGE_CUTS, min_size=1, max_size=10), min_size=1, max_size=6))
+def test_every_events_edges_at_once_equal_the_point_by_point_merge(events):
+    """`_edges` merges the cuts of every event in one sort; per event that is
+    the point-by-point rule, with runs of near cuts (each within _MERGE of the
+    next, the run wider) and cuts within _MERGE of 0 or 1, which no validated
+    price reaches (prices lie in [1e-6, 1 - 1e-6])."""
+    ev = np.concatenate([np.full(len(c), k) for k, c in enumerate(events)])
+    cuts = np.concatenate([np.asarray(c, dtype=np.float64) for c in events])
+    back = np.arange(len(cuts))[::-1]  # not grouped by event, nor sorted
+    edge_ev, edge = _worst_case._edges(len(events), ev[back], cuts[back], cuts[back])
+    assert np.all(np.diff(edge_ev) >= 0)
+    for k, c in enumerate(events):
+        assert edge[edge_ev == k].tolist() == _merged_edges(c)
 
 
 def test_large_events_build_fast():
