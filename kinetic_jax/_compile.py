@@ -10,6 +10,9 @@ import threading
 import jax
 import jax.monitoring
 
+from ._arrays import clear_layouts
+from ._block import clear_laws
+
 
 class CompileCounter(contextlib.AbstractContextManager):
     """Counts jaxpr traces and XLA backend compilations process-wide, from
@@ -71,9 +74,6 @@ def clear_caches() -> None:
     after it compiles them. A counter of compilations then sees one where no
     shape changed. The dashboard's program cache clears this way.
     """
-    from ._arrays import clear_layouts
-    from ._block import clear_laws
-
     clear_layouts()
     clear_laws()
     jax.clear_caches()

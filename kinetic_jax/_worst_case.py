@@ -85,9 +85,9 @@ class OutcomeTable:
 
 
 def _cuts(book: Book, probs: np.ndarray, names: list[str], events: dict[str, list[int]]):
-    """Every event's contracts as one flat list: ``(idx, ev, lo, hi)``, the
-    contract, its event's position in `names` and the interval ``(lo, hi]`` of
-    u = Phi(X) where it is YES."""
+    """Every event's contracts as one flat list, event by event: ``(ev, lo,
+    hi)``, the position of each one's event in `names` and the interval ``(lo,
+    hi]`` of u = Phi(X) where it is YES."""
     sizes = np.array([len(events[e]) for e in names], dtype=np.int64)
     idx = np.concatenate([np.asarray(events[e], dtype=np.int64) for e in names])
     ev = np.repeat(np.arange(len(names)), sizes)
@@ -105,7 +105,7 @@ def _cuts(book: Book, probs: np.ndarray, names: list[str], events: dict[str, lis
             hi[a:b] = np.minimum(cum, 1.0)
             if cum[-1] >= 1.0 - OUTCOME_FULL:
                 hi[b - 1] = 1.0  # as the simulation: no unlisted remainder (atom_cuts)
-    return idx, ev, lo, hi
+    return ev, lo, hi
 
 
 def _edges(ev_count: int, ev: np.ndarray, lo: np.ndarray, hi: np.ndarray):
@@ -189,7 +189,7 @@ def events_regions(book: Book, probs, events: dict[str, list[int]]) -> dict[str,
     if not names:
         return {}
     probs = np.asarray(probs, dtype=np.float64)
-    _, ev, lo, hi = _cuts(book, probs, names, events)
+    ev, lo, hi = _cuts(book, probs, names, events)
     E = len(names)
     count, first, stop = _intervals(E, ev, lo, hi)
     offset = np.concatenate([[0], np.cumsum(count)[:-1]])
