@@ -182,7 +182,10 @@ def book_arrays(book: Book, dtype=None) -> tuple[BookArrays, BookLayout]:
     layout; docs/benchmarks.md, "The host layer of a margin call"). A
     dashboard request lays its book out for its limits and again for its
     margin; every margin call of a sweep of seeds or scenario counts lays out
-    the same book.
+    the same book. The worst-case table's module limits
+    (``_worst_case.ENUMERATION_LIMIT``, ``BRANCH_AND_BOUND_NODES``) are read when
+    a book is laid out: after changing one, [`clear_caches`][] lays every book
+    out anew.
     """
     dtype = float_dtype(dtype)
     try:
