@@ -18,6 +18,11 @@ class CompileCounter(contextlib.AbstractContextManager):
     """Counts jaxpr traces and XLA backend compilations process-wide, from
     ``jax.monitoring`` duration events.
 
+    A compilation here is a miss of JAX's in-memory cache of executables: an
+    XLA compile, or a load from the persistent compilation cache (JAX times
+    both as one event). A value change that compiles nothing leaves the count
+    where it was, cache or no cache.
+
     As a context manager it listens inside the block only (``with CompileCounter()
     as c: ...; assert c.compiles == 0``); `listen` registers it for the life of
     the process instead. Thread-safe: the service counts from worker threads.
