@@ -84,7 +84,7 @@ class OutcomeTable:
         return out
 
 
-def _cuts(book: Book, probs: np.ndarray, names: list[str], events: dict[str, list[int]]):
+def _yes_intervals(book: Book, probs: np.ndarray, names: list[str], events: dict[str, list[int]]):
     """Every event's contracts as one flat list, event by event: ``(ev, lo,
     hi)``, the position of each one's event in `names` and the interval ``(lo,
     hi]`` of u = Phi(X) where it is YES."""
@@ -189,7 +189,7 @@ def events_regions(book: Book, probs, events: dict[str, list[int]]) -> dict[str,
     if not names:
         return {}
     probs = np.asarray(probs, dtype=np.float64)
-    ev, lo, hi = _cuts(book, probs, names, events)
+    ev, lo, hi = _yes_intervals(book, probs, names, events)
     E = len(names)
     count, first, stop = _intervals(E, ev, lo, hi)
     offset = np.concatenate([[0], np.cumsum(count)[:-1]])
@@ -230,12 +230,6 @@ def events_regions(book: Book, probs, events: dict[str, list[int]]) -> dict[str,
         for i in np.flatnonzero(~wide).tolist():
             out[i] = blocks[i].reshape(int(n_rows[i]), int(sizes[i]))
     return {e: out[i] for i, e in enumerate(names)}
-
-
-def event_regions(book: Book, probs, idx: list[int]) -> np.ndarray:
-    """YES patterns (regions x contracts) of one event's distinct regions
-    ([`events_regions`][] of that event alone)."""
-    return events_regions(book, probs, {"": list(idx)})[""]
 
 
 def build_outcome_table(book: Book, quantity: np.ndarray | None = None) -> OutcomeTable:

@@ -245,7 +245,7 @@ def test_event_regions_equal_the_pairwise_definition(ladder, outcomes, full):
     events = book.events()
     together = _worst_case.events_regions(book, probs, events)  # one sort of every event's cuts
     for e, idx in events.items():
-        rows = _worst_case.event_regions(book, probs, idx)
+        rows = _worst_case.events_regions(book, probs, {e: idx})[e]  # the event alone
         np.testing.assert_array_equal(together[e], rows)
         got = [tuple(r) for r in rows.tolist()]
         assert len(got) == len(set(got))
