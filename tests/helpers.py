@@ -12,6 +12,7 @@ import math
 import threading
 from collections.abc import Callable, Iterable, Mapping
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,7 +21,7 @@ from jax.flatten_util import ravel_pytree
 from scipy.stats import multivariate_normal, norm
 
 import kinetic_jax as kj
-from kinetic_jax import Book, Contract, Hierarchy, Position, Settings
+from kinetic_jax import Book, Contract, Hierarchy, Position, Settings, _shortfall
 
 # ---------------------------------------------------------------------------
 # Pytree comparison
@@ -530,3 +531,16 @@ class ProgramLog:
     def __exit__(self, *exc) -> bool:
         jax.monitoring.unregister_event_duration_listener(self)
         return False
+
+
+# ---------------------------------------------------------------------------
+# The shortfall estimators, jitted as the engine runs them
+# ---------------------------------------------------------------------------
+# Called eagerly, every primitive of an estimator compiles on its own (one test of
+# tests/test_shortfall.py made 285 compiles). Under `equinox.filter_jit` the sizes
+# (Python ints) are static and each estimator is one program per shape and dtype.
+
+tail_statistics = eqx.filter_jit(_shortfall.tail_statistics)
+weighted_tail = eqx.filter_jit(_shortfall.weighted_tail)
+weighted_tail_statistics = eqx.filter_jit(_shortfall.weighted_tail_statistics)
+sortfree_tail_statistics = eqx.filter_jit(_shortfall.sortfree_tail_statistics)

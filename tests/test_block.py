@@ -505,8 +505,10 @@ def test_derivatives_that_would_miss_the_block_raise():
 
         with pytest.raises(ValueError, match="quantity, price, probability, loading: the "
                                              "'exact_block' sampler's law is fixed data"):
-            jax.grad(along)(getattr(arrays, leaf))
-    d_rho = jax.grad(lambda r: margin_of(eqx.tree_at(lambda a: a.rho, arrays, r)))(arrays.rho)
+            jax.jit(jax.grad(along))(getattr(arrays, leaf))
+    # Jitted (eagerly, each primitive compiles on its own: hundreds of compiles).
+    d_rho = jax.jit(jax.grad(lambda r: margin_of(eqx.tree_at(lambda a: a.rho, arrays, r))))(
+        arrays.rho)
     assert np.all(np.isfinite(np.asarray(d_rho)))
     # Without differentiation the same program runs (vmapped over seeds above).
     assert np.isfinite(float(jax.jit(margin_of)(arrays)))

@@ -131,13 +131,15 @@ def test_one_batch_surrogates_equal_that_batch_of_the_whole():
     agg = Aggregates(*(jnp.asarray(x, jnp.float32) for x in (
         rng.normal(size=(b, c, r)), rng.normal(size=(b, c, r, k)), tau,
         rng.uniform(0, 1, (b, r, c)) * tau[..., None])))
+    # Jitted (eagerly, every primitive compiles on its own, for each of the shapes).
+    jump, tail = jax.jit(jump_surrogate), jax.jit(tail_surrogate)
     pooled = pooled_yes(agg)
+    whole_jump, whole_tail = jump(arrays, agg), tail(arrays, agg)
     for i in range(b):
         one = jax.tree.map(lambda x, i=i: lax.dynamic_index_in_dim(x, i), agg)
-        np.testing.assert_allclose(jump_surrogate(arrays, one)[0],
-                                   jump_surrogate(arrays, agg)[i], rtol=1e-6, atol=1e-3)
-        np.testing.assert_allclose(tail_surrogate(arrays, one, pooled)[0],
-                                   tail_surrogate(arrays, agg)[i], rtol=1e-6, atol=1e-3)
+        np.testing.assert_allclose(jump(arrays, one)[0], whole_jump[i], rtol=1e-6, atol=1e-3)
+        np.testing.assert_allclose(tail(arrays, one, pooled)[0], whole_tail[i], rtol=1e-6,
+                                   atol=1e-3)
     # Without the pooled mean the empty batch would see only its own (empty) tail.
     empty = jax.tree.map(lambda x: lax.dynamic_index_in_dim(x, 3), agg)
-    assert not np.allclose(tail_surrogate(arrays, empty)[0], tail_surrogate(arrays, agg)[3])
+    assert not np.allclose(tail(arrays, empty)[0], whole_tail[3])

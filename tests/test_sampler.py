@@ -13,17 +13,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import above, binary, exact_es, make_book, outcome, parlay
-from scipy.stats import multivariate_normal, norm
-
-import kinetic_jax as kj
-from kinetic_jax._sampler import fit_proposal, scenario_losses
-from kinetic_jax._shortfall import (
+from helpers import (
+    above,
+    binary,
+    exact_es,
+    make_book,
+    outcome,
+    parlay,
     sortfree_tail_statistics,
     tail_statistics,
     weighted_tail,
     weighted_tail_statistics,
 )
+from scipy.stats import multivariate_normal, norm
+
+import kinetic_jax as kj
+from kinetic_jax._sampler import fit_proposal, scenario_losses
 
 SAMPLERS = ("plain", "importance")
 

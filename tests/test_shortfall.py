@@ -14,7 +14,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import reference_es
+from helpers import (
+    reference_es,
+    sortfree_tail_statistics,
+    tail_statistics,
+    weighted_tail,
+    weighted_tail_statistics,
+)
 from scipy import stats
 
 import kinetic_jax as kj
@@ -22,11 +28,7 @@ from kinetic_jax._block import lattice_statistics
 from kinetic_jax._shortfall import (
     order_ties,
     ordered_tail_statistics,
-    sortfree_tail_statistics,
-    tail_statistics,
     tied_with_var as kj_tied_with_var,
-    weighted_tail,
-    weighted_tail_statistics,
 )
 
 

@@ -44,7 +44,8 @@ def test_event_latents_have_the_lca_correlation():
         binary("G", 0.5),
     ])
     arrays, layout = kj.book_arrays(book)
-    x = np.asarray(kj.event_latents(jax.random.key(11), arrays, 131072), np.float64)
+    x = np.asarray(jax.jit(kj.event_latents, static_argnums=2)(jax.random.key(11), arrays,
+                                                              131072), np.float64)
     cols = [layout.event_names.index(e) for e in ("BTC-E", "ETH-E", "SPX-E", "G")]
     sample = np.corrcoef(x[:, cols].T)
     a = np.array([0.9, 0.9, 0.9, 0.0])

@@ -368,7 +368,7 @@ def test_stress_addon_is_differentiable_in_quantity_and_price():
                            arrays.vol).into(arrays)
         return kj.margin_arrays(a, params, key, s.scenarios, top).addons[2]
 
-    g_q, g_p = jax.grad(addon, argnums=(0, 1))(arrays.quantity, arrays.price)
+    g_q, g_p = jax.jit(jax.grad(addon, argnums=(0, 1)))(arrays.quantity, arrays.price)
     p_crash = mass([(0.5, 1)], 0.9, -4.0)
     # d addon / d q_A = (p_A - P_A) - d max(base, floor) / d q_A; the scenario part
     # is exact, so check it through the difference with the base's own gradient.
@@ -378,7 +378,7 @@ def test_stress_addon_is_differentiable_in_quantity_and_price():
         r = kj.margin_arrays(a, params, key, s.scenarios, top)
         return jnp.maximum(r.base, r.floor)
 
-    h_q, h_p = jax.grad(stressed, argnums=(0, 1))(arrays.quantity, arrays.price)
+    h_q, h_p = jax.jit(jax.grad(stressed, argnums=(0, 1)))(arrays.quantity, arrays.price)
     assert float(g_q[0] + h_q[0]) == pytest.approx(0.5 - p_crash, rel=1e-5)
     assert float(g_p[0] + h_p[0]) == pytest.approx(1000.0, rel=1e-5)
     # The JAX scenario losses: linear in q with slope p - P, in p with slope q.
