@@ -225,6 +225,29 @@ def _recompute_losses(state: SessionState, arrays: BookArrays) -> SessionState:
     return SessionState(state.yes, jnp.where(valid[None, :], losses, -jnp.inf), state.weights)
 
 
+def _padded(index: list[int], fill: int) -> Int[Array, " B"]:
+    """`index` padded with `fill` to a power-of-two bucket (at least 1)."""
+    out = np.full(bucket(len(index), 1), fill, np.int32)
+    out[: len(index)] = index
+    return jnp.asarray(out)
+
+
+@eqx.filter_jit
+def _new_rows(yes: UInt8[Array, "C Np"], latents: Float[Array, "Np Et"], arrays: BookArrays,
+              slots: Int[Array, " S"], columns: Int[Array, " S"], parlays: Int[Array, " P"],
+              legs: Int[Array, "P L"]) -> UInt8[Array, "C Np"]:
+    """The outcome matrix with the rows of `slots` set to their atoms of the latents
+    in `columns`, then the rows of `parlays` to the minimum of their `legs`' rows
+    (legs are not parlays, so the order is immaterial). One program: run eagerly,
+    each comparison, gather and scatter compiled on its own (93 small programs on
+    a session's first new contract)."""
+    lo, hi = atom_cuts(arrays)
+    x = latents[:, columns].T  # (S, Np)
+    atom = (x > lo[slots][:, None]) & (x <= hi[slots][:, None])
+    yes = yes.at[slots].set(atom.astype(yes.dtype), mode="drop")
+    return yes.at[parlays].set(jnp.min(yes[legs], axis=1), mode="drop")
+
+
 @eqx.filter_jit
 def _event_latents(view: BookArrays, key: PRNGKeyArray, scenarios: int, chunk: int,
                    proposal: Proposal | None) -> Float[Array, "Np Et"]:
@@ -571,22 +594,24 @@ class MarginSession:
         if cpad > yes.shape[0]:  # new padding slots are always YES, as in the core
             yes = jnp.concatenate(
                 [yes, jnp.ones((cpad - yes.shape[0], yes.shape[1]), yes.dtype)], axis=0)
-        if slots:
+        if slots or parlays:
             touched = sorted(ev_index[e] for e in touched_events)
-            latents = self._latents(arrays, touched, s.scenarios, chunk)  # (Np, Et)
             position = {e: t for t, e in enumerate(touched)}
-            lo, hi = (np.asarray(x) for x in atom_cuts(arrays))
-            rows = []
-            for i in slots:
-                x = latents[:, position[ev_index[book.contracts[i].event_key]]]
-                rows.append(((x > lo[i]) & (x <= hi[i])).astype(jnp.uint8))
-            yes = yes.at[jnp.asarray(slots)].set(jnp.stack(rows))
-        if parlays:
-            rows = []
-            for i in parlays:
-                legs = [ids[leg] for leg in book.contracts[i].legs]
-                rows.append(jnp.min(yes[jnp.asarray(legs)], axis=0))
-            yes = yes.at[jnp.asarray(parlays)].set(jnp.stack(rows))
+            latents = (self._latents(arrays, touched, s.scenarios, chunk) if slots
+                       else jnp.zeros((yes.shape[1], 1), arrays.price.dtype))  # (Np, Et)
+            # Padded to power-of-two buckets (stable shapes): padding entries point
+            # past the matrix (their rows are dropped), padding legs at the last
+            # slot, always padding and always YES.
+            width = bucket(max([len(book.contracts[i].legs) for i in parlays], default=1), 1)
+            legs = np.full((bucket(len(parlays), 1), width), cpad - 1, np.int32)
+            for r, i in enumerate(parlays):
+                legs[r, : len(book.contracts[i].legs)] = [ids[leg] for leg in
+                                                          book.contracts[i].legs]
+            yes = _new_rows(
+                yes, latents, arrays,
+                _padded(slots, cpad),
+                _padded([position[ev_index[book.contracts[i].event_key]] for i in slots], 0),
+                _padded(parlays, cpad), jnp.asarray(legs))
         state = SessionState(yes, state.losses, state.weights)
         quantity = np.zeros(cpad)
         qty = book.net_quantities()
@@ -598,13 +623,15 @@ class MarginSession:
         return book, arrays, layout, state
 
     def _latents(self, arrays: BookArrays, touched: list[int], scenarios: int, chunk: int):
-        """Latents (Np, len(touched)) of the events `touched` (indices in `arrays`),
-        from the same key and draws as a full simulation of the book."""
+        """Latents (Np, W) of the events `touched` (indices in `arrays`), from the
+        same key and draws as a full simulation of the book: column t < len(touched)
+        is event touched[t]'s; W is a power-of-two bucket (stable shapes)."""
         width = bucket(len(touched), 1)
         pick = np.full(width, touched[0], np.int64)
         pick[: len(touched)] = touched
         view = eqx.tree_at(lambda a: (a.event_seed, a.event_cluster), arrays,
-                           (arrays.event_seed[pick], arrays.event_cluster[pick]))
+                           (jnp.asarray(np.asarray(arrays.event_seed)[pick]),
+                            jnp.asarray(np.asarray(arrays.event_cluster)[pick])))
         proposal = None
         if self._proposal is not None:
             shift = np.zeros((self._proposal.event_shift.shape[0], width))
@@ -614,7 +641,7 @@ class MarginSession:
                     shift[:, t] = known[:, e]
             proposal = eqx.tree_at(lambda p: p.event_shift, self._proposal,
                                    jnp.asarray(shift, known.dtype))
-        return _event_latents(view, self._key, scenarios, chunk, proposal)[:, : len(touched)]
+        return _event_latents(view, self._key, scenarios, chunk, proposal)  # (Np, width)
 
 
 def _repad(state: SessionState, scenarios: int, n_padded: int) -> SessionState:
