@@ -67,6 +67,19 @@ def bucket(n: int, minimum: int = 8) -> int:
     return max(minimum, 1 << max(0, int(n - 1).bit_length()))
 
 
+# The exact worst-case table is padded to at least 64 rows of width 8: its work is
+# one gather per row and call, nothing beside the scenarios', and books whose
+# tables differ in size below that share their compiled programs (the test suite
+# compiled 110 distinct margin programs, 96 with these minimums).
+TABLE_MIN_ROWS, TABLE_MIN_WIDTH = 64, 8
+
+
+def padded_table_shape(table: OutcomeTable) -> tuple[int, int]:
+    """``(rows, width)`` of the padded worst-case arrays of `table`."""
+    return bucket(len(table.component), TABLE_MIN_ROWS), bucket(table.index.shape[1],
+                                                                TABLE_MIN_WIDTH)
+
+
 class BookArrays(eqx.Module):
     """A book as arrays (see module doc). Float leaves are the differentiable
     parameters: `quantity`, `price`, `probability`, `rho`, `loading`.
@@ -277,8 +290,7 @@ def _book_arrays(book: Book, dtype: np.dtype) -> tuple[BookArrays, BookLayout]:
     path = paths.arrays(book, ev_index, cpad, epad)
 
     table = build_outcome_table(book, quantity[:n])
-    rows = bucket(len(table.component))
-    width = bucket(table.index.shape[1], 1)
+    rows, width = padded_table_shape(table)
     n_real = len(table.component)
     ncomp = int(table.component.max()) + 1 if n_real else 0
     # Padding rows get components of their own, so they add max(0) = 0.

@@ -37,7 +37,7 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array, Float
 
-from ._arrays import BookArrays, book_arrays
+from ._arrays import BookArrays, book_arrays, padded_table_shape
 from ._book import MAX_AMOUNT, Book, check_book, check_number
 from ._errors import BookError, EngineError
 from ._margin import BINDING, MarginParams, margin_from_statistics
@@ -398,10 +398,7 @@ def _margin_good(book, arrays, layout, params, q, good, n, results, s, progress,
         built = [build_outcome_table(book.with_positions(
             {cid: v for cid, v in zip(book.contract_ids, row[:n]) if v != 0}), row[:n])
             for row in q]
-        from ._arrays import bucket
-
-        rows = max(bucket(len(t.component)) for t in built)
-        width = max(bucket(t.index.shape[1], 1) for t in built)
+        rows, width = (max(x) for x in zip(*(padded_table_shape(t) for t in built)))
         tables = [_table_leaves(t, cpad, rows, width) for t in built]
     dtype = arrays.price.dtype
     with Progress(len(good), "batch", want_progress(progress), unit="accounts") as bar:

@@ -59,7 +59,7 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array, Float, Int
 
-from ._arrays import BookArrays, book_arrays, bucket
+from ._arrays import BookArrays, book_arrays, padded_table_shape
 from ._block import BlockLaw, sampler_law
 from ._book import Book, Position, check_book
 from ._dates import DAYS_PER_YEAR, MAX_HORIZON_DAYS
@@ -892,8 +892,7 @@ class _Grid:
         return dataclasses.replace(self.book, contracts=tuple(contracts), positions=positions)
 
     def table_shape(self) -> tuple[int, int]:
-        rows = max(bucket(len(t.component)) for t in self._tables.values())
-        width = max(bucket(t.index.shape[1], 1) for t in self._tables.values())
+        rows, width = (max(x) for x in zip(*(padded_table_shape(t) for t in self._tables.values())))
         return (max(rows, self.arrays.wc_component.shape[0]),
                 max(width, self.arrays.wc_index.shape[1]))
 
