@@ -21,16 +21,19 @@ $(VENV)/.test: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.core
 	$(BIN)/kinetic-jax margin examples/reference_book.toml
 
+# The test session's JAX compilation cache is kept between runs in .pytest_cache
+# (tests/conftest.py; a clean clone, as on CI, starts cold).
+TEST_CACHE := KINETIC_JAX_TEST_CACHE_DIR=$(CURDIR)/.pytest_cache/jax-compilation
+
 test: $(VENV)/.test
 	$(BIN)/ruff check kinetic_jax tests experiments notebooks
-	$(BIN)/python -m pytest -n 2 --dist loadgroup --no-loadscope-reorder
+	$(TEST_CACHE) $(BIN)/python -m pytest -n 2 --dist loadgroup --no-loadscope-reorder
 
-# Inner loop: everything but the notebooks and the browser test, with the JAX
-# compilation cache kept across runs in .pytest_cache (make test starts cold).
+# Inner loop: everything but the notebooks and the browser tests.
 test-fast: $(VENV)/.test
 	$(BIN)/ruff check kinetic_jax tests experiments notebooks
-	KINETIC_JAX_TEST_CACHE_DIR=$(CURDIR)/.pytest_cache/jax-compilation \
-		$(BIN)/python -m pytest -n 2 --dist loadgroup --no-loadscope-reorder -m "not slow and not browser"
+	$(TEST_CACHE) $(BIN)/python -m pytest -n 2 --dist loadgroup --no-loadscope-reorder \
+		-m "not slow and not browser"
 
 lint: $(VENV)/.test
 	$(BIN)/ruff check kinetic_jax tests experiments notebooks
