@@ -46,7 +46,7 @@ from jaxtyping import Array, Bool, Float
 
 from ._arrays import LAYOUT_CACHE_SIZE, BookArrays
 from ._shortfall import sortfree_tail_statistics, weighted_tail_statistics
-from ._simulation import atom_cuts
+from ._simulation import atom_cuts_jit
 
 MAX_STATES = 1 << 14  # joint intervals of one component's events
 MAX_LATTICE = 1 << 16  # points of the block's lattice
@@ -229,9 +229,6 @@ def _law_of(components: list[_Component], slots: np.ndarray, q, price, tolerance
     return s0 - g * top, g, law[::-1]
 
 
-_cuts = eqx.filter_jit(atom_cuts)  # one dispatch instead of dozens (host time 24 -> 12 ms)
-
-
 def block_law(arrays: BookArrays) -> tuple[BlockLaw | None, int]:
     """``(law, positions)``: the [`BlockLaw`][] of `arrays` and the number of held
     positions it covers, or ``(None, 0)`` where the book has no independent
@@ -244,7 +241,7 @@ def block_law(arrays: BookArrays) -> tuple[BlockLaw | None, int]:
     dtype = arrays.price.dtype
     q = np.asarray(arrays.quantity, np.float64)
     price = np.asarray(arrays.price, np.float64)
-    lo, hi = (np.asarray(x, np.float64) for x in _cuts(arrays))
+    lo, hi = (np.asarray(x, np.float64) for x in atom_cuts_jit(arrays))
     event, legs = np.asarray(arrays.event), np.asarray(arrays.legs)
     # Quantities read to the precision they are held in (float32: 2^-23 relative).
     tolerance = max(float(np.finfo(dtype).eps), 1e-9)

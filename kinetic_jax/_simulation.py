@@ -80,6 +80,11 @@ def atom_cuts(arrays: BookArrays) -> tuple[Float[Array, " C"], Float[Array, " C"
     return _safe_ndtri(lo_u), _safe_ndtri(hi_u)
 
 
+# For host code (the exact-block law, a what-if's new rows): one dispatch instead of
+# dozens of eager ops (host time 24 -> 12 ms).
+atom_cuts_jit = eqx.filter_jit(atom_cuts)
+
+
 class Noise(eqx.Module):
     """The standard-normal draws of one simulation: `factors` z (N, K) for the
     cluster factors and `events` eta (N, E) for each event's own noise."""

@@ -92,7 +92,7 @@ from ._sampler import (
 from ._shortfall import (
     tail_size,
 )
-from ._simulation import HIGHEST, atom_cuts, latent_rows, latents_from_noise, outcome_rows
+from ._simulation import HIGHEST, atom_cuts_jit, latent_rows, latents_from_noise, outcome_rows
 
 MIN_TRADES = 8  # trade vectors are padded to a power of two >= this
 LAWS = 8  # exact-block laws a session keeps (MarginSession._law)
@@ -232,18 +232,19 @@ def _padded(index: list[int], fill: int) -> Int[Array, " B"]:
     return jnp.asarray(out)
 
 
-@eqx.filter_jit
-def _new_rows(yes: UInt8[Array, "C Np"], latents: Float[Array, "Np Et"], arrays: BookArrays,
-              slots: Int[Array, " S"], columns: Int[Array, " S"], parlays: Int[Array, " P"],
-              legs: Int[Array, "P L"]) -> UInt8[Array, "C Np"]:
-    """The outcome matrix with the rows of `slots` set to their atoms of the latents
-    in `columns`, then the rows of `parlays` to the minimum of their `legs`' rows
-    (legs are not parlays, so the order is immaterial). One program: run eagerly,
-    each comparison, gather and scatter compiled on its own (93 small programs on
-    a session's first new contract)."""
-    lo, hi = atom_cuts(arrays)
+@jax.jit
+def _new_rows(yes: UInt8[Array, "C Np"], latents: Float[Array, "Np Et"], lo: Float[Array, " C"],
+              hi: Float[Array, " C"], slots: Int[Array, " S"], columns: Int[Array, " S"],
+              parlays: Int[Array, " P"], legs: Int[Array, "P L"]) -> UInt8[Array, "C Np"]:
+    """The outcome matrix with the rows of `slots` set to their atoms (cuts `lo`,
+    `hi`) of the latents in `columns`, then the rows of `parlays` to the minimum of
+    their `legs`' rows (legs are not parlays, so the order is immaterial). One
+    program, depending on the sizes alone (not on the rest of the book's layout):
+    run eagerly, each comparison, gather and scatter compiled on its own (86 small
+    programs on a session's first new contract of the reference book)."""
     x = latents[:, columns].T  # (S, Np)
-    atom = (x > lo[slots][:, None]) & (x <= hi[slots][:, None])
+    lo_s, hi_s = lo.at[slots].get(mode="clip"), hi.at[slots].get(mode="clip")
+    atom = (x > lo_s[:, None]) & (x <= hi_s[:, None])
     yes = yes.at[slots].set(atom.astype(yes.dtype), mode="drop")
     return yes.at[parlays].set(jnp.min(yes[legs], axis=1), mode="drop")
 
@@ -607,8 +608,9 @@ class MarginSession:
             for r, i in enumerate(parlays):
                 legs[r, : len(book.contracts[i].legs)] = [ids[leg] for leg in
                                                           book.contracts[i].legs]
+            lo, hi = atom_cuts_jit(arrays)
             yes = _new_rows(
-                yes, latents, arrays,
+                yes, latents, lo, hi,
                 _padded(slots, cpad),
                 _padded([position[ev_index[book.contracts[i].event_key]] for i in slots], 0),
                 _padded(parlays, cpad), jnp.asarray(legs))

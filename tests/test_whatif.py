@@ -147,10 +147,13 @@ NEW = [
      kj.Contract("NEW-PARLAY", "Parlays", "parlay", 0.2, legs=("NEW-GAME", "BTC-100K-DEC"))],
     # a new event in a cluster with a loading
     [kj.Contract("ETH-2K-MAR", "ETH", "below", 0.2, event="ETH-MAR", threshold=2000.0)],
+    # 22 new games: 65 contracts cross the padding bucket of 64 slots
+    [kj.Contract(f"NEW-GAME-{i}", "Sports", "binary", 0.3 + 0.01 * i) for i in range(22)],
 ]
 
 
-@pytest.mark.parametrize("new", NEW, ids=["strike", "outcome", "parlay", "event"])
+@pytest.mark.parametrize("new", NEW, ids=["strike", "outcome", "parlay", "event",
+                                          "new-bucket"])
 def test_new_contracts_equal_a_full_call_on_the_new_book(reference, new):
     book, session = reference
     trades = {c: (-1500.0 if i else 2000.0) for i, c in enumerate(new)}
@@ -160,6 +163,21 @@ def test_new_contracts_equal_a_full_call_on_the_new_book(reference, new):
     assert_same(r, f)
     assert {c.name: c.positions for c in r.clusters} == {c.name: c.positions
                                                          for c in f.clusters}
+
+
+def test_a_new_parlay_on_legs_already_in_the_book(reference):
+    """No event is redrawn: only the parlay's row is new, the minimum of its three
+    legs' rows (one padding leg, always YES). Sold, so that how often it pays
+    moves the Parlays cluster's tail (bought at 0.05, its rare YES barely would)."""
+    book, session = reference
+    new = kj.Contract("NEW-3-LEGS", "Parlays", "parlay", 0.05,
+                      legs=("NBA-LAL", "NFL-PHI", "ETH-5K-DEC"))
+    trades = {new: -3000.0}
+    r = session.what_if(trades)
+    f = kj.portfolio_margin(traded_book(book, trades, [new]))
+    assert_same(r, f)
+    parlays = {c.name: c.es for c in r.clusters}["Parlays"]
+    assert parlays > {c.name: c.es for c in session.report.clusters}["Parlays"]
 
 
 def test_new_contract_held_at_zero_leaves_the_margin(reference):
