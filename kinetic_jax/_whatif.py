@@ -599,7 +599,7 @@ class MarginSession:
             touched = sorted(ev_index[e] for e in touched_events)
             position = {e: t for t, e in enumerate(touched)}
             latents = (self._latents(arrays, touched, s.scenarios, chunk) if slots
-                       else jnp.zeros((yes.shape[1], 1), arrays.price.dtype))  # (Np, Et)
+                       else jnp.asarray(np.zeros((yes.shape[1], 1), arrays.price.dtype)))
             # Padded to power-of-two buckets (stable shapes): padding entries point
             # past the matrix (their rows are dropped), padding legs at the last
             # slot, always padding and always YES.

@@ -31,12 +31,15 @@ from kinetic_jax._shortfall import (
     tied_with_var as kj_tied_with_var,
 )
 
+# Jitted, as the engine runs it (eagerly, each primitive compiles on its own).
+expected_shortfall = jax.jit(kj.expected_shortfall, static_argnums=2)
+
 
 def _es(losses, alpha, top=None, dtype=jnp.float32):
     x = jnp.asarray(losses, dtype)
     n = x.shape[-1]
     top = kj.tail_size(n, alpha) if top is None else top
-    es, se, var = kj.expected_shortfall(x, jnp.asarray(alpha, dtype), top)
+    es, se, var = expected_shortfall(x, jnp.asarray(alpha, dtype), top)
     return float(es), float(se), float(var)
 
 
@@ -122,7 +125,7 @@ def test_estimator_independent_of_tail_bucket_and_batched(x64):
     alpha = 0.987  # k = 26 exactly in exact arithmetic, 25.99999... in binary
     top = kj.tail_size(2000, alpha)
     assert top % 64 == 0 and top >= math.floor(2000 * (1 - alpha)) + 2
-    es_batched, se_batched, _ = kj.expected_shortfall(jnp.asarray(losses), jnp.asarray(alpha), top)
+    es_batched, se_batched, _ = expected_shortfall(jnp.asarray(losses), jnp.asarray(alpha), top)
     for row in range(3):
         full_sort, _, _ = _es(losses[row], alpha, top=2000, dtype=jnp.float64)
         assert float(es_batched[row]) == pytest.approx(full_sort, rel=1e-12)
