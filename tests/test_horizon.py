@@ -39,7 +39,7 @@ import kinetic_jax as kj
 from kinetic_jax import Book, Cluster, Hierarchy, Node, Settings
 from kinetic_jax._arrays import book_arrays
 from kinetic_jax._marks import horizon_mark_rows
-from kinetic_jax._simulation import atom_cuts, outcomes
+from kinetic_jax._simulation import atom_cuts_jit, outcomes
 
 AS_OF = "2026-06-01"
 REFERENCE = Path(__file__).resolve().parents[1] / "examples" / "reference_book.toml"
@@ -413,7 +413,7 @@ def _engine_marks(book: Book) -> dict[str, np.ndarray]:
     latents = np.zeros((len(Z_ROWS), arrays.event_cluster.shape[0]))
     for j, name in enumerate(EVENTS):
         latents[:, layout.event_names.index(name)] = Z_ROWS[:, j]
-    lo, hi = atom_cuts(arrays)
+    lo, hi = atom_cuts_jit(arrays)
     m = jax.jit(horizon_mark_rows)(jnp.asarray(latents.T), arrays, lo, hi)
     return {cid: np.asarray(m[i]) for i, cid in enumerate(book.contract_ids)}
 

@@ -249,7 +249,8 @@ def test_losses_equal_but_for_rounding_are_one_tie():
     assert len(np.unique(np.asarray(spread[2:7]))) == 5
     tangent = jnp.asarray(tangent, jnp.float32)
 
-    def slopes(t):
+    @jax.jit  # eagerly, each primitive compiles on its own (100 compiles)
+    def derivatives(t):
         tail = t[None, :64]
         run = kj_tied_with_var(tail, tail[:, 5])
         snapped = jnp.where(run, tail[:, 5:6], tail)
@@ -260,7 +261,10 @@ def test_losses_equal_but_for_rounding_are_one_tie():
                                (tail,), (ordered,))[1])
         out.append(jax.jvp(lambda x: kj.expected_shortfall(x, jnp.asarray(alpha), 64),
                            (t,), (tangent,))[1])
-        return np.array([[float(np.ravel(x)[0]) for x in d] for d in out])
+        return out
+
+    def slopes(t):
+        return np.array([[float(np.ravel(x)[0]) for x in d] for d in derivatives(t)])
 
     # The sort leaves the spread run in another order than the exact one.
     spread = jnp.sort(spread)[::-1]

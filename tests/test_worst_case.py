@@ -79,15 +79,15 @@ def test_jax_table_worst_case_matches_numpy():
     for _ in range(5):
         q = rng.normal(0, 100, n)
         qpad = jnp.zeros_like(arrays.quantity).at[:n].set(jnp.asarray(q, jnp.float32))
-        got = _worst_case.table_worst_case(qpad, arrays.price, arrays.wc_component,
-                                           arrays.wc_index, arrays.wc_yes)
+        got = jax.jit(_worst_case.table_worst_case)(qpad, arrays.price, arrays.wc_component,
+                                                    arrays.wc_index, arrays.wc_yes)
         expected = layout.table.worst_case(q, prices_of(book))
         assert float(got) == pytest.approx(expected, rel=1e-5)
         losses = (prices_of(book)[None, :] - enumerate_outcomes(book)[0]) @ q
         assert expected == pytest.approx(losses.max(), abs=1e-9)
         # Its gradient in the quantities is p - YES of the worst joint outcome
         # (unique for continuous random quantities).
-        grad = jax.grad(_worst_case.table_worst_case)(
+        grad = jax.jit(jax.grad(_worst_case.table_worst_case))(
             qpad, arrays.price, arrays.wc_component, arrays.wc_index, arrays.wc_yes)
         worst = enumerate_outcomes(book)[0][np.argmax(losses)]
         np.testing.assert_allclose(np.asarray(grad)[:n], prices_of(book) - worst, atol=1e-6)
