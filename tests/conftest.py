@@ -16,8 +16,7 @@
   removed at the end, unless ``KINETIC_JAX_TEST_CACHE_DIR`` names one to keep
   across runs: `make test` and `make test-fast` keep theirs in
   ``.pytest_cache/jax-compilation`` (a clean clone, as on CI, starts cold; the
-  whole suite took 517-546 s cold and 323-336 s warm on the 2-core machine,
-  2026-12-04).
+  README gives the cold and warm times).
   Each change of the engine adds the programs it changed and nothing removes
   the old ones, so a kept directory over `KEPT_CACHE_LIMIT` bytes is emptied at
   the start of a session (`trim_cache`).

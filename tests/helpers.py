@@ -540,6 +540,7 @@ class ProgramLog:
 # tests/test_shortfall.py made 285 compiles). Under `equinox.filter_jit` the sizes
 # (Python ints) are static and each estimator is one program per shape and dtype.
 
+expected_shortfall = eqx.filter_jit(kj.expected_shortfall)
 tail_statistics = eqx.filter_jit(_shortfall.tail_statistics)
 weighted_tail = eqx.filter_jit(_shortfall.weighted_tail)
 weighted_tail_statistics = eqx.filter_jit(_shortfall.weighted_tail_statistics)

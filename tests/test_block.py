@@ -43,6 +43,9 @@ from kinetic_jax._block import (
 
 PX, PY, Q = 0.95, 0.10, 1000.0
 
+# Jitted, as the engine runs it (eagerly, each primitive compiles on its own).
+lattice = jax.jit(lattice_statistics)
+
 
 def _games(scale: float = 1.0):
     """Games, an election and a parlay: zero loadings only (exactly enumerable)."""
@@ -126,8 +129,8 @@ def test_block_law_is_the_enumerated_law():
     expected = np.bincount(index, weights=prob, minlength=law.probs.size)
     np.testing.assert_allclose(np.asarray(law.probs, np.float64), expected, atol=1e-6)
     for alpha in (0.99, 0.9, 0.5):
-        es, var = lattice_statistics(law.origin[None], law.spacing[None], law.probs[None],
-                                     np.float32(alpha))
+        es, var = lattice(law.origin[None], law.spacing[None], law.probs[None],
+                          np.float32(alpha))
         assert float(es[0]) == pytest.approx(exact_es(book, alpha), rel=1e-5)
 
 
@@ -154,12 +157,11 @@ def test_the_law_of_random_independent_books_is_the_enumerated_law(book):
     expected = np.bincount(index, weights=prob, minlength=law.probs.size)
     np.testing.assert_allclose(np.asarray(law.probs, np.float64), expected, atol=2e-6)
     for alpha in (0.99, 0.95, 0.8):
-        es, _ = jax.jit(lattice_statistics)(law.origin[None], law.spacing[None], law.probs[None],
-                                            np.float32(alpha))
+        es, _ = lattice(law.origin[None], law.spacing[None], law.probs[None], np.float32(alpha))
         assert float(es[0]) == pytest.approx(exact_es(book, alpha), rel=1e-5, abs=1e-2)
     exact = np.asarray(law.cluster_exact)
-    es, _ = jax.jit(lattice_statistics)(law.cluster_origin, law.cluster_spacing, law.cluster_probs,
-                                        np.float32(0.99))
+    es, _ = lattice(law.cluster_origin, law.cluster_spacing, law.cluster_probs,
+                    np.float32(0.99))
     for c, name in enumerate(layout.cluster_names):
         if exact[c]:
             assert float(es[c]) == pytest.approx(exact_es(book, 0.99, name), rel=1e-5, abs=1e-2)

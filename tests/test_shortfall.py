@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import (
+    expected_shortfall,
     reference_es,
     sortfree_tail_statistics,
     tail_statistics,
@@ -30,9 +31,6 @@ from kinetic_jax._shortfall import (
     ordered_tail_statistics,
     tied_with_var as kj_tied_with_var,
 )
-
-# Jitted, as the engine runs it (eagerly, each primitive compiles on its own).
-expected_shortfall = jax.jit(kj.expected_shortfall, static_argnums=2)
 
 
 def _es(losses, alpha, top=None, dtype=jnp.float32):
