@@ -1,9 +1,15 @@
 """Shared test configuration.
 
-- Every test runs under strict dtype promotion (``jax.numpy_dtype_promotion("strict")``),
-  so an accidental float32/float64 or bool/float mix in the engine fails loudly. A
-  test that needs JAX's standard promotion opts out with
-  ``@pytest.mark.standard_promotion``.
+- Every process of the session runs under strict dtype promotion
+  (``JAX_NUMPY_DTYPE_PROMOTION=strict`` in the environment: the xdist workers and
+  the threads of the in-process dashboard, the CLI subprocesses, the dashboard
+  server of the browser tests, the notebook kernels), so an accidental
+  float32/float64 or bool/float mix anywhere fails loudly. It is one mode for the
+  whole session: JAX keys its traces on the mode, and the in-process dashboard
+  tests, whose server threads did not see the per-test context manager used
+  before, traced every engine program a second time under standard promotion.
+  A test that needs JAX's standard promotion opts out with
+  ``@pytest.mark.standard_promotion`` (a context manager around the test).
 - The `x64` fixture runs one test with ``jax_enable_x64`` switched on and restores
   the previous setting afterwards (a context manager, so nothing leaks into other
   tests even when the test fails). Nothing enables x64 globally.
@@ -113,6 +119,9 @@ if ("xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", "")
                       "--xla_cpu_use_fusion_emitters=false",
                       "--xla_disable_hlo_passes=constant_folding"]))
 
+# Strict dtype promotion for every process of the session (module doc).
+os.environ["JAX_NUMPY_DTYPE_PROMOTION"] = "strict"
+
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
@@ -201,11 +210,12 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(autouse=True)
-def _strict_dtype_promotion(request):
-    if request.node.get_closest_marker("standard_promotion") is not None:
+def _standard_dtype_promotion(request):
+    """The opt-out of the session's strict promotion (see the module doc)."""
+    if request.node.get_closest_marker("standard_promotion") is None:
         yield
         return
-    with jax.numpy_dtype_promotion("strict"):
+    with jax.numpy_dtype_promotion("standard"):
         yield
 
 

@@ -35,11 +35,6 @@ ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "examples" / "reference_book.toml"
 SCENARIOS = 8192
 
-# The server computes in its worker threads under JAX's standard dtype promotion;
-# the expected figures are computed here under the same promotion, so both share
-# one compilation (and the suite stays fast).
-pytestmark = pytest.mark.standard_promotion
-
 
 def small_book() -> dict:
     """The reference book as JSON, at 8,192 scenarios."""

@@ -38,7 +38,7 @@ import kinetic_jax as kj
 # The browser modules ask `--dist loadgroup` to run them on one xdist worker, so that
 # they share one server (`dashboard_server`). pytest-xdist 3.8 under pytest 9.2 ignores
 # the group (pytest-dev/pytest-xdist#1386): each worker then starts its own server.
-pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.standard_promotion,
+pytestmark = [pytest.mark.browser, pytest.mark.slow,
               pytest.mark.xdist_group("dashboard-browser")]
 
 CHROMIUM = "/usr/bin/chromium"

@@ -32,7 +32,7 @@ from test_dashboard_browser import (
 
 import kinetic_jax as kj
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.standard_promotion,
+pytestmark = [pytest.mark.browser, pytest.mark.slow,
               pytest.mark.xdist_group("dashboard-browser")]  # one server: see `dashboard_server`
 
 HORIZON = 2

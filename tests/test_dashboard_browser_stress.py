@@ -27,7 +27,7 @@ from test_dashboard_browser import (
 
 import kinetic_jax as kj
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.standard_promotion,
+pytestmark = [pytest.mark.browser, pytest.mark.slow,
               pytest.mark.xdist_group("dashboard-browser")]  # one server: see `dashboard_server`
 
 NAME, CLUSTER, VALUE, CONTRACT = "BTC slump, C wins", "BTC", -2.0, "PRES-2028-C"

@@ -22,7 +22,7 @@ from test_dashboard_browser import (
 
 import kinetic_jax as kj
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.standard_promotion,
+pytestmark = [pytest.mark.browser, pytest.mark.slow,
               pytest.mark.xdist_group("dashboard-browser")]  # one server: see `dashboard_server`
 
 CONTRACT, QUANTITY = "BTC-100K-DEC", 25_000

@@ -45,7 +45,6 @@ BASE = "http://127.0.0.1:8765"
 JSON = {"Content-Type": "application/json"}
 TOML = {"Content-Type": "application/toml"}
 
-pytestmark = pytest.mark.standard_promotion
 
 
 def small_book(scenarios: int = 1024) -> dict:

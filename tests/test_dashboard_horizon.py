@@ -39,8 +39,6 @@ import kinetic_jax as kj  # noqa: E402
 from kinetic_jax._dates import MAX_HORIZON_DAYS  # noqa: E402
 from kinetic_jax.dashboard import _service as service, create_app  # noqa: E402
 
-pytestmark = pytest.mark.standard_promotion
-
 JSON = {"Content-Type": "application/json"}
 AS_OF = datetime.date(2026, 6, 1)
 HORIZON = 2

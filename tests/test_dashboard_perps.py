@@ -49,8 +49,6 @@ from kinetic_jax.dashboard import (  # noqa: E402
     create_app,  # noqa: E402
 )
 
-pytestmark = pytest.mark.standard_promotion
-
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "perps_and_strip.toml"
 AS_OF = datetime.date(2026, 6, 1)

@@ -34,7 +34,6 @@ SCENARIOS = 8192
 JSON = {"Content-Type": "application/json"}
 TOML = {"Content-Type": "application/toml"}
 
-pytestmark = pytest.mark.standard_promotion
 
 # Added to the reference book's three scenarios: a cluster factor beside a node
 # factor elsewhere, and a NO resolution.

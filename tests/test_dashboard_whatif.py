@@ -17,8 +17,6 @@ from test_dashboard_api import JSON, assert_error, local_client, small_book  # n
 import kinetic_jax as kj  # noqa: E402
 from kinetic_jax.dashboard import create_app  # noqa: E402
 
-pytestmark = pytest.mark.standard_promotion
-
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):

@@ -1,10 +1,42 @@
-"""The test session's own set-up (tests/conftest.py): the kept compilation cache."""
+"""The test session's own set-up (tests/conftest.py): one strict dtype promotion for
+every thread and subprocess, the kept compilation cache."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
+import subprocess
+import sys
 
+import jax
+import jax.numpy as jnp
+import pytest
 from conftest import trim_cache
+
+
+def _mixed_sum_dtype() -> str:
+    """float32 + int32: an error under strict promotion, float32 under standard."""
+    try:
+        return str((jnp.ones(2, jnp.float32) + jnp.ones(2, jnp.int32)).dtype)
+    except jax.dtypes.TypePromotionError as e:
+        return type(e).__name__
+
+
+def test_strict_promotion_in_this_thread_another_and_a_subprocess():
+    # The in-process dashboard computes in worker threads, which a context manager
+    # entered in the test's thread would not reach.
+    assert _mixed_sum_dtype() == "TypePromotionError"
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        assert pool.submit(_mixed_sum_dtype).result() == "TypePromotionError"
+    out = subprocess.run(
+        [sys.executable, "-c", "import jax; print(jax.config.jax_numpy_dtype_promotion)"],
+        capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "strict"
+
+
+@pytest.mark.standard_promotion
+def test_a_test_can_opt_out_of_strict_promotion():
+    assert _mixed_sum_dtype() == "float32"
 
 
 def _fill(directory, sizes: list[int]) -> None:
