@@ -560,6 +560,7 @@ def _files(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
 
 
+@pytest.mark.slow  # three runs of the installed command: 5 s
 def test_second_run_loads_its_programs_from_the_cache(books, tmp_path):
     """First run: no cache variable, so the cache goes to $XDG_CACHE_HOME/kinetic_jax/jax
     and is filled. Second run, pointed there by KINETIC_JAX_CACHE_DIR: every
@@ -648,6 +649,7 @@ def test_unusable_cache_directory_only_warns(tmp_path, capsys):
     assert jax.config.jax_compilation_cache_dir == before
 
 
+@pytest.mark.slow  # runs of the installed command: 4-5 s
 def test_command_with_an_unusable_cache_still_answers(books, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")

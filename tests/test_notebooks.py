@@ -36,6 +36,9 @@ CELL_TIMEOUT_S = 300
 KERNEL = "python3"
 USER_XLA_FLAGS = "KINETIC_JAX_TEST_USER_XLA_FLAGS"  # set by conftest.py
 
+# All slow (not in `make test-fast`): the kernel's start and resets alone take 7 s.
+pytestmark = pytest.mark.slow
+
 # Run in the kernel (no history) before each notebook: empty the user namespace,
 # go to the notebook's directory, close stray figures, and print a fingerprint of
 # the process-wide settings a notebook could change (kinetic_jax imported first,
@@ -172,7 +175,6 @@ def test_kernel_is_reset_between_notebooks(kernel, tmp_path):
     assert x64 == "False" and kernel.restarts == restarts + 1
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_executes(path: Path, kernel):
     nb = nbformat.read(path, as_version=4)

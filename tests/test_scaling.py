@@ -138,7 +138,11 @@ def many_devices(tmp_path_factory) -> dict:
 
 
 # The tests that read `many_devices` run on one xdist worker, so the child runs once.
-_one_child = pytest.mark.xdist_group("test_scaling_many_devices")
+# Slow (not in `make test-fast`): the child alone takes 12-14 s with a warm cache.
+
+
+def _one_child(test):
+    return pytest.mark.slow(pytest.mark.xdist_group("test_scaling_many_devices")(test))
 
 
 @_one_child
@@ -248,6 +252,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # two processes that start JAX and meet: 5-6 s
 def test_two_processes_give_the_single_process_figures_with_two_devices():
     port = _free_port()
     procs = [

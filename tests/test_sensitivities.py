@@ -159,6 +159,7 @@ def test_euler_residual_equals_the_liquidity_non_homogeneity():
     assert s.euler_residual == pytest.approx(-gross * ratio, rel=1e-4)
 
 
+@pytest.mark.slow  # 96 margin and sensitivity calls: 13-14 s
 def test_closed_form_rho_and_loading_derivative_of_the_pair():
     """ES of long X / short Y with the worst outcome (X NO, Y YES) of probability
     P1 < 1%: ES = [P1 L1 + (1% - P1) L2] / 1%, so dES/drho = (L1 - L2)/1% * dP1/drho
