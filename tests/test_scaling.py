@@ -137,11 +137,9 @@ def many_devices(tmp_path_factory) -> dict:
     return result
 
 
-# The tests that read `many_devices` run on one xdist worker, so the child runs once.
-# Slow (not in `make test-fast`): the child alone takes 12-14 s with a warm cache.
-
-
 def _one_child(test):
+    """A test that reads `many_devices`: on one xdist worker, so the child runs once;
+    slow (not in `make test-fast`), the child alone takes 12-14 s with a warm cache."""
     return pytest.mark.slow(pytest.mark.xdist_group("test_scaling_many_devices")(test))
 
 
