@@ -29,9 +29,7 @@ test: $(VENV)/.test
 	$(BIN)/ruff check kinetic_jax tests experiments notebooks
 	$(TEST_CACHE) $(BIN)/python -m pytest -n 2 --dist loadgroup --no-loadscope-reorder
 
-# Inner loop: everything but the tests marked slow (the notebooks, the multi-device
-# and multi-process runs, the installed command's cache runs, the 96-seed report
-# check) and the browser tests; about 3 minutes with a warm cache (README).
+# Inner loop: everything but the tests marked slow and the browser tests (README).
 test-fast: $(VENV)/.test
 	$(BIN)/ruff check kinetic_jax tests experiments notebooks
 	$(TEST_CACHE) $(BIN)/python -m pytest -n 2 --dist loadgroup --no-loadscope-reorder \

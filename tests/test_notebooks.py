@@ -60,6 +60,8 @@ def kernel_env() -> dict[str, str]:
     env = dict(os.environ)
     # XLA's flags as they were before conftest.py set the session's (the default
     # code generation unless the caller chose one): notebooks run as users run them.
+    # The dtype promotion stays the session's strict one (conftest.py): stricter than
+    # a user's standard default, and a cell that passes under it computes the same.
     if USER_XLA_FLAGS in env:
         env["XLA_FLAGS"] = env.pop(USER_XLA_FLAGS)
     env["MPLBACKEND"] = "Agg"  # never a GUI, even if a notebook forgets to choose
