@@ -31,7 +31,12 @@ from ._book_file import (
     read_book_file as read_book_file,
 )
 from ._cache import enable_compilation_cache as enable_compilation_cache
-from ._compile import CompileCounter as CompileCounter, clear_caches as clear_caches
+from ._compile import (
+    CompileCounter as CompileCounter,
+    clear_caches as clear_caches,
+    memory_maps as memory_maps,
+    near_map_limit as near_map_limit,
+)
 from ._errors import BookError as BookError, EngineError as EngineError
 from ._format import format_margin_report as format_margin_report
 from ._hedge import (

@@ -1,11 +1,13 @@
 """Counting JAX traces and compilations: the proof that a value change does not
 recompile (tests, the dashboard's status, benchmarks); clearing what the engine
-holds in memory."""
+holds in memory, and how close the process is to the kernel's limit on memory
+maps that every compiled program draws on."""
 
 from __future__ import annotations
 
 import contextlib
 import threading
+import warnings
 
 import jax
 import jax.monitoring
@@ -82,3 +84,104 @@ def clear_caches() -> None:
     clear_layouts()
     clear_laws()
     jax.clear_caches()
+    _map_watch.rearm()
+
+
+# Linux: the mappings of this process, and the most one process may hold.
+_MAPS = "/proc/self/maps"
+_MAP_LIMIT = "/proc/sys/vm/max_map_count"
+
+
+def memory_maps() -> tuple[int, int] | None:
+    """``(count, limit)``: the memory mappings this process holds, and the most
+    the kernel lets one process hold (Linux's ``vm.max_map_count``, 65,530 by
+    default); None where ``/proc`` does not say (not Linux).
+
+    Every XLA CPU program holds mappings of its own for as long as JAX keeps it,
+    and JAX keeps every program it compiles or loads from the persistent cache
+    until [`clear_caches`][]. Measured with jax 0.10.2 on 300 of the test suite's
+    programs each: 95 mappings a program at XLA's default optimisation level, 69
+    at the test session's level 0; freeing the programs gives them back. A
+    process at the limit cannot map memory, and XLA then dies with a
+    segmentation fault, not an exception: at the default limit, after about 700
+    programs. A long-running process that compiles for many shapes (a sweep over
+    book sizes, scenario counts and samplers; a service) should clear the caches
+    before that ([`near_map_limit`][]); the dashboard does (docs/dashboard.md).
+    """
+    try:
+        with open(_MAP_LIMIT) as f:
+            limit = int(f.read())
+        with open(_MAPS, "rb") as f:
+            count = f.read().count(b"\n")
+    except (OSError, ValueError):
+        return None
+    return count, limit
+
+
+def near_map_limit(fraction: float = 0.5) -> bool:
+    """Whether this process holds more than `fraction` of the memory mappings the
+    kernel allows it ([`memory_maps`][]); False where that is not known. The
+    test session and the dashboard call [`clear_caches`][] when it is True;
+    a process past three quarters of the limit is warned (`MapWatch`)."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"fraction: {fraction!r} is not in (0, 1)")
+    maps = memory_maps()
+    return maps is not None and maps[0] > fraction * maps[1]
+
+
+class MapWatch:
+    """After XLA compiles (or loads from the persistent cache) in this process,
+    warns once (`RuntimeWarning`) when the process holds more than `fraction` of
+    the memory maps the kernel allows it: past the limit XLA dies with a
+    segmentation fault (see [`memory_maps`][]), and the warning names the way
+    out. [`clear_caches`][] re-arms it. Importing kinetic_jax registers one for
+    the process: a listener on ``jax.monitoring`` events, nothing else. It does
+    not clear the caches itself: clearing under a computation that another
+    thread is tracing or compiling is not safe, and only the caller knows.
+
+    Reading the maps costs about 1 ms per 1,000 of them (the kernel formats
+    every line), so the count is not read after every compile: after a reading
+    of `count`, the next one comes `(fraction * limit - count) // per_program`
+    compiles later (at least 1), where `per_program` bounds the maps one
+    compile adds (the engine's largest programs hold about 600 at XLA's
+    default flags). Far from the limit that is every few dozen compiles."""
+
+    def __init__(self, fraction: float = 0.75, per_program: int = 1_000):
+        self.fraction = fraction
+        self.per_program = per_program
+        self.warned = False
+        self.countdown = 0  # compiles until the next reading
+        self._lock = threading.Lock()
+
+    def rearm(self) -> None:
+        with self._lock:
+            self.warned = False
+            self.countdown = 0
+
+    def __call__(self, event: str, duration: float, **kwargs) -> None:
+        if event != CompileCounter.COMPILE or self.warned:
+            return
+        with self._lock:
+            self.countdown -= 1
+            if self.countdown > 0:
+                return
+            maps = memory_maps()
+            if maps is None:  # not Linux: never again
+                self.warned = True
+                return
+            count, limit = maps
+            headroom = self.fraction * limit - count
+            if headroom >= 0:
+                self.countdown = max(1, int(headroom) // self.per_program)
+                return
+            self.warned = True
+        warnings.warn(
+            f"kinetic_jax: this process holds {count:,} memory maps of the {limit:,} the "
+            f"kernel allows one process (vm.max_map_count); each compiled XLA program "
+            f"holds its own, and at the limit the process dies with a segmentation "
+            f"fault. Call kinetic_jax.clear_caches() between computations "
+            f"(docs/scaling.md, 'A long-running process').", RuntimeWarning, stacklevel=2)
+
+
+_map_watch = MapWatch()
+jax.monitoring.register_event_duration_secs_listener(_map_watch)

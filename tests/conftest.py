@@ -69,6 +69,10 @@
   alone took 111 s at the session's flags and 62 s at level 3; in a full suite the
   five notebooks took 268 s with the kernel at level 3 against 304 s in the run
   before, at the session's flags (two runs, not back to back).
+- Before each test module a worker that holds more than half the memory maps
+  the kernel allows one process clears JAX's caches
+  (`release_programs_near_map_limit`): every compiled program holds maps of
+  its own, and a process at the limit dies with a segmentation fault.
 - Tests marked ``slow`` are collected first, so that xdist starts them first;
   each module's tests run on one worker (`pytest_collection_modifyitems`). The
   Makefile passes ``--no-loadscope-reorder``: xdist would otherwise hand out the
@@ -207,6 +211,31 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("xdist_group") is None:
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+
+def release_programs_near_map_limit() -> bool:
+    """Clears the engine's in-memory caches (`kj.clear_caches`) when this process
+    holds more than half the memory maps the kernel allows one process
+    (`kj.near_map_limit`); returns whether it did. Each XLA program holds maps of
+    its own (70-95; `kj.memory_maps`) until JAX drops it, and JAX keeps every
+    program a worker compiles or loads: at XLA's default optimisation level a
+    worker reached the limit (65,530) two thirds of the way through its share of
+    the suite and died with a segmentation fault while loading a program from
+    the persistent cache; at the session's level 0 the busier worker peaked at
+    29,121 and 37,138 maps in two whole runs (2026-12-05). Between modules
+    nothing is running, so clearing is safe; the programs a later module shares
+    are traced and loaded again."""
+    if kj.near_map_limit():
+        kj.clear_caches()
+        return True
+    return False
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _programs_within_the_map_limit():
+    """Before each module (see `release_programs_near_map_limit`)."""
+    release_programs_near_map_limit()
+    yield
 
 
 @pytest.fixture(autouse=True)

@@ -147,6 +147,10 @@ def test_health_and_openapi(client, state_path):
     assert health["limits"]["max_scenarios"] == MAX_SCENARIOS == 1 << 20
     assert health["state_path"] == str(state_path)
     assert {"traces", "compiles"} <= set(health["jax"])
+    maps = kj.memory_maps()
+    assert (health["memory_maps"] is None) == (maps is None)
+    if maps is not None:  # Linux
+        assert 0 < health["memory_maps"]["count"] < health["memory_maps"]["limit"] == maps[1]
     spec = client.get("/openapi.json").json()
     for path in ("/api/margin", "/api/losses", "/api/sensitivities", "/api/validate", "/api/state",
                  "/api/export", "/api/import", "/api/health", "/api/reference"):

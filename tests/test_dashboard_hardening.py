@@ -330,6 +330,28 @@ def test_writes_need_application_json(client):
     assert r.status_code == 200
 
 
+def test_program_cache_clears_near_the_memory_map_limit(monkeypatch):
+    """Past half the kernel's limit on memory maps (each XLA program holds its
+    own; at the limit the process dies with a segmentation fault), a request
+    that may compile, one naming a program not held, clears the caches however
+    few programs the LRU holds; one that runs held programs does not."""
+    import jax
+
+    cleared, near = [], [False]
+    monkeypatch.setattr(jax, "clear_caches", lambda: cleared.append(1))
+    monkeypatch.setattr(kj, "near_map_limit", lambda fraction=0.5: near[0])
+    cache = service.ProgramCache(capacity=12)
+    with cache.running(["a"]) as was_cleared:
+        assert not was_cleared
+    near[0] = True
+    with cache.running(["a"]) as was_cleared:  # held: nothing to compile
+        assert not was_cleared
+    with cache.running(["a", "b"]) as was_cleared:
+        assert was_cleared
+    assert cleared == [1] and cache.snapshot() == {"programs": 2, "capacity": 12,
+                                                   "evictions": 1}
+
+
 def test_program_cache_clears_only_when_no_program_runs(monkeypatch):
     """A request that needs one program too many waits for the program another
     engine thread is running before clearing JAX's caches (clearing under a

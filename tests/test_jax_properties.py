@@ -5,6 +5,9 @@ sharing one simulation, and the float64 path."""
 from __future__ import annotations
 
 import dataclasses
+import gc
+import warnings
+from pathlib import Path
 
 import equinox as eqx
 import jax
@@ -314,3 +317,106 @@ def test_tree_allclose():
     assert not tree_allclose(a, {"x": jnp.ones(3), "n": 3})
     assert not tree_allclose(a, {"x": jnp.ones(4), "n": 2})
     assert not tree_allclose(a, {"x": jnp.ones(3, jnp.int32), "n": 2})
+
+
+# --- memory maps (last: it clears the worker's caches) ----------------------------------
+
+
+def test_compiled_programs_hold_memory_maps_until_the_caches_are_cleared():
+    """kj.memory_maps: the mappings of this process (the lines of /proc/self/maps)
+    and the kernel's limit on them. Each new XLA program adds mappings of its own
+    (about 30 for these small ones; the engine's hold 70-95), kj.clear_caches
+    gives them back, and near_map_limit compares the count with the limit: a
+    process at the limit dies with a segmentation fault, so the dashboard and the
+    test session clear before it."""
+    maps = kj.memory_maps()
+    if not Path("/proc/self/maps").exists():  # not Linux: nothing to count
+        assert maps is None and not kj.near_map_limit()
+        return
+    count, limit = maps
+    with open("/proc/self/maps") as f:
+        assert abs(count - sum(1 for _ in f)) < 50
+    assert limit == int(Path("/proc/sys/vm/max_map_count").read_text()) and 0 < count < limit
+    assert kj.near_map_limit(min(0.99, 0.5 * count / limit)) and not kj.near_map_limit(0.99)
+    for bad in (0.0, 1.0, -0.5, float("nan")):
+        with pytest.raises(ValueError, match="fraction"):
+            kj.near_map_limit(bad)
+
+    f = jax.jit(lambda x: jnp.cumsum(jnp.sin(x)) @ x)
+    before = kj.memory_maps()[0]
+    for n in range(10):  # ten shapes no other test compiles: ten programs
+        f(jnp.ones(1_009 + n, jnp.float32)).block_until_ready()
+    grown = kj.memory_maps()[0]
+    assert grown - before >= 100, (before, grown)
+    kj.clear_caches()
+    gc.collect()
+    assert grown - kj.memory_maps()[0] >= (grown - before) / 2
+
+
+def test_a_compile_past_three_quarters_of_the_map_limit_warns_once(monkeypatch):
+    """The listener kinetic_jax registers on JAX's compile events: a compile while
+    the process holds more than 3/4 of the kernel's memory maps warns (naming the
+    count, the limit and the way out) once; kj.clear_caches re-arms it. Below
+    that, or where the maps are unknown, compiles are silent. (The watch reads
+    the maps on every compile here: see the next test for how often it reads.)"""
+    from kinetic_jax import _compile
+
+    maps = [(1_000, 65_530)]
+    monkeypatch.setattr(_compile, "memory_maps", lambda: maps[0])
+    monkeypatch.setattr(_compile._map_watch, "per_program", 10**9)
+    _compile._map_watch.rearm()
+    f = jax.jit(lambda x: jnp.cos(x) * 3.0)
+    new = iter(range(2_017, 2_100))  # shapes no other test compiles: a compile each
+
+    def compile_one():
+        f(jnp.ones(next(new), jnp.float32)).block_until_ready()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        compile_one()  # 1.5 % of the limit
+    maps[0] = (50_000, 65_530)
+    with pytest.warns(RuntimeWarning, match=r"50,000 memory maps of the 65,530.*clear_caches"):
+        compile_one()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        compile_one()  # warned already
+    monkeypatch.setattr(_compile, "clear_layouts", lambda: None)
+    monkeypatch.setattr(_compile, "clear_laws", lambda: None)
+    monkeypatch.setattr(jax, "clear_caches", lambda: None)
+    kj.clear_caches()
+    with pytest.warns(RuntimeWarning, match="segmentation fault"):
+        compile_one()
+    _compile._map_watch.rearm()
+    maps[0] = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        compile_one()  # not Linux
+        compile_one()
+    _compile._map_watch.rearm()
+
+
+def test_the_map_watch_reads_the_maps_less_often_far_from_the_limit(monkeypatch):
+    """Reading /proc/self/maps costs about 1 ms per 1,000 maps, so after a reading
+    the watch waits (threshold - count) / per_program compiles: 1,000 maps of a
+    65,530 limit, 48 compiles (0.75 * 65,530 - 1,000 = 48,147, over 1,000 a
+    compile), then 48,500 maps, 1 compile; other events are not compiles."""
+    from kinetic_jax import _compile
+
+    reads, maps = [], [(1_000, 65_530)]
+    monkeypatch.setattr(_compile, "memory_maps", lambda: reads.append(1) or maps[0])
+    watch = _compile.MapWatch(0.75, per_program=1_000)
+    compile_event = _compile.CompileCounter.COMPILE
+    watch(compile_event, 0.1)
+    assert (len(reads), watch.countdown) == (1, 48)
+    for _ in range(10):
+        watch(_compile.CompileCounter.TRACE, 0.1)
+    for _ in range(47):
+        watch(compile_event, 0.1)
+    assert len(reads) == 1
+    maps[0] = (48_500, 65_530)
+    watch(compile_event, 0.1)
+    assert (len(reads), watch.countdown, watch.warned) == (2, 1, False)
+    maps[0] = (49_148, 65_530)  # just above 0.75 * 65,530 = 49,147.5
+    with pytest.warns(RuntimeWarning, match="49,148"):
+        watch(compile_event, 0.1)
+    assert len(reads) == 3 and watch.warned

@@ -1,5 +1,6 @@
 """The test session's own set-up (tests/conftest.py): one strict dtype promotion for
-every thread and subprocess, the kept compilation cache."""
+every thread and subprocess, the kept compilation cache, the programs a worker
+holds kept under the kernel's limit on memory maps."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import sys
 import jax
 import jax.numpy as jnp
 import pytest
-from conftest import trim_cache
+from conftest import release_programs_near_map_limit, trim_cache
+
+import kinetic_jax as kj
 
 
 def _mixed_sum_dtype() -> str:
@@ -59,3 +62,12 @@ def test_a_kept_cache_over_its_limit_is_emptied(tmp_path):
 
 def test_a_missing_cache_is_empty(tmp_path):
     assert not trim_cache(str(tmp_path / "never-made"), 0)
+
+
+def test_a_worker_near_the_memory_map_limit_clears_its_programs(monkeypatch):
+    cleared, near = [], [False]
+    monkeypatch.setattr(kj, "clear_caches", lambda: cleared.append(1))
+    monkeypatch.setattr(kj, "near_map_limit", lambda fraction=0.5: near[0])
+    assert not release_programs_near_map_limit() and cleared == []
+    near[0] = True
+    assert release_programs_near_map_limit() and cleared == [1]

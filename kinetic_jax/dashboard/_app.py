@@ -630,9 +630,10 @@ def create_app(
     # ---- service -----------------------------------------------------------
     @app.get("/api/health", tags=["service"])
     async def health() -> dict:
-        """Status, limits, the engine queue and JAX's trace/compile counters (a
-        value change in the book must leave `compiles` unchanged). Answered on
-        the event loop: it never waits behind the engine."""
+        """Status, limits, the engine queue, JAX's trace/compile counters (a
+        value change in the book must leave `compiles` unchanged) and the memory
+        maps the process holds against the kernel's limit (null where unknown).
+        Answered on the event loop: it never waits behind the engine."""
         return {
             "status": "ok",
             "version": kj.__version__,
@@ -641,6 +642,7 @@ def create_app(
             "sensitivities": True,
             "jax": counter.snapshot(),
             "engine": engine.snapshot(),
+            "memory_maps": _memory_maps(),
             "limits": {"max_body_bytes": max_body_bytes,
                        "max_scenarios": max(limits.scenarios),
                        "max_cells": limits.max_cells, "max_bins": service.MAX_BINS,
@@ -841,6 +843,13 @@ def create_app(
         return await parse_only(run)
 
     return app
+
+
+def _memory_maps() -> dict | None:
+    """`kinetic_jax.memory_maps` for `/api/health`: ``{"count", "limit"}``, or
+    None where the platform does not say."""
+    maps = kj.memory_maps()
+    return None if maps is None else {"count": maps[0], "limit": maps[1]}
 
 
 def _toml_response(book: Book) -> Response:

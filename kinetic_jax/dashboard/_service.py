@@ -103,7 +103,12 @@ class ProgramCache:
     names its program (endpoint, scenarios, padded size); when a request needs
     a program beyond the `capacity` most recently used, the engine's in-memory
     caches are cleared (`kinetic_jax.clear_caches`: JAX's programs, and the
-    books laid out), so at most `capacity` programs are held.
+    books laid out), so at most `capacity` programs are held. They are cleared
+    too when a request may compile (it names a program not held) and the
+    process holds more than half the memory maps the kernel allows it
+    (`kinetic_jax.near_map_limit`): each XLA program holds its own, and a
+    process at the limit dies with a segmentation fault. One program name can
+    stand for several XLA programs, so the capacity alone does not bound them.
 
     The engine's threads run their work inside [`running`][]: a clear waits
     until no other thread is running a program (JAX's caches are not cleared
@@ -135,7 +140,8 @@ class ProgramCache:
         with self._lock:
             self._lock.wait_for(lambda: not self._clearing)
             fresh = sum(k not in self._keys for k in keys)
-            cleared = len(self._keys) + fresh > self.capacity
+            cleared = (len(self._keys) + fresh > self.capacity
+                       or (fresh > 0 and kj.near_map_limit()))
             if cleared:
                 self._clearing = True
                 try:
