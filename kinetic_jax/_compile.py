@@ -104,9 +104,11 @@ def memory_maps() -> tuple[int, int] | None:
     at the test session's level 0; freeing the programs gives them back. A
     process at the limit cannot map memory, and XLA then dies with a
     segmentation fault, not an exception: at the default limit, after about 700
-    programs. A long-running process that compiles for many shapes (a sweep over
-    book sizes, scenario counts and samplers; a service) should clear the caches
-    before that ([`near_map_limit`][]); the dashboard does (docs/dashboard.md).
+    programs, or about 80 margin calls of new shapes (each runs several
+    programs: docs/scaling.md, 'A long-running process'). A long-running process
+    that compiles for many shapes (margin calls over many book sizes, scenario
+    counts and samplers; a service) should clear the caches before that
+    ([`near_map_limit`][]); the dashboard does (docs/dashboard.md).
     """
     try:
         with open(_MAP_LIMIT) as f:
