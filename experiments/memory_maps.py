@@ -2,8 +2,8 @@
 
 Margins the reference book at new shapes (scenario counts, then samplers) in one
 process and prints the memory mappings each call adds (``kj.memory_maps``), the
-count after ``kj.clear_caches``, and what one reading of ``/proc/self/maps``
-costs. Run at the XLA flags of interest, e.g. the default::
+count after ``kj.clear_caches``, the most one compile added, and what one
+reading of ``/proc/self/maps`` costs. Run at the XLA flags of interest, e.g. the default::
 
     .venv/bin/python experiments/memory_maps.py
     XLA_FLAGS="--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false" \\
@@ -19,6 +19,8 @@ import gc
 import os
 import time
 from pathlib import Path
+
+import jax.monitoring
 
 import kinetic_jax as kj
 
@@ -37,6 +39,17 @@ def main() -> None:
     print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; limit {kj.memory_maps()[1]:,}")
     kj.portfolio_margin(book, scenarios=256, sampler="plain")  # the shared eager programs
     start = previous = kj.memory_maps()[0]
+    # The most maps one compile (or load from the persistent cache) adds: what
+    # MapWatch's `per_program` must bound.
+    steps = {"last": start, "largest": 0}
+
+    def after_compile(event: str, duration: float, **kwargs) -> None:
+        if event == kj.CompileCounter.COMPILE:
+            count = kj.memory_maps()[0]
+            steps["largest"] = max(steps["largest"], count - steps["last"])
+            steps["last"] = count
+
+    jax.monitoring.register_event_duration_secs_listener(after_compile)
     rows = []
     for sampler in ("plain", "exact_block"):
         for power in range(*args.powers):
@@ -50,6 +63,8 @@ def main() -> None:
     print(f"{'call':<22}{'scenarios':>10}{'maps added':>12}")
     for name, scenarios, added in rows:
         print(f"{name:<22}{scenarios:>10,}{added:>12,}")
+    jax.monitoring.unregister_event_duration_listener(after_compile)
+    print(f"largest addition by one compile: {steps['largest']:,}")
     t = time.perf_counter()
     for _ in range(10):
         kj.memory_maps()

@@ -99,13 +99,12 @@ def memory_maps() -> tuple[int, int] | None:
 
     Every XLA CPU program holds mappings of its own for as long as JAX keeps it,
     and JAX keeps every program it compiles or loads from the persistent cache
-    until [`clear_caches`][]. Measured with jax 0.10.2 on 300 of the test suite's
-    programs each: 95 mappings a program at XLA's default optimisation level, 69
-    at the test session's level 0; freeing the programs gives them back. A
-    process at the limit cannot map memory, and XLA then dies with a
-    segmentation fault, not an exception: at the default limit, after about 700
-    programs, or about 80 margin calls of new shapes (each runs several
-    programs: docs/scaling.md, 'A long-running process'). A long-running process
+    until [`clear_caches`][], which gives them back. A process at the limit
+    cannot map memory, and XLA then dies with a segmentation fault, not an
+    exception. At XLA's default flags a margin call of a new shape adds about
+    390 mappings (plain sampler) to 870 (exact-block), a sensitivity call about
+    1,600, so about 80 new margin shapes reach the default limit
+    (experiments/memory_maps.py; docs/scaling.md, 'A long-running process'). A long-running process
     that compiles for many shapes (margin calls over many book sizes, scenario
     counts and samplers; a service) should clear the caches before that
     ([`near_map_limit`][]); the dashboard does (docs/dashboard.md).
@@ -145,10 +144,14 @@ class MapWatch:
     every line), so the count is not read after every compile: after a reading
     of `count`, the next one comes `(fraction * limit - count) // per_program`
     compiles later (at least 1), where `per_program` bounds the maps one
-    compile adds (the engine's largest programs hold about 600 at XLA's
-    default flags). Far from the limit that is every few dozen compiles."""
+    compile adds: the engine's largest, the sensitivity program, adds 1,574 at
+    XLA's default flags (646 at level 0; experiments/memory_maps.py). A compile
+    adding up to 4/3 of `per_program` still cannot carry a process from below the
+    threshold past the limit before the next reading (the last quarter of the
+    limit is at least a third of the threshold). Far from the limit the maps are
+    read every couple of dozen compiles."""
 
-    def __init__(self, fraction: float = 0.75, per_program: int = 1_000):
+    def __init__(self, fraction: float = 0.75, per_program: int = 2_000):
         self.fraction = fraction
         self.per_program = per_program
         self.warned = False

@@ -217,7 +217,7 @@ def release_programs_near_map_limit() -> bool:
     """Clears the engine's in-memory caches (`kj.clear_caches`) when this process
     holds more than half the memory maps the kernel allows one process
     (`kj.near_map_limit`); returns whether it did. Each XLA program holds maps of
-    its own (70-95; `kj.memory_maps`) until JAX drops it, and JAX keeps every
+    its own (hundreds for a margin call: docs/scaling.md) until JAX drops it, and JAX keeps every
     program a worker compiles or loads: at XLA's default optimisation level a
     worker reached the limit (65,530) two thirds of the way through its share of
     the suite and died with a segmentation fault while loading a program from

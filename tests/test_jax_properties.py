@@ -325,7 +325,7 @@ def test_tree_allclose():
 def test_compiled_programs_hold_memory_maps_until_the_caches_are_cleared():
     """kj.memory_maps: the mappings of this process (the lines of /proc/self/maps)
     and the kernel's limit on them. Each new XLA program adds mappings of its own
-    (about 30 for these small ones; the engine's hold 70-95), kj.clear_caches
+    (about 30 for these small ones; a margin call's hundreds), kj.clear_caches
     gives them back, and near_map_limit compares the count with the limit: a
     process at the limit dies with a segmentation fault, so the dashboard and the
     test session clear before it."""
@@ -363,8 +363,9 @@ def test_a_compile_past_three_quarters_of_the_map_limit_warns_once(monkeypatch):
 
     maps = [(1_000, 65_530)]
     monkeypatch.setattr(_compile, "memory_maps", lambda: maps[0])
-    monkeypatch.setattr(_compile._map_watch, "per_program", 10**9)
-    _compile._map_watch.rearm()
+    # The process's watch, its state restored after the test whatever happens.
+    for name, value in (("per_program", 10**9), ("warned", False), ("countdown", 0)):
+        monkeypatch.setattr(_compile._map_watch, name, value)
     f = jax.jit(lambda x: jnp.cos(x) * 3.0)
     new = iter(range(2_017, 2_100))  # shapes no other test compiles: a compile each
 
@@ -392,7 +393,6 @@ def test_a_compile_past_three_quarters_of_the_map_limit_warns_once(monkeypatch):
         warnings.simplefilter("error")
         compile_one()  # not Linux
         compile_one()
-    _compile._map_watch.rearm()
 
 
 def test_the_map_watch_reads_the_maps_less_often_far_from_the_limit(monkeypatch):
