@@ -6,7 +6,7 @@ count after ``kj.clear_caches``, the most one compile added, and what one
 reading of ``/proc/self/maps`` costs. Run at the XLA flags of interest, e.g. the default::
 
     .venv/bin/python experiments/memory_maps.py
-    XLA_FLAGS="--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false" \\
+    XLA_FLAGS="--xla_backend_optimization_level=1 --xla_cpu_use_fusion_emitters=false" \\
         .venv/bin/python experiments/memory_maps.py
 
 Linux only (elsewhere ``kj.memory_maps`` is None).

@@ -145,7 +145,7 @@ class MapWatch:
     of `count`, the next one comes `(fraction * limit - count) // per_program`
     compiles later (at least 1), where `per_program` bounds the maps one
     compile adds: the engine's largest, the sensitivity program, adds 1,574 at
-    XLA's default flags (646 at level 0; experiments/memory_maps.py). A compile
+    XLA's default flags (646 at the test session's; experiments/memory_maps.py). A compile
     adding up to 4/3 of `per_program` still cannot carry a process from below the
     threshold past the limit before the next reading (the last quarter of the
     limit is at least a third of the threshold). Far from the limit the maps are

@@ -26,32 +26,44 @@
   Each change of the engine adds the programs it changed and nothing removes
   the old ones, so a kept directory over `KEPT_CACHE_LIMIT` bytes is emptied at
   the start of a session (`trim_cache`).
-- XLA generates machine code at optimisation level 0, with its older loop
+- XLA generates machine code at optimisation level 1, with its older loop
   emitters (``--xla_cpu_use_fusion_emitters=false``), for the session (exported in
-  ``XLA_FLAGS``, so subprocesses and kernels too): compiling dominates the suite.
-  Measured with jax 0.10.2 on the 2-core machine, XLA's own compile of the reference
-  book's margin program (plain / importance sampling) takes 3.6 / 5.4 s at the
-  default level 3, 2.4 / 4.0 s at level 0 and 1.1 / 2.6 s at level 0 with the older
-  emitters (its run, 0.11 -> 1.0 s, matters less at the tests' scenario counts);
-  seven of the heaviest test files, back to back: 523 s at level 3, 365 s at level
-  0, 249 s with both flags. The programs are the same (XLA's graph passes do not
-  depend on them; results agree to float32 rounding). To test the default code
-  generation, give any ``--xla_backend_optimization_level`` in ``XLA_FLAGS``: the
-  session then leaves the flags alone. Where a GPU or TPU plugin is installed
-  (and ``JAX_PLATFORMS`` is not ``cpu``) the session leaves them alone too:
-  they are for XLA's CPU compiler, and on an H200 the test workers crashed at
-  their first compile with them.
-  Level 1 (same other flags) was tried: its programs run about 3.4x faster than
-  level 0's (a pair book's conditional sensitivities, 0.051 against 0.174 s a call;
-  level 3: 0.045 s), but compile about 35 % slower, and the whole suite, cold, took
-  1,060 s against 749 s at level 0 (one run each, the same afternoon). A cold run
-  spends about 60 % of its time tracing, lowering and compiling: 1,446 worker-s in
-  all, 946 with the persistent cache already filled (about 3,250 programs in the
-  non-slow tests alone: the cache saves XLA's compile, not JAX's tracing and
-  lowering, 384 worker-s of them even warm). On 2026-12-04, a whole cold run:
-  1,024 worker-s, of them 329 in XLA's compile and 180 tracing and lowering
-  (the notebooks' and the browser tests' subprocesses not counted); warm: 638
-  worker-s, 69 loading programs from the cache and 200 tracing and lowering.
+  ``XLA_FLAGS``, so subprocesses and kernels too). The level trades XLA's compile
+  (paid once per program while the persistent cache below is cold) against the
+  programs' run (paid in every run). Whole suite on the 2-core machine, jax 0.10.2,
+  2026-12-05, pytest's time:
+
+  | XLA flags                                  | cold cache    | warm cache    |
+  |--------------------------------------------|---------------|---------------|
+  | level 0, older emitters, no const. folding | 427-548 s (8) | 265-289 s (7) |
+  | level 1, the same (the session's)          | 527-528 s (2) | 224-229 s (4) |
+  | XLA's defaults (level 3, newer, folding)   | 840 s (1)     | 222 s (1)     |
+
+  (in brackets the number of runs; the cold level-0 runs are clean-clone runs
+  of `.ci/run`.)
+
+  Level 1's programs run about 3.4x faster than level 0's (a pair book's
+  conditional sensitivities, 0.051 against 0.174 s a call; level 3: 0.045 s) and
+  compile 1.7-1.8x slower. XLA's compile, one process, cold cache, for the
+  reference book's margin at 8,192 scenarios (five programs) / its sensitivities
+  at 4,096 (one program): 1.3 / 3.1 s at level 0, 2.3 / 5.2 s at level 1,
+  2.6 / 5.3 s at level 3 (older emitters each time); 3.1 / 7.0 s at level 1 with
+  the newer emitters. (Level 1 was tried once before, when the suite ran most
+  tests at large scenario counts: 1,060 s cold against 749 s at level 0, and
+  level 0 was chosen then. Since then tests moved to small counts and the
+  persistent cache came, so compiling weighs less and running more.)
+  The programs are the same (XLA's graph passes do not depend on the level or
+  the emitters; results agree to float32 rounding). To test the default code generation, give
+  any ``--xla_backend_optimization_level`` in ``XLA_FLAGS``: the session then
+  leaves the flags alone. Where a GPU or TPU plugin is installed (and
+  ``JAX_PLATFORMS`` is not ``cpu``) the session leaves them alone too: they are
+  for XLA's CPU compiler, and on an H200 the test workers crashed at their first
+  compile with them.
+  Warm, the suite is bound by JAX's per-program work, not XLA's: in a warm run
+  at level 1 without the notebooks and the browser tests (2026-12-05, the
+  command in `experiments/suite_profile.py`), the tests' 285 worker-s held 76
+  tracing, 55 lowering and 41 loading programs from the cache (60 %). A warm
+  run of the whole suite keeps the two cores 95-96 % busy (`vmstat`).
 - The same flags switch off XLA's constant folding
   (``--xla_disable_hlo_passes=constant_folding``). A test that closes a jitted
   function over a book's arrays makes them constants, and XLA then evaluates
@@ -119,7 +131,7 @@ if ("xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", "")
         and not _accelerator_plugin()):
     os.environ[USER_XLA_FLAGS] = os.environ.get("XLA_FLAGS", "")
     os.environ["XLA_FLAGS"] = " ".join(
-        filter(None, [os.environ.get("XLA_FLAGS"), "--xla_backend_optimization_level=0",
+        filter(None, [os.environ.get("XLA_FLAGS"), "--xla_backend_optimization_level=1",
                       "--xla_cpu_use_fusion_emitters=false",
                       "--xla_disable_hlo_passes=constant_folding"]))
 
@@ -221,10 +233,10 @@ def release_programs_near_map_limit() -> bool:
     program a worker compiles or loads: at XLA's default optimisation level a
     worker reached the limit (65,530) two thirds of the way through its share of
     the suite and died with a segmentation fault while loading a program from
-    the persistent cache; at the session's level 0 the busier worker peaked at
-    29,121 and 37,138 maps in two whole runs (2026-12-05). Between modules
-    nothing is running, so clearing is safe; the programs a later module shares
-    are traced and loaded again."""
+    the persistent cache; at level 0 the busier worker peaked at 29,121 and
+    37,138 maps in two whole runs, at the session's level 1 at 31,809 and 32,126
+    (2026-12-05). Between modules nothing is running, so clearing is safe; the
+    programs a later module shares are traced and loaded again."""
     if kj.near_map_limit():
         kj.clear_caches()
         return True
