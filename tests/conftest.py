@@ -37,10 +37,12 @@
   |--------------------------------------------|---------------|---------------|
   | level 0, older emitters, no const. folding | 427-548 s (8) | 265-289 s (7) |
   | level 1, the same (the session's)          | 527-528 s (2) | 224-229 s (4) |
+  | level 3, the same                          | 614 s (1)     | 219 s (1)     |
   | XLA's defaults (level 3, newer, folding)   | 840 s (1)     | 222 s (1)     |
 
   (in brackets the number of runs; the cold level-0 runs are clean-clone runs
-  of `.ci/run`.)
+  of `.ci/run`, level 1's with this checkout's `.venv` and the notebook kernel's
+  level-3 programs cached; a clean-clone run at level 1 took 595 s.)
 
   Level 1's programs run about 3.4x faster than level 0's (a pair book's
   conditional sensitivities, 0.051 against 0.174 s a call; level 3: 0.045 s) and
@@ -53,8 +55,12 @@
   level 0 was chosen then. Since then tests moved to small counts and the
   persistent cache came, so compiling weighs less and running more.)
   The programs are the same (XLA's graph passes do not depend on the level or
-  the emitters; results agree to float32 rounding). To test the default code generation, give
-  any ``--xla_backend_optimization_level`` in ``XLA_FLAGS``: the session then
+  the emitters; results agree to float32 rounding).
+  ``KINETIC_JAX_TEST_XLA_LEVEL`` (0, 1, 2 or 3) picks another level with the
+  same other flags (`session_xla_flags`): level 0 for a run that compiles most
+  programs anew, after a change to the engine, where its cold run is the
+  fastest. To test the default code generation, give any
+  ``--xla_backend_optimization_level`` in ``XLA_FLAGS``: the session then
   leaves the flags alone. Where a GPU or TPU plugin is installed (and
   ``JAX_PLATFORMS`` is not ``cpu``) the session leaves them alone too: they are
   for XLA's CPU compiler, and on an H200 the test workers crashed at their first
@@ -98,6 +104,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Mapping
 
 # Before JAX creates its backend (XLA reads the flags once): see the module doc.
 # The flags as they were, for the notebook kernels (tests/test_notebooks.py).
@@ -127,13 +134,33 @@ def _accelerator_plugin() -> bool:
                for n in names)
 
 
-if ("xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", "")
-        and not _accelerator_plugin()):
+# The session's XLA optimisation level (module doc), unless the environment sets it.
+XLA_LEVEL = "KINETIC_JAX_TEST_XLA_LEVEL"
+DEFAULT_XLA_LEVEL = "1"
+
+
+def session_xla_flags(environ: Mapping[str, str],
+                      accelerator: Callable[[], bool]) -> str | None:
+    """The ``XLA_FLAGS`` the session runs under, or None where it leaves them as
+    they are: a level given in them, or an accelerator plugin (`accelerator()`;
+    module doc). The level is ``KINETIC_JAX_TEST_XLA_LEVEL`` (0, 1, 2 or 3; unset
+    or empty: 1); any other value raises ValueError naming the variable and the
+    value."""
+    flags = environ.get("XLA_FLAGS", "")
+    if "xla_backend_optimization_level" in flags or accelerator():
+        return None
+    level = environ.get(XLA_LEVEL, "").strip() or DEFAULT_XLA_LEVEL
+    if level not in ("0", "1", "2", "3"):
+        raise ValueError(f"{XLA_LEVEL}: {environ[XLA_LEVEL]!r} is not one of 0, 1, 2, 3")
+    return " ".join(filter(None, [flags, f"--xla_backend_optimization_level={level}",
+                                  "--xla_cpu_use_fusion_emitters=false",
+                                  "--xla_disable_hlo_passes=constant_folding"]))
+
+
+_session_flags = session_xla_flags(os.environ, _accelerator_plugin)
+if _session_flags is not None:
     os.environ[USER_XLA_FLAGS] = os.environ.get("XLA_FLAGS", "")
-    os.environ["XLA_FLAGS"] = " ".join(
-        filter(None, [os.environ.get("XLA_FLAGS"), "--xla_backend_optimization_level=1",
-                      "--xla_cpu_use_fusion_emitters=false",
-                      "--xla_disable_hlo_passes=constant_folding"]))
+    os.environ["XLA_FLAGS"] = _session_flags
 
 # Strict dtype promotion for every process of the session (module doc).
 os.environ["JAX_NUMPY_DTYPE_PROMOTION"] = "strict"

@@ -1,6 +1,6 @@
-"""The test session's own set-up (tests/conftest.py): one strict dtype promotion for
-every thread and subprocess, the kept compilation cache, the programs a worker
-holds kept under the kernel's limit on memory maps."""
+"""The test session's own set-up (tests/conftest.py): its XLA flags, one strict dtype
+promotion for every thread and subprocess, the kept compilation cache, the programs
+a worker holds kept under the kernel's limit on memory maps."""
 
 from __future__ import annotations
 
@@ -12,7 +12,13 @@ import sys
 import jax
 import jax.numpy as jnp
 import pytest
-from conftest import release_programs_near_map_limit, trim_cache
+from conftest import (
+    USER_XLA_FLAGS,
+    XLA_LEVEL,
+    release_programs_near_map_limit,
+    session_xla_flags,
+    trim_cache,
+)
 
 import kinetic_jax as kj
 
@@ -71,3 +77,38 @@ def test_a_worker_near_the_memory_map_limit_clears_its_programs(monkeypatch):
     assert not release_programs_near_map_limit() and cleared == []
     near[0] = True
     assert release_programs_near_map_limit() and cleared == [1]
+
+
+SESSION_FLAGS = "--xla_cpu_use_fusion_emitters=false --xla_disable_hlo_passes=constant_folding"
+
+
+def test_the_session_compiles_at_level_1_unless_told():
+    never = lambda: pytest.fail("the plugin check ran")  # noqa: E731
+    cpu = lambda: False  # noqa: E731
+    assert session_xla_flags({}, cpu) == f"--xla_backend_optimization_level=1 {SESSION_FLAGS}"
+    assert session_xla_flags({XLA_LEVEL: " "}, cpu) == session_xla_flags({}, cpu)
+    assert session_xla_flags({XLA_LEVEL: "0", "XLA_FLAGS": "--xla_dump_to=/tmp/d"}, cpu) == (
+        f"--xla_dump_to=/tmp/d --xla_backend_optimization_level=0 {SESSION_FLAGS}")
+    # A level in XLA_FLAGS, or an accelerator plugin: the flags are left alone.
+    assert session_xla_flags({"XLA_FLAGS": "--xla_backend_optimization_level=3",
+                              XLA_LEVEL: "0"}, never) is None
+    assert session_xla_flags({}, lambda: True) is None
+
+
+@pytest.mark.parametrize("value", ["4", "-1", "one", "1.0"])
+def test_a_bad_session_level_is_named(value):
+    with pytest.raises(ValueError) as e:
+        session_xla_flags({XLA_LEVEL: value}, lambda: False)
+    assert str(e.value) == f"KINETIC_JAX_TEST_XLA_LEVEL: {value!r} is not one of 0, 1, 2, 3"
+
+
+def test_this_session_runs_under_the_flags_it_set():
+    """Unless the flags were the caller's (a level in them, or an accelerator): then
+    the session did not record the user's flags either."""
+    if USER_XLA_FLAGS not in os.environ:
+        assert "xla_backend_optimization_level" in os.environ.get("XLA_FLAGS", "") or (
+            jax.default_backend() != "cpu")
+        return
+    expected = session_xla_flags({"XLA_FLAGS": os.environ[USER_XLA_FLAGS],
+                                  XLA_LEVEL: os.environ.get(XLA_LEVEL, "")}, lambda: False)
+    assert os.environ["XLA_FLAGS"] == expected
