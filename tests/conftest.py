@@ -36,7 +36,7 @@
   | XLA flags                                  | cold cache    | warm cache    |
   |--------------------------------------------|---------------|---------------|
   | level 0, older emitters, no const. folding | 427-548 s (8) | 265-289 s (7) |
-  | level 1, the same (the session's)          | 527-528 s (2) | 224-229 s (4) |
+  | level 1, the same (the session's)          | 527-528 s (2) | 224-232 s (5) |
   | level 3, the same                          | 614 s (1)     | 219 s (1)     |
   | XLA's defaults (level 3, newer, folding)   | 840 s (1)     | 222 s (1)     |
 
