@@ -41,8 +41,8 @@
   | XLA's defaults (level 3, newer, folding)   | 840 s (1)     | 222 s (1)     |
 
   (in brackets the number of runs; the cold level-0 runs are clean-clone runs
-  of `.ci/run`, level 1's with this checkout's `.venv` and the notebook kernel's
-  level-3 programs cached; a clean-clone run at level 1 took 595 s.)
+  of `.ci/run`; the other cold runs reused this checkout's `.venv`, and a
+  clean-clone runs at level 1 took 584 and 595 s.)
 
   Level 1's programs run about 3.4x faster than level 0's (a pair book's
   conditional sensitivities, 0.051 against 0.174 s a call; level 3: 0.045 s) and
