@@ -42,7 +42,7 @@
 
   (in brackets the number of runs; the cold level-0 runs are clean-clone runs
   of `.ci/run`; the other cold runs reused this checkout's `.venv`, and a
-  clean-clone runs at level 1 took 571-595 s (three).)
+  clean-clone runs at level 1 took 556-595 s (four).)
 
   Level 1's programs run about 3.4x faster than level 0's (a pair book's
   conditional sensitivities, 0.051 against 0.174 s a call; level 3: 0.045 s) and
