@@ -104,10 +104,10 @@ def memory_maps() -> tuple[int, int] | None:
     exception. At XLA's default flags a margin call of a new shape adds about
     390 mappings (plain sampler) to 870 (exact-block), a sensitivity call about
     1,600, so about 80 new margin shapes reach the default limit
-    (experiments/memory_maps.py; docs/scaling.md, 'A long-running process'). A long-running process
-    that compiles for many shapes (margin calls over many book sizes, scenario
-    counts and samplers; a service) should clear the caches before that
-    ([`near_map_limit`][]); the dashboard does (docs/dashboard.md).
+    (experiments/memory_maps.py; docs/scaling.md, 'A long-running process'). A
+    long-running process that compiles for many shapes (margin calls over many
+    book sizes, scenario counts and samplers; a service) should clear the caches
+    before that ([`near_map_limit`][]); the dashboard does (docs/dashboard.md).
     """
     try:
         with open(_MAP_LIMIT) as f:
@@ -145,11 +145,11 @@ class MapWatch:
     of `count`, the next one comes `(fraction * limit - count) // per_program`
     compiles later (at least 1), where `per_program` bounds the maps one
     compile adds: the engine's largest, the sensitivity program, adds 1,574 at
-    XLA's default flags (646 at the test session's; experiments/memory_maps.py). A compile
-    adding up to 4/3 of `per_program` still cannot carry a process from below the
-    threshold past the limit before the next reading (the last quarter of the
-    limit is at least a third of the threshold). Far from the limit the maps are
-    read every couple of dozen compiles."""
+    XLA's default flags (646 at the test session's; experiments/memory_maps.py).
+    A compile adding up to 4/3 of `per_program` still cannot carry a process from
+    below the threshold past the limit before the next reading (the last quarter
+    of the limit is at least a third of the threshold). Far from the limit the
+    maps are read every couple of dozen compiles."""
 
     def __init__(self, fraction: float = 0.75, per_program: int = 2_000):
         self.fraction = fraction

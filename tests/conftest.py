@@ -255,12 +255,12 @@ def pytest_collection_modifyitems(config, items):
 def release_programs_near_map_limit() -> bool:
     """Clears the engine's in-memory caches (`kj.clear_caches`) when this process
     holds more than half the memory maps the kernel allows one process
-    (`kj.near_map_limit`); returns whether it did. Each XLA program holds maps of
-    its own (hundreds for a margin call: docs/scaling.md) until JAX drops it, and JAX keeps every
-    program a worker compiles or loads: at XLA's default optimisation level a
-    worker reached the limit (65,530) two thirds of the way through its share of
-    the suite and died with a segmentation fault while loading a program from
-    the persistent cache; at level 0 the busier worker peaked at 29,121 and
+    (`kj.near_map_limit`); returns whether it did. Each XLA program holds maps
+    of its own (hundreds for a margin call: docs/scaling.md) until JAX drops it,
+    and JAX keeps every program a worker compiles or loads: at XLA's default
+    optimisation level a worker reached the limit (65,530) two thirds of the way
+    through its share of the suite and died with a segmentation fault while
+    loading a program from the persistent cache; at level 0 the busier worker peaked at 29,121 and
     37,138 maps in two whole runs, at the session's level 1 at 31,809 and 32,126
     (2026-12-05). Between modules nothing is running, so clearing is safe; the
     programs a later module shares are traced and loaded again."""
