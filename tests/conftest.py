@@ -91,6 +91,12 @@
   the kernel allows one process clears JAX's caches
   (`release_programs_near_map_limit`): every compiled program holds maps of
   its own, and a process at the limit dies with a segmentation fault.
+- Each test's fixture set-up and call run from one frame that reserves 512 KiB
+  of CPython's frame stack (`in_a_deep_frame`), a workaround for CPython
+  issue 142183 (Python before 3.14): JAX's tracing otherwise maps and unmaps a
+  16 KiB chunk of that stack at every crossing of a chunk's edge, 650,000 times
+  in five test files run on two workers (``strace -f -c``; 32,000 with the
+  frame).
 - Tests marked ``slow`` are collected first, so that xdist starts them first;
   each module's tests run on one worker (`pytest_collection_modifyitems`). The
   Makefile passes ``--no-loadscope-reorder``: xdist would otherwise hand out the
@@ -101,6 +107,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
@@ -250,6 +257,38 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("xdist_group") is None:
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+        if isinstance(item, pytest.Function):  # its fixtures' set-up and its call
+            for name in ("setup", "runtest"):
+                setattr(item, name, functools.partial(in_a_deep_frame, getattr(item, name)))
+
+
+def _deep_frame(call: Callable[[], object]):
+    return call()
+
+
+# Its code object reserves `DEEP_FRAME_SLOTS` local variables that it never uses.
+DEEP_FRAME_SLOTS = 1 << 16
+_deep_frame.__code__ = _deep_frame.__code__.replace(
+    co_varnames=_deep_frame.__code__.co_varnames
+    + tuple(f"_slot{i}" for i in range(DEEP_FRAME_SLOTS)),
+    co_nlocals=_deep_frame.__code__.co_nlocals + DEEP_FRAME_SLOTS)
+
+
+def in_a_deep_frame(call: Callable[..., object], *args, **kwargs):
+    """``call(*args, **kwargs)`` from a frame 512 KiB deep, the workaround for a
+    CPython slowdown (python/cpython#142183: fixed in 3.14, backported to 3.13
+    in March 2026; this machine runs 3.11). CPython keeps each thread's frames
+    on a stack of 16 KiB chunks and gives a chunk back to the kernel
+    (``munmap``) as soon as the call that opened it returns, so code whose call
+    depth goes back and forth across a chunk's edge maps and unmaps one at every
+    crossing. JAX's tracing and lowering do this all the time:
+    tests/test_block.py and tests/test_hedge.py made 179,000 ``mmap`` and
+    178,000 ``munmap`` calls (``strace -f -c``), 4.0 of their 44 CPU-seconds in
+    the kernel. A first frame this large gets a chunk of its own of 1 MiB with
+    512 KiB free above it, deeper than the tests' calls go: 7,500 and 6,500
+    calls, 1.8 s in the kernel. Each test's fixture set-up and call run in one
+    (`pytest_collection_modifyitems`)."""
+    return _deep_frame(functools.partial(call, *args, **kwargs))
 
 
 def release_programs_near_map_limit() -> bool:

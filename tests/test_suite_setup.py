@@ -1,6 +1,7 @@
 """The test session's own set-up (tests/conftest.py): its XLA flags, one strict dtype
 promotion for every thread and subprocess, the kept compilation cache, the programs
-a worker holds kept under the kernel's limit on memory maps."""
+a worker holds kept under the kernel's limit on memory maps, each test run from a
+deep frame."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ import jax
 import jax.numpy as jnp
 import pytest
 from conftest import (
+    DEEP_FRAME_SLOTS,
     USER_XLA_FLAGS,
     XLA_LEVEL,
+    in_a_deep_frame,
     release_programs_near_map_limit,
     session_xla_flags,
     trim_cache,
@@ -112,3 +115,34 @@ def test_this_session_runs_under_the_flags_it_set():
     expected = session_xla_flags({"XLA_FLAGS": os.environ[USER_XLA_FLAGS],
                                   XLA_LEVEL: os.environ.get(XLA_LEVEL, "")}, lambda: False)
     assert os.environ["XLA_FLAGS"] == expected
+
+
+def _deep_frames() -> list:
+    """The `in_a_deep_frame` frames the caller runs in (innermost first)."""
+    frames, frame = [], sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "_deep_frame":
+            frames.append(frame)
+        frame = frame.f_back
+    return frames
+
+
+@pytest.fixture
+def frames_at_set_up():
+    return _deep_frames()
+
+
+def test_fixture_set_up_and_call_run_in_a_deep_frame(frames_at_set_up):
+    """Each test's set-up and call run from one frame that reserves 512 KiB of
+    CPython's frame stack (`conftest.in_a_deep_frame`)."""
+    for frames in (frames_at_set_up, _deep_frames()):
+        assert len(frames) == 1
+        code = frames[0].f_code
+        assert code.co_nlocals >= DEEP_FRAME_SLOTS
+        assert code.co_nlocals * 8 >= 512 * 1024  # one pointer per local
+
+
+def test_in_a_deep_frame_passes_arguments_results_and_errors():
+    assert in_a_deep_frame(lambda a, *, b: (a, b, len(_deep_frames())), 1, b=2) == (1, 2, 2)
+    with pytest.raises(KeyError, match="missing"):
+        in_a_deep_frame({}.__getitem__, "missing")
