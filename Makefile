@@ -22,8 +22,13 @@ demo: $(VENV)/.core
 	$(BIN)/kinetic-jax margin examples/reference_book.toml
 
 # The test session's JAX compilation cache is kept between runs in .pytest_cache
-# (tests/conftest.py; a clean clone, as on CI, starts cold).
-TEST_CACHE := KINETIC_JAX_TEST_CACHE_DIR=$(CURDIR)/.pytest_cache/jax-compilation
+# (tests/conftest.py; a clean clone, as on CI, starts cold). So is Python's
+# bytecode, even where the environment sets PYTHONDONTWRITEBYTECODE: each xdist
+# worker then collects the suite in 3.7 s instead of 7.0 s (its test modules'
+# assertion rewriting and kinetic_jax's modules are not compiled again), and each
+# subprocess imports kinetic_jax a little faster.
+TEST_CACHE := KINETIC_JAX_TEST_CACHE_DIR=$(CURDIR)/.pytest_cache/jax-compilation \
+	PYTHONDONTWRITEBYTECODE=
 
 test: $(VENV)/.test
 	$(BIN)/ruff check kinetic_jax tests experiments notebooks
