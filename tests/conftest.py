@@ -282,12 +282,12 @@ def in_a_deep_frame(call: Callable[..., object], *args, **kwargs):
     (``munmap``) as soon as the call that opened it returns, so code whose call
     depth goes back and forth across a chunk's edge maps and unmaps one at every
     crossing. JAX's tracing and lowering do this all the time:
-    tests/test_block.py and tests/test_hedge.py made 179,000 ``mmap`` and
-    178,000 ``munmap`` calls (``strace -f -c``), 4.0 of their 44 CPU-seconds in
-    the kernel. A first frame this large gets a chunk of its own of 1 MiB with
-    512 KiB free above it, deeper than the tests' calls go: 7,500 and 6,500
-    calls, 1.8 s in the kernel. Each test's fixture set-up and call run in one
-    (`pytest_collection_modifyitems`)."""
+    tests/test_block.py alone made 179,000 ``mmap`` and 178,000 ``munmap``
+    calls (``strace -f -c``), and with tests/test_hedge.py spent 4.0 of its 44
+    CPU-seconds in the kernel. A first frame this large gets a chunk of its own
+    of 1 MiB with 512 KiB free above it, deeper than the tests' calls go: 7,500
+    and 6,500 calls, 1.8 s in the kernel. Each test's fixture set-up and call
+    run in one (`pytest_collection_modifyitems`)."""
     return _deep_frame(functools.partial(call, *args, **kwargs))
 
 
