@@ -41,8 +41,8 @@
   | XLA's defaults (level 3, newer, folding)   | 840 s (1)     | 222 s (1)     |
 
   (in brackets the number of runs; the cold level-0 runs are clean-clone runs
-  of `.ci/run`; the other cold runs reused this checkout's `.venv`, and a
-  clean-clone runs at level 1 took 556-595 s (four).)
+  of `.ci/run`; the other cold runs reused this checkout's `.venv`; clean-clone
+  runs at level 1 took 536-595 s (seven).)
 
   Level 1's programs run about 3.4x faster than level 0's (a pair book's
   conditional sensitivities, 0.051 against 0.174 s a call; level 3: 0.045 s) and
@@ -299,10 +299,11 @@ def release_programs_near_map_limit() -> bool:
     and JAX keeps every program a worker compiles or loads: at XLA's default
     optimisation level a worker reached the limit (65,530) two thirds of the way
     through its share of the suite and died with a segmentation fault while
-    loading a program from the persistent cache; at level 0 the busier worker peaked at 29,121 and
-    37,138 maps in two whole runs, at the session's level 1 at 31,809 and 32,126
-    (2026-12-05). Between modules nothing is running, so clearing is safe; the
-    programs a later module shares are traced and loaded again."""
+    loading a program from the persistent cache; at level 0 the busier worker
+    peaked at 29,121 and 37,138 maps in two whole runs, at the session's level 1
+    at 31,809 and 32,126 (2026-12-05). Between modules nothing is running, so
+    clearing is safe; the programs a later module shares are traced and loaded
+    again."""
     if kj.near_map_limit():
         kj.clear_caches()
         return True
