@@ -41,6 +41,7 @@ from ._arrays import BookArrays, book_arrays, padded_table_shape
 from ._book import MAX_AMOUNT, Book, check_book, check_number
 from ._errors import BookError, EngineError
 from ._margin import BINDING, MarginParams, margin_from_statistics
+from ._programs import program
 from ._progress import Progress, want_progress
 from ._sharding import AXIS, scenario_mesh
 from ._shortfall import weighted_tail_statistics
@@ -217,7 +218,7 @@ def _check_account(book: Book, book_ids: dict[str, int], positions: Mapping[str,
     return None
 
 
-@eqx.filter_jit
+@program
 def _chunk_matrix(key, arrays: BookArrays, first_block, blocks: int, order
                   ) -> Float[Array, "n C"]:
     """``p - YES`` of the chunk's scenarios, columns in cluster order."""
@@ -226,7 +227,7 @@ def _chunk_matrix(key, arrays: BookArrays, first_block, blocks: int, order
     return (arrays.price[None, :] - yes)[:, order]
 
 
-@eqx.filter_jit
+@program
 def _step(matrix: Float[Array, "n C"], quantity: Float[Array, "C A"],
           tail: Float[Array, "A K+1 T"], first, scenarios: int, bounds: tuple
           ) -> Float[Array, "A K+1 T"]:
@@ -247,7 +248,7 @@ def _step(matrix: Float[Array, "n C"], quantity: Float[Array, "C A"],
     return merged
 
 
-@eqx.filter_jit
+@program
 def _sharded_matrix(key, arrays: BookArrays, c, per: int, blocks: int, order, mesh: Mesh
                     ) -> Float[Array, "D n C"]:
     """[`_chunk_matrix`][] of chunk ``d * per + c`` on every device d of `mesh`,
@@ -263,7 +264,7 @@ def _sharded_matrix(key, arrays: BookArrays, c, per: int, blocks: int, order, me
                          out_specs=PartitionSpec(AXIS), check_vma=False)(dynamic)
 
 
-@eqx.filter_jit
+@program
 def _sharded_step(matrix: Float[Array, "D n C"], quantity: Float[Array, "C A"],
                   tail: Float[Array, "D A K+1 T"], c, chunk: int, per: int, scenarios: int,
                   bounds: tuple, mesh: Mesh) -> Float[Array, "D A K+1 T"]:
@@ -280,7 +281,7 @@ def _sharded_step(matrix: Float[Array, "D n C"], quantity: Float[Array, "C A"],
                          out_specs=spec, check_vma=False)(matrix, quantity, tail, c)
 
 
-@eqx.filter_jit
+@program
 def _finish(arrays: BookArrays, params: MarginParams, quantity: Float[Array, "A C"],
             tables, tail: Float[Array, "A K+1 T"], scenarios: int) -> dict:
     def one(q, table, t):

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 ENV_VAR = "KINETIC_JAX_CACHE_DIR"
+PROGRAMS = "programs"  # the engine's exported programs, beside JAX's entries (_programs.py)
 OFF_VALUES = ("", "0", "off")
 
 
@@ -52,9 +53,12 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path | No
 
     Every compiled program is cached, however quick its compile and however
     small (a CPU margin program compiles in about a second), so the minimum
-    compile time and entry size are set to 0. Calling it again with another
-    directory moves the cache (programs already compiled in this process stay
-    in memory).
+    compile time and entry size are set to 0. The engine's programs are also
+    kept exported in its ``programs/`` subdirectory, so that a new process
+    skips tracing and lowering them as well as compiling (``_programs.py``: the
+    reference book's first margin call in a fresh process 1.1 -> 0.5 s, its
+    first sensitivities 2.1 -> 0.7 s). Calling it again with another directory
+    moves the cache (programs already compiled in this process stay in memory).
 
     A directory that cannot be created or written does not stop the caller: the
     cache stays off and one warning line goes to stderr. JAX's own switch
@@ -79,9 +83,12 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path | No
     import jax
     from jax.experimental.compilation_cache import compilation_cache
 
+    from . import _programs
+
     if not jax.config.jax_enable_compilation_cache:  # JAX_ENABLE_COMPILATION_CACHE=0 wins
         return None
     directory = directory.resolve()
+    _programs.set_store(directory / PROGRAMS)
     if jax.config.jax_compilation_cache_dir != str(directory):
         jax.config.update("jax_compilation_cache_dir", str(directory))
         # JAX opens its cache once per process; forget a cache opened on another

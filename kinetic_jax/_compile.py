@@ -14,6 +14,7 @@ import jax.monitoring
 
 from ._arrays import clear_layouts
 from ._block import clear_laws
+from ._programs import clear as clear_programs
 
 
 class CompileCounter(contextlib.AbstractContextManager):
@@ -71,7 +72,8 @@ class CompileCounter(contextlib.AbstractContextManager):
 
 def clear_caches() -> None:
     """Clears what the engine holds in memory: JAX's compiled programs and traces
-    (``jax.clear_caches``), and the books [`book_arrays`][] and the laws of the
+    (``jax.clear_caches``), the engine's programs read from the compilation
+    cache's store, and the books [`book_arrays`][] and the laws of the
     exact-block sampler it keeps.
 
     After it, every margin call runs all of its programs again, whether or not
@@ -83,6 +85,7 @@ def clear_caches() -> None:
     """
     clear_layouts()
     clear_laws()
+    clear_programs()
     jax.clear_caches()
     _map_watch.rearm()
 

@@ -48,6 +48,7 @@ from ._checks import check_size, is_number
 from ._errors import BookError, EngineError
 from ._margin import MarginParams, MarginResult, cluster_losses, margin_from_losses
 from ._portfolio import margin_inputs, portfolio_margin
+from ._programs import program
 from ._shortfall import expected_shortfall, tail_size
 from ._simulation import HIGHEST, outcomes
 
@@ -113,7 +114,7 @@ def base_es_of(x, problem: HedgeProblem, top: int):
     return es
 
 
-@eqx.filter_jit
+@program
 def solve_hedge(problem: HedgeProblem, top: int, steps: int, objective: str,
                 x0: Float[Array, " n"] | None = None, length: Int[Array, ""] | None = None):
     """The continuous optimiser behind [`optimise_hedge`][]: Adam steps on
@@ -396,7 +397,7 @@ def _objectives(xs: Float[Array, "B n"], problem: HedgeProblem, top: int, object
     return jax.vmap(lambda x: hedge_objective(x, problem, top, objective)[0])(xs)
 
 
-_objectives_jit = eqx.filter_jit(_objectives)
+_objectives_jit = program(_objectives)
 
 
 def whole_lots(
@@ -432,7 +433,7 @@ def whole_lots(
         moves += 1
 
 
-_problem_jit = eqx.filter_jit(hedge_problem)
+_problem_jit = program(hedge_problem)
 
 
 def _default_bound(book: Book, instruments, qty: dict) -> float:
@@ -468,4 +469,4 @@ def build_hedge_problem(
                            jnp.asarray(slots), jnp.asarray(active, dtype),
                            jnp.asarray(max_quantity, dtype), jnp.asarray(cost, dtype))
     return problem, tail_size(s.scenarios, s.confidence)
-_objective_jit = eqx.filter_jit(hedge_objective)
+_objective_jit = program(hedge_objective)

@@ -28,6 +28,7 @@ from ._arrays import BookArrays, row_membership, without_padding
 from ._block import BlockLaw, block_statistics, check_law, freeze, held_fixed
 from ._errors import BookError
 from ._hierarchy import correlation_matrix
+from ._programs import program
 from ._sampler import check_sampler, fit_proposal, simulate
 from ._sharding import gathered_losses, gathered_tail, replicated_map
 from ._shortfall import (
@@ -386,6 +387,6 @@ def margin_from_rows(
     return sampled_statistics(arrays, params, rows, weights, rows.shape[1], scenarios, law)
 
 
-margin_jit = eqx.filter_jit(margin_arrays)
-sharded_rows_jit = eqx.filter_jit(sharded_rows)
-rows_margin_jit = eqx.filter_jit(margin_from_rows)
+margin_jit = program(margin_arrays)
+sharded_rows_jit = eqx.filter_jit(sharded_rows)  # meshes: never stored
+rows_margin_jit = program(margin_from_rows)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import equinox as eqx
 import jax
 import numpy as np
 
@@ -25,6 +24,7 @@ from ._margin import (
     sharded_rows_jit,
     static_top,
 )
+from ._programs import program
 from ._sampler import simulate
 from ._sharding import replicate, scenario_mesh
 from ._shortfall import tail_size
@@ -320,7 +320,7 @@ def _margin_and_losses(arrays: BookArrays, params: MarginParams, key, scenarios:
     return result, losses[k, :scenarios], weights[:scenarios]
 
 
-_margin_losses_jit = eqx.filter_jit(_margin_and_losses)
+_margin_losses_jit = program(_margin_and_losses)
 
 
 def book_losses(book: Book, *, dtype=None) -> np.ndarray:

@@ -70,6 +70,7 @@ from ._margin import (
     static_top,
 )
 from ._portfolio import margin_inputs
+from ._programs import program
 from ._sampler import outcome_losses, padded_scenarios, simulate
 from ._shortfall import (
     order_ties,
@@ -451,7 +452,7 @@ def sensitivity_arrays(
                              additive, sides, err)
 
 
-sensitivity_jit = eqx.filter_jit(sensitivity_arrays)
+sensitivity_jit = program(sensitivity_arrays)
 
 
 @dataclasses.dataclass(frozen=True)

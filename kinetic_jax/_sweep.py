@@ -66,6 +66,7 @@ from ._dates import DAYS_PER_YEAR, MAX_HORIZON_DAYS
 from ._errors import BookError
 from ._hierarchy import correlation_matrix
 from ._margin import BINDING, MarginParams, margin_arrays, margin_from_statistics
+from ._programs import program
 from ._progress import Progress, want_progress
 from ._sampler import chunk_size, outcome_losses
 from ._sensitivities import (
@@ -346,7 +347,7 @@ def _unrolled_losses(arrays: BookArrays, st: Structure, z: Float[Array, "K n"],
     return jnp.stack(rows + [zero if total is None else total])
 
 
-@eqx.filter_jit
+@program
 def noise_chunk(key, arrays: BookArrays, first_block, blocks: int
                 ) -> tuple[Float[Array, "K n"], Float[Array, "E n"]]:
     """The block-keyed normals of `blocks` blocks from `first_block`, scenarios on
@@ -356,7 +357,7 @@ def noise_chunk(key, arrays: BookArrays, first_block, blocks: int
     return noise.factors.T, noise.events.T
 
 
-@eqx.filter_jit
+@program
 def sweep_step(arrays: BookArrays, params: MarginParams, points: Points,
                tail: Float[Array, "P K+1 T"], z: Float[Array, "K n"], eta: Float[Array, "E n"],
                first, scenarios: int, structure: Structure | None = None
@@ -379,7 +380,7 @@ def sweep_step(arrays: BookArrays, params: MarginParams, points: Points,
     return jax.vmap(one)(points, tail)
 
 
-@eqx.filter_jit
+@program
 def sweep_finish(arrays: BookArrays, params: MarginParams, points: Points,
                  tail: Float[Array, "P K+1 T"], scenarios: int) -> dict:
     """Each point's figures from its top-T loss rows (equally likely scenarios: the
@@ -402,7 +403,7 @@ def _figures(result) -> dict:
             "capital_released": result.capital_released}
 
 
-@eqx.filter_jit
+@program
 def sharded_noise(key, arrays: BookArrays, c, per: int, blocks: int, mesh: Mesh
                   ) -> tuple[Float[Array, "D K n"], Float[Array, "D E n"]]:
     """Chunk ``d * per + c`` of every device d of `mesh` (its normals, as
@@ -421,7 +422,7 @@ def sharded_noise(key, arrays: BookArrays, c, per: int, blocks: int, mesh: Mesh
                          check_vma=False)(dynamic)
 
 
-@eqx.filter_jit
+@program
 def sharded_step(arrays: BookArrays, params: MarginParams, points: Points,
                  tail: Float[Array, "D P K+1 T"], z: Float[Array, "D K n"],
                  eta: Float[Array, "D E n"], c, chunk: int, per: int, scenarios: int,
@@ -442,7 +443,7 @@ def sharded_step(arrays: BookArrays, params: MarginParams, points: Points,
                          out_specs=spec, check_vma=False)(dynamic, tail, z, eta)
 
 
-@eqx.filter_jit
+@program
 def merge_tails(tails: Float[Array, "D P K+1 T"]) -> Float[Array, "P K+1 T"]:
     """The `T` largest of every device's top-T candidates, per point and row: the
     top-T of the whole run (values, so exactly the one-device tail)."""
@@ -524,7 +525,7 @@ def streamed_margins(arrays, params, points: Points, stream: _Stream | _ShardedS
     return sweep_finish(arrays, params, points, tail, stream.scenarios)
 
 
-@eqx.filter_jit
+@program
 def sweep_chunk_general(arrays: BookArrays, params: MarginParams, key, points: Points,
                         scenarios: int, top: int, sampler: str, targets: tuple,
                         sensitivities: bool, jumps: JumpRun | None,

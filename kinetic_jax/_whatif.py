@@ -79,6 +79,7 @@ from ._margin import (
     static_top,
 )
 from ._portfolio import ClusterReport, MarginReport, _report
+from ._programs import program
 from ._sampler import (
     Proposal,
     check_sampler,
@@ -121,7 +122,7 @@ def _outcome_step(arrays: BookArrays, scenarios: int):
     return fn
 
 
-@eqx.filter_jit
+@program
 def _simulate(arrays: BookArrays, confidence, key: PRNGKeyArray, scenarios: int,
               sampler: str, chunk: int | None, law: BlockLaw | None = None
               ) -> tuple[SessionState, Proposal | None]:
@@ -160,7 +161,7 @@ class RowStatistics(eqx.Module):
                    cat(result.cluster_var, result.var))
 
 
-@eqx.filter_jit
+@program
 def _what_if(state: SessionState, stats: RowStatistics, arrays: BookArrays,
              params: MarginParams, quantity: Float[Array, " C"], index: Int[Array, " T"],
              delta: Float[Array, " T"], refresh: Bool[Array, ""], top: int,
@@ -217,7 +218,7 @@ def _what_if(state: SessionState, stats: RowStatistics, arrays: BookArrays,
     return margin_from_statistics(traded, params, es, se, var), r_loss
 
 
-@eqx.filter_jit
+@program
 def _recompute_losses(state: SessionState, arrays: BookArrays) -> SessionState:
     """Row losses of `arrays`' quantities from the outcome matrix (padding at -inf)."""
     valid = state.weights > 0
@@ -249,7 +250,7 @@ def _new_rows(yes: UInt8[Array, "C Np"], latents: Float[Array, "Np Et"], lo: Flo
     return yes.at[parlays].set(jnp.min(yes[legs], axis=1), mode="drop")
 
 
-@eqx.filter_jit
+@program
 def _event_latents(view: BookArrays, key: PRNGKeyArray, scenarios: int, chunk: int,
                    proposal: Proposal | None) -> Float[Array, "Np Et"]:
     """Latents of the events of `view` (a book whose events are the touched ones)."""

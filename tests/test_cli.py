@@ -524,9 +524,16 @@ CACHE_VARS = ("KINETIC_JAX_CACHE_DIR", "XDG_CACHE_HOME", "JAX_COMPILATION_CACHE_
 # compile requests, hits, and programs JAX will not store because they call back
 # into Python (host callbacks, e.g. an `eqx.error_if` check).
 COUNTING_CLI = """
-import logging, sys, jax.monitoring
+import logging, sys, jax.export, jax.monitoring
 from kinetic_jax._cli import main
-events = {"requests": 0, "hits": 0, "callbacks": 0}
+events = {"requests": 0, "hits": 0, "callbacks": 0, "exports": 0, "loads": 0}
+def counted(name, real):
+    def call(*args, **kwargs):
+        events[name] += 1
+        return real(*args, **kwargs)
+    return call
+jax.export.export = counted("exports", jax.export.export)
+jax.export.deserialize = counted("loads", jax.export.deserialize)
 def listen(event, **kwargs):
     if event == "/jax/compilation_cache/compile_requests_use_cache":
         events["requests"] += 1
@@ -563,10 +570,11 @@ def _files(root: Path) -> set[str]:
 @pytest.mark.slow  # three runs of the installed command: 5 s
 def test_second_run_loads_its_programs_from_the_cache(books, tmp_path):
     """First run: no cache variable, so the cache goes to $XDG_CACHE_HOME/kinetic_jax/jax
-    and is filled. Second run, pointed there by KINETIC_JAX_CACHE_DIR: every
-    compile request is a persistent-cache hit except the programs JAX refuses to
-    store (those with host callbacks), nothing new is written, and the report is
-    the same."""
+    and is filled, the engine's exported programs under programs/. Second run,
+    pointed there by KINETIC_JAX_CACHE_DIR: every engine program is read from
+    programs/ (none traced and exported again), every compile request is a
+    persistent-cache hit except the programs JAX refuses to store (those with host
+    callbacks), nothing new is written, and the report is the same."""
     xdg = tmp_path / "xdg"
     first = subprocess.run([*_command(), "margin", books["floor"], "--json"],
                            capture_output=True, text=True, timeout=120,
@@ -575,6 +583,8 @@ def test_second_run_loads_its_programs_from_the_cache(books, tmp_path):
     cache = xdg / "kinetic_jax" / "jax"
     written = _files(cache)
     assert any(name.endswith("-cache") for name in written), written
+    stored = [name for name in written if name.startswith("programs/")]
+    assert any(name.startswith("programs/margin_arrays-") for name in stored), written
     assert not (tmp_path / "home").exists()  # XDG_CACHE_HOME wins over ~/.cache
 
     second = subprocess.run(
@@ -583,9 +593,11 @@ def test_second_run_loads_its_programs_from_the_cache(books, tmp_path):
         env=_cache_env(tmp_path, KINETIC_JAX_CACHE_DIR=str(cache)))
     assert second.returncode == 0, second.stderr
     counts = dict(part.split("=") for part in second.stderr.strip().splitlines()[-1].split())
-    requests, hits, callbacks = (int(counts[k]) for k in ("requests", "hits", "callbacks"))
+    requests, hits, callbacks, exports, loads = (
+        int(counts[k]) for k in ("requests", "hits", "callbacks", "exports", "loads"))
     # Every program is cacheable (no host callbacks in the engine) and found.
     assert hits > 0 and callbacks == 0 and hits == requests, second.stderr
+    assert exports == 0 and loads == len(stored), second.stderr
     assert _files(cache) == written
     assert json.loads(second.stdout) == json.loads(first.stdout)
 
