@@ -41,7 +41,8 @@ def default_cache_dir() -> Path | None:
     return base / "kinetic_jax" / "jax"
 
 
-def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path | None:
+def enable_compilation_cache(path: str | os.PathLike | None = None, *,
+                             store_programs: bool = True) -> Path | None:
     """Switches on JAX's persistent compilation cache for this process.
 
     **Arguments:**
@@ -50,6 +51,8 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path | No
       [`default_cache_dir`][] (``$KINETIC_JAX_CACHE_DIR``, else
       ``$XDG_CACHE_HOME/kinetic_jax/jax``, else ``~/.cache/kinetic_jax/jax``;
       ``KINETIC_JAX_CACHE_DIR=off`` switches it off).
+    - `store_programs`: also keep the engine's exported programs there (below);
+      False switches that off and keeps JAX's cache alone.
 
     Every compiled program is cached, however quick its compile and however
     small (a CPU margin program compiles in about a second), so the minimum
@@ -88,7 +91,7 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path | No
     if not jax.config.jax_enable_compilation_cache:  # JAX_ENABLE_COMPILATION_CACHE=0 wins
         return None
     directory = directory.resolve()
-    _programs.set_store(directory / PROGRAMS)
+    _programs.set_store(directory / PROGRAMS if store_programs else None)
     if jax.config.jax_compilation_cache_dir != str(directory):
         jax.config.update("jax_compilation_cache_dir", str(directory))
         # JAX opens its cache once per process; forget a cache opened on another

@@ -9,7 +9,7 @@ With a store (the persistent compilation cache's ``programs/`` directory, set by
 (argument shapes, dtypes, static arguments) looks for the program on disk before
 tracing it: the function exported with ``jax.export`` (its StableHLO, serialized)
 under a key of the signature and of everything else the traced program depends
-on (this package's source, the versions of jax, jaxlib, equinox, optax and numpy,
+on (the engine's source, the versions of jax, jaxlib, equinox, optax and numpy,
 JAX's tracing configuration, ``XLA_FLAGS``, the platform and device count). Found, it
 is deserialized and called: no Python tracing or lowering of the engine, about
 0.4-0.6 s of a fresh process's first margin call; the compile of the call then
@@ -49,7 +49,11 @@ from typing import Any
 import equinox as eqx
 import jax
 import numpy as np
-from jax._src import config as jax_config  # trace_context: what jax.jit keys traces on
+
+try:  # what jax.jit keys its traces on; private, so a jax without it gets no store
+    from jax._src.config import trace_context as _jax_trace_context
+except ImportError:  # pragma: no cover - a jax that moved it
+    _jax_trace_context = None
 
 FORMAT = 1  # bumped when an entry's layout changes
 _PLAIN = (bool, int, float, str, type(None), np.bool_, np.integer, np.floating)
@@ -79,10 +83,12 @@ def clear() -> None:
 
 
 def _source_digest() -> str:
+    """The engine's modules (the package's top level: the dashboard, which no
+    program traces, may change without making the stored programs stale)."""
     root = Path(__file__).resolve().parent
     h = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        h.update(str(path.relative_to(root)).encode())
+    for path in sorted(root.glob("*.py")):
+        h.update(path.name.encode())
         h.update(path.read_bytes())
     return h.hexdigest()
 
@@ -115,7 +121,7 @@ def _trace_context() -> str:
     """JAX's configuration that a trace depends on (x64, dtype promotion,
     precision, ...), thread-local settings included: what ``jax.jit`` keys its
     own cache on."""
-    return _ADDRESS.sub("", repr(jax_config.trace_context()))
+    return _ADDRESS.sub("", repr(_jax_trace_context()))
 
 
 def _plain(value: Any) -> bool:
@@ -173,7 +179,7 @@ class Program:
             self._memory.clear()
 
     def __call__(self, *args, **kwargs):
-        device = None if _store is None else _one_device()
+        device = None if _store is None or _jax_trace_context is None else _one_device()
         if device is None:
             return self.jitted(*args, **kwargs)
         dynamic, static = eqx.partition((args, kwargs), eqx.is_array)
@@ -185,7 +191,7 @@ class Program:
                       for x in leaves)
         try:
             signature = (tree, static_tree, tuple(static_leaves), avals,
-                         jax_config.trace_context())
+                         _jax_trace_context())
             entry = self._memory.get(signature, False)
         except TypeError:  # an unhashable static argument: filter_jit says so
             return self.jitted(*args, **kwargs)

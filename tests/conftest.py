@@ -23,6 +23,10 @@
   across runs: `make test` and `make test-fast` keep theirs in
   ``.pytest_cache/jax-compilation`` (a clean clone, as on CI, starts cold; the
   README gives the cold and warm times).
+  The same directory holds the engine's exported programs (``programs/``, set by
+  `kinetic_jax.enable_compilation_cache`; kinetic_jax/_programs.py), so a warm
+  run reads them instead of tracing and lowering them: the warm suite went from
+  218-223 s to 166-168 s (README).
   Each change of the engine adds the programs it changed and nothing removes
   the old ones, so a kept directory over `KEPT_CACHE_LIMIT` bytes is emptied at
   the start of a session (`trim_cache`).
@@ -65,11 +69,12 @@
   ``JAX_PLATFORMS`` is not ``cpu``) the session leaves them alone too: they are
   for XLA's CPU compiler, and on an H200 the test workers crashed at their first
   compile with them.
-  Warm, the suite is bound by JAX's per-program work, not XLA's: in a warm run
-  at level 1 without the notebooks and the browser tests (2026-12-05, the
-  command in `experiments/suite_profile.py`), the tests' 285 worker-s held 76
-  tracing, 55 lowering and 41 loading programs from the cache (60 %). A warm
-  run of the whole suite keeps the two cores 95-96 % busy (`vmstat`).
+  Warm, before the program store above, the suite was bound by JAX's
+  per-program work, not XLA's: in a warm run at level 1 without the notebooks
+  and the browser tests (2026-12-05, the command in
+  `experiments/suite_profile.py`), the tests' 285 worker-s held 76 tracing, 55
+  lowering and 41 loading programs from the cache (60 %); the store takes the
+  first two off the engine's programs. (The table's figures predate the store.)
 - The same flags switch off XLA's constant folding
   (``--xla_disable_hlo_passes=constant_folding``). A test that closes a jitted
   function over a book's arrays makes them constants, and XLA then evaluates
@@ -209,13 +214,18 @@ def trim_cache(directory: str, limit: int) -> bool:
     """Empties `directory` when its files take more than `limit` bytes; returns
     whether it did. JAX writes an entry once and never touches it on a hit (no
     eviction is configured), so no date tells the programs still in use from
-    those of code long changed: the next run starts cold and refills it. A
-    missing directory is empty."""
-    try:
-        total = sum(e.stat(follow_symlinks=False).st_size for e in os.scandir(directory)
-                    if e.is_file(follow_symlinks=False))
-    except FileNotFoundError:
+    those of code long changed: the next run starts cold and refills it. The
+    files of its subdirectories count too (the engine's stored programs, in
+    ``programs/``). A missing directory is empty."""
+    if not os.path.isdir(directory):
         return False
+    total = 0
+    for root, _, files in os.walk(directory):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(root, name), follow_symlinks=False).st_size
+            except FileNotFoundError:  # another session's write, replaced under us
+                pass
     if total <= limit:
         return False
     shutil.rmtree(directory, ignore_errors=True)  # another session may be removing it too

@@ -145,5 +145,7 @@ def test_enable_compilation_cache_sets_the_store(tmp_path, monkeypatch):
     try:
         directory = kj.enable_compilation_cache(tmp_path / "cache")
         assert _programs.store() == directory / "programs"
+        assert kj.enable_compilation_cache(directory, store_programs=False) == directory
+        assert _programs.store() is None
     finally:
         kj.enable_compilation_cache(previous)

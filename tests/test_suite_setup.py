@@ -69,6 +69,13 @@ def test_a_kept_cache_over_its_limit_is_emptied(tmp_path):
     assert not (tmp_path / "cache").exists() or os.listdir(tmp_path / "cache") == []
 
 
+def test_the_stored_programs_count_towards_the_limit(tmp_path):
+    _fill(tmp_path / "cache", [100, 100, 100])
+    _fill(tmp_path / "cache" / "programs", [101])
+    assert trim_cache(str(tmp_path / "cache"), 400)
+    assert not (tmp_path / "cache").exists() or os.listdir(tmp_path / "cache") == []
+
+
 def test_a_missing_cache_is_empty(tmp_path):
     assert not trim_cache(str(tmp_path / "never-made"), 0)
 
