@@ -556,6 +556,50 @@ def test_superseded_requests_from_one_page_are_dropped(state_path, blocked_engin
     assert 2 not in started
 
 
+def test_a_long_computation_is_answered_503_and_the_same_request_collects_it(
+        state_path, blocked_engine):
+    """Past `answer_within_s` a request gets 503 with Retry-After while its
+    computation goes on, holding its place in the queue; the same request again
+    (same page included) joins that computation instead of starting another and,
+    once it has ended, collects the result; another body starts its own."""
+    release, started = blocked_engine
+    app = create_app(None, state_path, answer_within_s=0.3)
+    page = {**JSON, "X-Kinetic-Page": "tab-1"}
+    with Server(app) as srv:
+        def send(seed, path="/api/margin"):
+            book = small_book()
+            book["model"]["seed"] = seed
+            return httpx.post(srv.url + path, content=json.dumps(book), headers=page,
+                              timeout=60)
+
+        first = send(1)
+        assert first.status_code == 503, first.text
+        assert first.headers["Retry-After"] == str(app_module.RETRY_AFTER_S)
+        assert "still computing" in first.json()["error"]["detail"]
+        engine = httpx.get(srv.url + "/api/health").json()["engine"]
+        assert engine["engine"] == 1 and engine["still_running"] == 1  # its place, kept
+        assert send(1).status_code == 503  # joined, still running: nothing new started
+        assert started == [1]
+        release.set()
+        deadline = time.monotonic() + 30
+        while httpx.get(srv.url + "/api/health").json()["engine"]["engine"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        collected = send(1)
+        assert collected.status_code == 200 and collected.json() == {"seed": 1}
+        assert started == [1]
+        # Collected once: the same request later is computed anew (released: at once).
+        assert send(1).json() == {"seed": 1} and started == [1, 1]
+        assert send(2).json() == {"seed": 2} and started == [1, 1, 2]
+        assert send(2, "/api/sensitivities").json() == {"sensitivities": {"seed": 2}}
+
+
+def test_answer_within_s_must_be_positive(state_path):
+    for bad in (0, -1.0):
+        with pytest.raises(ValueError, match="answer_within_s"):
+            create_app(None, state_path, answer_within_s=bad)
+
+
 # ---------------------------------------------------------------------------
 # 5/7. Served configuration, schema bounds, error bodies
 # ---------------------------------------------------------------------------

@@ -31,7 +31,9 @@ Back-pressure: engine work (margin, losses, sensitivities) runs on the
 engine's own threads, never on the thread pool that serves the page, static
 files and /api/health; at most `queue_size` requests wait for it, more get 503
 with ``Retry-After``; a request superseded by a newer one from the same page
-(header ``X-Kinetic-Page``) before it reaches the engine gets 409.
+(header ``X-Kinetic-Page``) before it reaches the engine gets 409. No request
+waits more than `ANSWER_WITHIN_S` for the engine: one still computing then gets
+503 with ``Retry-After``, and the same request sent again collects the result.
 """
 
 from __future__ import annotations
@@ -66,6 +68,11 @@ MAX_BODY_BYTES = 2 * 1024 * 1024
 MAX_BOOK_FILE_BYTES = 16 * 1024 * 1024
 QUEUE_SIZE = 8  # engine requests waiting or running; more get 503
 RETRY_AFTER_S = 2
+# An engine request still running after this many seconds gets 503 with
+# Retry-After; its computation goes on, and the same request sent again collects
+# the result (`Engine.answer`). Mostly a first request of a new shape, compiling.
+ANSWER_WITHIN_S = 4.0
+KEPT_RESULTS = 32  # finished results of such requests kept for their retry
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 STATIC = resources.files("kinetic_jax.dashboard") / "static"
 
@@ -294,18 +301,34 @@ class Superseded(Exception):
     pass
 
 
+class StillRunning(Exception):
+    pass
+
+
 class Engine:
     """Runs engine work on dedicated threads (one for margins and losses, one
     for sensitivities, two for parsing), never on the server's thread pool,
     so the page, static files and /api/health never wait behind it. At most
     `queue_size` engine requests (and as many parse-only ones) are admitted at
     once; the next gets 503. A request with a supersede key is dropped (409)
-    if a newer request with the same key arrives before it starts."""
+    if a newer request with the same key arrives before it starts.
 
-    def __init__(self, queue_size: int = QUEUE_SIZE, cache: service.ProgramCache | None = None):
+    A request still running after `answer_within_s` seconds is answered 503
+    (`StillRunning`) and its computation goes on, holding its place in the queue
+    until it ends; the same request again (same path, query and body) waits for
+    that computation instead of starting another, and collects its result (the
+    last `KEPT_RESULTS` finished ones are kept)."""
+
+    def __init__(self, queue_size: int = QUEUE_SIZE, cache: service.ProgramCache | None = None,
+                 answer_within_s: float = ANSWER_WITHIN_S):
         if queue_size < 1:
             raise ValueError(f"queue_size: {queue_size!r} is below 1")
+        if not answer_within_s > 0:
+            raise ValueError(f"answer_within_s: {answer_within_s!r} is not positive")
         self.queue_size = queue_size
+        self.answer_within_s = answer_within_s
+        self.still_running = 0  # requests answered 503 while their computation went on
+        self._detached: dict[tuple, tuple[Any, set[int]]] = {}  # request -> future, tickets
         self.cache = cache or service.ProgramCache()
         self.margin_pool = ThreadPoolExecutor(1, thread_name_prefix="kinetic-jax-engine")
         self.sens_pool = ThreadPoolExecutor(1, thread_name_prefix="kinetic-jax-sensitivities")
@@ -319,7 +342,8 @@ class Engine:
     def snapshot(self) -> dict:
         return {"queue_size": self.queue_size, "engine": self.admitted["engine"],
                 "parse": self.admitted["parse"], "refused": self.refused,
-                "superseded": self.superseded, "programs": self.cache.snapshot()}
+                "superseded": self.superseded, "still_running": self.still_running,
+                "answer_within_s": self.answer_within_s, "programs": self.cache.snapshot()}
 
     @contextlib.contextmanager
     def admit(self, lane: str):
@@ -342,8 +366,12 @@ class Engine:
                     del self._latest[k]
         return self._tickets
 
-    def check_current(self, key: str | None, ticket: int) -> None:
-        if key and self._latest.get(key, ticket) != ticket:
+    def check_current(self, key: str | None, ticket: int | set[int]) -> None:
+        """Superseded unless the latest request of page `key` is `ticket` (or one
+        of them: the requests that joined one computation)."""
+        tickets = ticket if isinstance(ticket, set) else {ticket}
+        latest = self._latest.get(key) if key else None
+        if latest is not None and latest not in tickets:
             self.superseded += 1
             raise Superseded
 
@@ -351,15 +379,64 @@ class Engine:
         return await asyncio.wrap_future(self.parse_pool.submit(fn, *args))
 
     async def run(self, pool: ThreadPoolExecutor, kinds: tuple[str, ...], book: Book,
-                  fn, *args, key: str | None = None, ticket: int = 0):
+                  fn, *args, key: str | None = None, ticket: int = 0,
+                  request: tuple | None = None):
+        """Runs `fn(book, *args)` on `pool`; the answer as for [`answer`][]."""
+        tickets = {ticket}
+
         def job():
-            self.check_current(key, ticket)
+            self.check_current(key, tickets)
             with self.cache.running(service.program_key(k, book) for k in kinds) as cleared:
                 if cleared:
                     logger.info("compile cache full: cleared JAX's in-memory caches")
                 return fn(book, *args)
 
-        return await asyncio.wrap_future(pool.submit(job))
+        return await self.answer(request, pool.submit(job), tickets)
+
+    def joined(self, request: tuple, ticket: int):
+        """``(future, tickets)`` of the computation already started for `request`
+        (its tickets now include `ticket`), or None."""
+        entry = self._detached.get(request)
+        if entry is None:
+            return None
+        future, tickets = entry
+        tickets.add(ticket)
+        if future.done():
+            del self._detached[request]  # collected
+        return future, tickets
+
+    async def answer(self, request: tuple | None, future, tickets: set[int]):
+        """The computation's result, or `StillRunning` after `answer_within_s`
+        (the computation detached under `request`, for the same request again)."""
+        wrapped = asyncio.wrap_future(future)
+        wrapped.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved
+        try:
+            return await asyncio.wait_for(asyncio.shield(wrapped), self.answer_within_s)
+        except TimeoutError:
+            if request is None:
+                return await wrapped
+            self._detach(request, future, tickets)
+            self.still_running += 1
+            raise StillRunning from None
+
+    def _detach(self, request: tuple, future, tickets: set[int]) -> None:
+        if request in self._detached:
+            return
+        loop = asyncio.get_running_loop()
+        self.admitted["engine"] += 1  # its place in the queue, until it ends
+        self._detached[request] = (future, tickets)
+
+        def ended(_):
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody to tell
+                loop.call_soon_threadsafe(self._ended)
+
+        future.add_done_callback(ended)
+
+    def _ended(self) -> None:
+        self.admitted["engine"] -= 1
+        finished = [r for r, (f, _) in self._detached.items() if f.done()]
+        for r in finished[:-KEPT_RESULTS]:
+            del self._detached[r]
 
     def shutdown(self) -> None:
         for pool in (self.margin_pool, self.sens_pool, self.parse_pool):
@@ -487,6 +564,7 @@ def create_app(
     allowed_hosts: tuple[str, ...] = (),
     queue_size: int = QUEUE_SIZE,
     program_cache: int = 12,
+    answer_within_s: float | None = None,
 ) -> FastAPI:
     """The dashboard app.
 
@@ -504,11 +582,15 @@ def create_app(
       one of `allowed_hosts` (and ``$KINETIC_JAX_ALLOWED_HOSTS``).
     - `queue_size`: engine requests admitted at once; more get 503.
     - `program_cache`: compiled programs kept in memory (LRU).
+    - `answer_within_s`: an engine request still running after this many seconds
+      gets 503 with Retry-After while it goes on; the same request again collects
+      the result (default `ANSWER_WITHIN_S`, read when the app is made).
 
     Raises [`BookError`][] if `book_path` is not a valid book.
     """
     limits = limits if limits is not None else service.Limits()
-    engine = Engine(queue_size, service.ProgramCache(program_cache))
+    engine = Engine(queue_size, service.ProgramCache(program_cache),
+                    ANSWER_WITHIN_S if answer_within_s is None else answer_within_s)
     dash = Dashboard(book_path, state_path, limits, engine)
     counter = service.compile_counter()
     hosts = allowed_host_names(host, allowed_hosts)
@@ -573,6 +655,11 @@ def create_app(
                                   headers={"Retry-After": str(RETRY_AFTER_S)})
         if isinstance(e, Superseded):
             return error_response(409, "", "superseded by a newer request from the same page")
+        if isinstance(e, StillRunning):
+            return error_response(503, "", "still computing (a book of a new size or scenario "
+                                  "count compiles the engine first); send the same request "
+                                  "again to collect the result",
+                                  headers={"Retry-After": str(RETRY_AFTER_S)})
         if isinstance(e, MemoryError):
             return error_response(500, "", "out of memory: lower the scenario count")
         logger.error("internal error", exc_info=e)
@@ -601,10 +688,14 @@ def create_app(
                 key = f"{page}:{request.url.path}" if page else None
                 ticket = engine.ticket(key)
                 raw = await request.body()
+                ident = (request.url.path, request.url.query, repr(args), sha256(raw))
+                started = engine.joined(ident, ticket)
+                if started is not None:  # a retry: the computation it started goes on
+                    return await engine.answer(ident, *started)
                 book, extra = await engine.parse(parse, raw, limits)
                 engine.check_current(key, ticket)
                 return await engine.run(pool, kinds, book, fn, *extra, *args, key=key,
-                                        ticket=ticket)
+                                        ticket=ticket, request=ident)
         except Exception as e:  # noqa: BLE001 - never let a traceback reach a user
             return failure(e)
 

@@ -61,8 +61,8 @@ function reportFailure(r, what) {
     watchServer();
     return;
   }
-  if (r.busy) {
-    showBanner(`The engine is busy; retrying in ${r.retryAfter} s.`, true);
+  if (r.busy) {  // 503: queue full, or still computing (a first compile); the server says which
+    showBanner(`Server: ${r.error.message}. Retrying in ${r.retryAfter} s.`, true);
     return;
   }
   const where = locateServerError(r.error);
@@ -161,6 +161,11 @@ async function runFollowUps() {
   if (gen === S.resultGen) {
     const t0 = performance.now();
     const r = await api("POST", "/api/sensitivities", book);
+    if (r.busy && gen === S.resultGen) {  // 503: ask again (a computation that goes on is joined)
+      S.followRunning = false;
+      if (!S.follow) { S.follow = { book, gen }; S.followTimer = setTimeout(runFollowUps, 1000 * r.retryAfter); }
+      return;
+    }
     if (gen === S.resultGen && !r.superseded) {
       if (r.ok) { S.sens = r.data.sensitivities; S.sensMs = performance.now() - t0; S.sensError = null; }
       else { S.sens = null; S.sensError = r.error.message; }

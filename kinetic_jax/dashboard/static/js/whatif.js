@@ -65,10 +65,11 @@ export function previewRow(r) {
   const t = S.rowErrors[r.uid] ? null : tradeOf(r);
   if (!t) { hidePreview(); return; }
   const gen = S.resultGen;
-  timer = setTimeout(async () => {
+  const ask = async () => {
     render(`What-if ${t.trades[0].contract}: computing…`, "pending");
     const res = await api("POST", "/api/what-if", { book: S.lastBook, ...t });
     if (gen !== S.resultGen || res.superseded) return; // a newer book, or a newer preview
+    if (res.busy) { timer = setTimeout(ask, 1000 * res.retryAfter); return; } // 503: ask again
     if (!res.ok) { render(`What-if ${t.trades[0].contract}: ${res.error.message}`, "bad"); return; }
     const w = res.data.what_if;
     const d = w.incremental;
@@ -78,7 +79,8 @@ export function previewRow(r) {
       d > 0 ? "up" : d < 0 ? "down" : "same");
     $("whatif").dataset.incremental = String(d);
     shown = { uid: r.uid, gen, expected: canonical(afterTrade(S.lastBook, t)) };
-  }, PREVIEW_MS);
+  };
+  timer = setTimeout(ask, PREVIEW_MS);
 }
 
 // A new result was computed: the preview shown, if any, has been applied if the
