@@ -172,6 +172,8 @@ class Program:
         _programs.append(self)
 
     def __getattr__(self, name):
+        if name == "jitted":  # not set yet (an instance being built or unpickled)
+            raise AttributeError(name)
         return getattr(self.jitted, name)
 
     def forget(self) -> None:

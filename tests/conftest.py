@@ -115,7 +115,6 @@ from __future__ import annotations
 import functools
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Callable, Mapping
 
@@ -338,17 +337,23 @@ def _standard_dtype_promotion(request):
         yield
 
 
-@pytest.fixture(autouse=True)
-def _in_process_dashboards_wait(monkeypatch):
+@pytest.fixture(autouse=True, scope="session")
+def _in_process_dashboards_wait():
     """In-process dashboards (`create_app` in a test) wait for the engine as long
     as it takes: on a cold cache, as on CI, a first request compiles for longer
     than the served limit (`ANSWER_WITHIN_S`), and the tests check answers, not
-    retries. The tests of that limit pass ``answer_within_s`` themselves; the
-    browser tests' server (the ``dashboard`` command) runs with the real one."""
-    app = sys.modules.get("kinetic_jax.dashboard._app")
-    if app is not None:
-        monkeypatch.setattr(app, "ANSWER_WITHIN_S", 600.0)
-    yield
+    retries. Session-scoped, so that it comes before the module fixtures that
+    make an app (the limit is read when the app is made). The tests of that limit
+    pass ``answer_within_s`` themselves; the browser tests' server (the
+    ``dashboard`` command) runs with the real one."""
+    try:
+        from kinetic_jax.dashboard import _app as app
+    except ImportError:  # no dashboard extra installed: no app to patch
+        app = None
+    with pytest.MonkeyPatch.context() as patch:
+        if app is not None:
+            patch.setattr(app, "ANSWER_WITHIN_S", 600.0)
+        yield
 
 
 @pytest.fixture

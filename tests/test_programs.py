@@ -149,3 +149,14 @@ def test_enable_compilation_cache_sets_the_store(tmp_path, monkeypatch):
         assert _programs.store() is None
     finally:
         kj.enable_compilation_cache(previous)
+
+
+def test_a_program_is_its_jitted_function_for_everything_else(store):
+    """Attributes other than the call are ``eqx.filter_jit``'s (``lower`` for
+    ahead-of-time use, as experiments/hedge_certificate.py does), and the
+    function's name and docstring are the wrapped function's."""
+    program, traces = counting_program()
+    lowered = program.lower(jnp.ones(2, jnp.float32), 2.0, "a")
+    assert "stablehlo" in lowered.as_text() and program.__name__ == "scaled"
+    assert kj.margin_jit.__doc__ and kj.margin_jit.__doc__ == kj.margin_jit.fn.__doc__
+    assert entries(store) == []  # lowering stores nothing
