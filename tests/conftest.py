@@ -26,7 +26,7 @@
   The same directory holds the engine's exported programs (``programs/``, set by
   `kinetic_jax.enable_compilation_cache`; kinetic_jax/_programs.py), so a warm
   run reads them instead of tracing and lowering them: the warm suite went from
-  218-223 s to 158-168 s (README).
+  218-223 s to 158-172 s (README).
   Each change of the engine adds the programs it changed and nothing removes
   the old ones, so a kept directory over `KEPT_CACHE_LIMIT` bytes is emptied at
   the start of a session (`trim_cache`).
