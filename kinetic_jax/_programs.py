@@ -10,12 +10,13 @@ With a store (the persistent compilation cache's ``programs/`` directory, set by
 tracing it: the function exported with ``jax.export`` (its StableHLO, serialized)
 under a key of the signature and of everything else the traced program depends
 on (the engine's source, the versions of jax, jaxlib, equinox, optax and numpy,
-JAX's tracing configuration, ``XLA_FLAGS``, the platform and device count). Found, it
-is deserialized and called: no Python tracing or lowering of the engine, about
-0.4-0.6 s of a fresh process's first margin call; the compile of the call then
-comes from JAX's persistent cache as before. Not found, the function is exported
-(slower than a plain trace, by about a half), written, and called the same way,
-so a program computes the same whether it came from disk or not.
+JAX's tracing configuration, ``XLA_FLAGS``, the platform and device count). Found,
+it is deserialized and called: no Python tracing or lowering of the engine; the
+compile of the call then comes from JAX's persistent cache as before. Not found,
+the function is exported, written, and called the same way, so a program
+computes the same whether it came from disk or not. (A fresh process's first
+reference-book margin and sensitivities: 2.3x and 2.9x faster warm, 6-8 %
+slower cold; experiments/bench_program_store.py.)
 
 The stored path is taken only where it is sound, and the call falls back to
 ``eqx.filter_jit`` otherwise: under a transformation (any argument a tracer),
@@ -210,12 +211,11 @@ class Program:
         return eqx.combine(jax.tree.unflatten(entry.out_tree, list(outs)), entry.out_static)
 
     def _key(self, tree, static_tree, static_leaves, avals) -> str | None:
-        if not all(_plain(v) for v in static_leaves):
-            return None
-        text = "\n".join([self.name, _environment_digest(), _trace_context(), str(tree),
-                          str(static_tree), repr(static_leaves), repr(avals)])
-        if _ADDRESS.search(str(tree) + str(static_tree)):
-            return None  # an object printed by address: no stable key
+        structure = f"{tree}\n{static_tree}"
+        if not all(_plain(v) for v in static_leaves) or _ADDRESS.search(structure):
+            return None  # an object without a stable printed form: no stable key
+        text = "\n".join([self.name, _environment_digest(), _trace_context(), structure,
+                          repr(static_leaves), repr(avals)])
         return hashlib.sha256(text.encode()).hexdigest()
 
     def _load_or_export(self, leaves, tree, static, static_leaves, static_tree, avals):

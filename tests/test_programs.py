@@ -115,8 +115,20 @@ def test_a_store_that_cannot_be_written_costs_only_the_saving(tmp_path, monkeypa
     x = jnp.ones(2, jnp.float32)
     np.testing.assert_array_equal(program(x, 2.0, "a")["y"], [3.0, 3.0])
     np.testing.assert_array_equal(program(x, 5.0, "a")["y"], [6.0, 6.0])
-    assert traces == ["a", "a"]
-    assert not list(tmp_path.glob(".tmp-*")) and not list(tmp_path.rglob("*.pkl"))
+    assert traces == ["a", "a"] and not list(tmp_path.rglob("*.pkl"))
+
+
+def test_a_write_that_fails_half_way_leaves_no_file(store, monkeypatch):
+    """The entry is written to a temporary file and moved into place; when the
+    move fails the temporary file is removed and the call still answers."""
+    def refuse(src, dst):
+        raise OSError("no room")
+
+    monkeypatch.setattr(_programs.os, "replace", refuse)
+    program, traces = counting_program()
+    x = jnp.ones(2, jnp.float32)
+    np.testing.assert_array_equal(program(x, 2.0, "a")["y"], [3.0, 3.0])
+    assert store.is_dir() and list(store.iterdir()) == []  # made, then left empty
 
 
 @pytest.mark.parametrize("sampler", ["plain", "exact_block"])

@@ -379,8 +379,7 @@ class Engine:
         return await asyncio.wrap_future(self.parse_pool.submit(fn, *args))
 
     async def run(self, pool: ThreadPoolExecutor, kinds: tuple[str, ...], book: Book,
-                  fn, *args, key: str | None = None, ticket: int = 0,
-                  request: tuple | None = None):
+                  fn, *args, request: tuple, key: str | None = None, ticket: int = 0):
         """Runs `fn(book, *args)` on `pool`; the answer as for [`answer`][]."""
         tickets = {ticket}
 
@@ -405,7 +404,7 @@ class Engine:
             del self._detached[request]  # collected
         return future, tickets
 
-    async def answer(self, request: tuple | None, future, tickets: set[int]):
+    async def answer(self, request: tuple, future, tickets: set[int]):
         """The computation's result, or `StillRunning` after `answer_within_s`
         (the computation detached under `request`, for the same request again)."""
         wrapped = asyncio.wrap_future(future)
@@ -413,8 +412,6 @@ class Engine:
         try:
             return await asyncio.wait_for(asyncio.shield(wrapped), self.answer_within_s)
         except TimeoutError:
-            if request is None:
-                return await wrapped
             self._detach(request, future, tickets)
             self.still_running += 1
             raise StillRunning from None
